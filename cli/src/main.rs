@@ -1,0 +1,81 @@
+//! `pgrepl`: the command-line face of the pgrepl crates. It parses flags, draws progress and
+//! prints; every capability is one library call with a typed result.
+
+mod conn;
+mod identify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Physical backups of PostgreSQL over the streaming-replication protocol.
+#[derive(Parser, Debug)]
+#[command(name = "pgrepl", version, about, disable_help_flag = true)]
+struct Cli {
+    /// Print help
+    #[arg(long, action = clap::ArgAction::Help, global = true)]
+    help: Option<bool>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect with replication=true and show the server's identity (IDENTIFY_SYSTEM)
+    Identify(identify::IdentifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgrepl: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let verbose = match &cli.command {
+        Command::Identify(a) => a.verbose,
+    };
+    init_logging(verbose);
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Identify(a) => identify::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the error and its causes.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("pgrepl: error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGREPL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
