@@ -50,7 +50,9 @@ pub struct CreateSlotOptions {
 pub struct CreatedSlot {
     /// The slot's name.
     pub name: String,
-    /// For a physical slot with RESERVE_WAL, the restart position; otherwise `None`.
+    /// The consistent point the server reports; PostgreSQL fills it for logical slots only
+    /// (a physical slot answers `0/0`, given here as `None`). Use
+    /// [`Connection::read_replication_slot`] for a physical slot's restart_lsn.
     pub consistent_point: Option<Lsn>,
 }
 
@@ -85,48 +87,44 @@ pub fn validate_slot_name(name: &str) -> Result<()> {
 
 fn single_row<'a>(
     results: &'a [QueryResult],
-    command: &str,
+    command: &'static str,
     min_cols: usize,
 ) -> Result<&'a [Option<String>]> {
     let set = results
         .iter()
         .find(|r| !r.columns.is_empty())
-        .ok_or_else(|| Error::protocol("command", format!("{command} returned no result set")))?;
+        .ok_or_else(|| Error::protocol(command, "no result set"))?;
     let row = match set.rows.as_slice() {
         [row] => row,
         rows => {
             return Err(Error::protocol(
-                "command",
-                format!("{command} returned {} rows, expected 1", rows.len()),
+                command,
+                format!("{} rows, expected 1", rows.len()),
             ))
         }
     };
     if row.len() < min_cols {
         return Err(Error::protocol(
-            "command",
-            format!(
-                "{command} returned {} columns, expected {min_cols}",
-                row.len()
-            ),
+            command,
+            format!("{} columns, expected {min_cols}", row.len()),
         ));
     }
     Ok(row)
 }
 
-fn parse_lsn(v: &Option<String>, what: &str) -> Result<Lsn> {
+fn parse_lsn(v: &Option<String>, what: &'static str) -> Result<Lsn> {
     let s = v
         .as_deref()
-        .ok_or_else(|| Error::protocol("command", format!("{what} is NULL")))?;
-    s.parse()
-        .map_err(|e| Error::protocol("command", format!("{what}: {e}")))
+        .ok_or_else(|| Error::protocol(what, "NULL where an LSN was expected"))?;
+    s.parse().map_err(|e| Error::protocol(what, format!("{e}")))
 }
 
-fn parse_num<T: std::str::FromStr>(v: &Option<String>, what: &str) -> Result<T> {
+fn parse_num<T: std::str::FromStr>(v: &Option<String>, what: &'static str) -> Result<T> {
     let s = v
         .as_deref()
-        .ok_or_else(|| Error::protocol("command", format!("{what} is NULL")))?;
+        .ok_or_else(|| Error::protocol(what, "NULL where a number was expected"))?;
     s.parse()
-        .map_err(|_| Error::protocol("command", format!("{what}: not a number: \"{s}\"")))
+        .map_err(|_| Error::protocol(what, format!("not a number: \"{s}\"")))
 }
 
 impl Connection {
@@ -208,9 +206,10 @@ impl Connection {
         let out = CreatedSlot {
             name: row[0].clone().unwrap_or_else(|| name.to_owned()),
             consistent_point: match &row[1] {
-                Some(s) => Some(s.parse().map_err(|e| {
+                Some(s) => Some(s.parse::<Lsn>().map_err(|e| {
                     Error::protocol("CREATE_REPLICATION_SLOT", format!("consistent_point: {e}"))
-                })?),
+                })?)
+                .filter(|l| l.is_valid()),
                 None => None,
             },
         };

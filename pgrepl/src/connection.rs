@@ -18,7 +18,10 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{ChannelBinding, Config, Host, SslMode, SslNegotiation};
 use crate::error::{AuthError, DbError, Error, Result};
-use crate::message::{parse_frame, AuthRequest, BackendMessage, Column};
+use crate::message::{
+    parse_frame_bounded, AuthRequest, BackendMessage, Column, MAX_MESSAGE_LEN,
+    MAX_STARTUP_MESSAGE_LEN,
+};
 use crate::socket::Socket;
 
 /// The server's version, from the `server_version` parameter.
@@ -512,7 +515,12 @@ impl Connection {
             return Err(Error::Usage(format!("the connection is unusable: {why}")));
         }
         loop {
-            match parse_frame(&mut self.read_buf) {
+            let limit = if self.version.major == 0 {
+                MAX_STARTUP_MESSAGE_LEN
+            } else {
+                MAX_MESSAGE_LEN
+            };
+            match parse_frame_bounded(&mut self.read_buf, limit) {
                 Ok(Some(frame)) => {
                     return BackendMessage::decode(&frame).map_err(|e| {
                         self.broken = Some("protocol violation");

@@ -42,17 +42,22 @@ pub struct BadLength {
 /// Returns `Ok(None)` when more bytes are needed (nothing is consumed), and an error when the
 /// header declares an impossible length.
 pub fn parse_frame(buf: &mut BytesMut) -> Result<Option<Frame>, BadLength> {
+    parse_frame_bounded(buf, MAX_MESSAGE_LEN)
+}
+
+/// The largest message accepted before authentication completes: authentication requests,
+/// parameter reports and errors are all small (libpq uses a similar limit).
+pub const MAX_STARTUP_MESSAGE_LEN: usize = 64 * 1024;
+
+/// As [`parse_frame`], with a caller-chosen bound on the declared length.
+pub fn parse_frame_bounded(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, BadLength> {
     if buf.len() < 5 {
         return Ok(None);
     }
     let tag = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if len < 4 || len as usize > MAX_MESSAGE_LEN {
-        return Err(BadLength {
-            tag,
-            len,
-            max: MAX_MESSAGE_LEN,
-        });
+    if len < 4 || len as usize > max {
+        return Err(BadLength { tag, len, max });
     }
     let total = 1 + len as usize;
     if buf.len() < total {
