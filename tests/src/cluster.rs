@@ -94,6 +94,7 @@ pub struct Cluster {
     pub port: u16,
     ca: Option<Arc<TestCa>>,
     running: bool,
+    extra_cleanup: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -202,6 +203,7 @@ impl Cluster {
             port: 0,
             ca,
             running: false,
+            extra_cleanup: None,
         };
         c.start_server();
         c.create_roles();
@@ -222,6 +224,7 @@ impl Cluster {
             port: 0,
             ca: None,
             running: false,
+            extra_cleanup: None,
         };
         c.start_server();
         c
@@ -501,5 +504,31 @@ impl Drop for Cluster {
         if !self.data.starts_with(&self.root) {
             let _ = std::fs::remove_dir_all(&self.data);
         }
+        if let Some(d) = &self.extra_cleanup {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Cluster {
+    /// A streaming standby of this cluster, built with PostgreSQL's own pg_basebackup (-R), and
+    /// started. Used to make timeline switches (promote it).
+    pub fn standby(&self) -> Cluster {
+        let dir = crate::temp_dir("pgs");
+        let data = dir.join("data");
+        crate::run(
+            Command::new(tool("pg_basebackup"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-X", "stream", "-R", "-c", "fast", "--no-sync", "-h"])
+                .arg(&self.root)
+                .args(["-p", &self.port.to_string(), "-U", "postgres"]),
+        );
+        hand_over(&dir);
+        let mut c = Cluster::start_on(self.version, &data);
+        c.ca = self.ca.clone();
+        // the standby's data directory lives in `dir`; remove it with the cluster
+        c.extra_cleanup = Some(dir);
+        c
     }
 }

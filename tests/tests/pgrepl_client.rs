@@ -823,3 +823,138 @@ fn hostile_servers_give_typed_errors() {
             .any(|e| matches!(e, BaseBackupEvent::Finished { .. })));
     });
 }
+
+// ---------------------------------------------------------------- timelines
+
+fn timeline_switch(v: PgVersion) {
+    let primary = Cluster::start(v);
+    primary.psql("CREATE TABLE before_promote AS SELECT 1 AS x");
+    let standby = primary.standby();
+    standby.promote();
+    standby.psql("CREATE TABLE after_promote AS SELECT 2 AS x");
+    let history_on_disk = std::fs::read(standby.data.join("pg_wal/00000002.history")).unwrap();
+    // "1\t0/3000060\tno recovery target specified\n"
+    let text = String::from_utf8(history_on_disk.clone()).unwrap();
+    let switch: Lsn = text.split('\t').nth(1).unwrap().parse().unwrap();
+
+    rt().block_on(async {
+        let mut conn = connect(&standby.conninfo(Role::Postgres, "sslmode=disable"))
+            .await
+            .unwrap();
+        let id = conn.identify_system().await.unwrap();
+        assert_eq!(id.timeline, TimelineId(2));
+        let h = conn.timeline_history(TimelineId(2)).await.unwrap();
+        assert_eq!(h.file_name, "00000002.history");
+        assert_eq!(&h.content[..], &history_on_disk[..]);
+
+        // stream the old timeline: WAL up to the switch point, then the typed end
+        let seg_size = conn.wal_segment_size().await.unwrap();
+        let start = switch.segment_start(seg_size);
+        let mut stream = conn
+            .start_replication(&StartReplication {
+                slot: None,
+                start,
+                timeline: Some(TimelineId(1)),
+            })
+            .await
+            .unwrap();
+        let mut received = start;
+        let end = loop {
+            let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("timed out")
+                .unwrap()
+                .expect("stream ended without EndOfTimeline");
+            match ev {
+                ReplicationEvent::XLogData(x) => {
+                    assert_eq!(x.wal_start, received);
+                    received = x.data_end();
+                }
+                ReplicationEvent::EndOfTimeline {
+                    next_timeline,
+                    next_timeline_start,
+                } => break (next_timeline, next_timeline_start),
+                ReplicationEvent::Keepalive(_) | ReplicationEvent::Notice(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(end, (TimelineId(2), switch));
+        assert!(
+            received >= switch,
+            "got WAL up to {received}, switch at {switch}"
+        );
+        assert_eq!(stream.next().await.unwrap(), None);
+        drop(stream);
+
+        // the connection is back in sync
+        assert_eq!(
+            conn.identify_system().await.unwrap().timeline,
+            TimelineId(2)
+        );
+
+        // asking exactly at the end of the old timeline skips COPY: the end comes at once
+        let mut stream = conn
+            .start_replication(&StartReplication {
+                slot: None,
+                start: switch,
+                timeline: Some(TimelineId(1)),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            stream.next().await.unwrap(),
+            Some(ReplicationEvent::EndOfTimeline {
+                next_timeline: TimelineId(2),
+                next_timeline_start: switch
+            })
+        );
+        assert_eq!(stream.next().await.unwrap(), None);
+        drop(stream);
+        conn.identify_system().await.unwrap();
+    });
+}
+per_version!(timelines, timeline_switch, [V17, V18]);
+
+fn cancelled_reads_lose_nothing(v: PgVersion) {
+    // next() raced against a timer that fires constantly: every byte still arrives in order
+    let c = Cluster::start(v);
+    rt().block_on(async {
+        let mut conn = connect(&c.conninfo(Role::Postgres, "sslmode=disable"))
+            .await
+            .unwrap();
+        let id = conn.identify_system().await.unwrap();
+        let seg_size = conn.wal_segment_size().await.unwrap();
+        let start = id.xlogpos.segment_start(seg_size);
+        let mut stream = conn
+            .start_replication(&StartReplication {
+                slot: None,
+                start,
+                timeline: None,
+            })
+            .await
+            .unwrap();
+        c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g");
+        let switch: Lsn = c.psql("SELECT pg_switch_wal()").parse().unwrap();
+        let mut received = start;
+        let mut cancelled = 0u32;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while received <= switch {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out at {received}"
+            );
+            tokio::select! {
+                ev = stream.next() => {
+                    if let Some(ReplicationEvent::XLogData(x)) = ev.unwrap() {
+                        assert_eq!(x.wal_start, received, "a cancelled read lost or repeated WAL");
+                        received = x.data_end();
+                    }
+                }
+                _ = tokio::task::yield_now() => cancelled += 1,
+            }
+        }
+        assert!(cancelled > 0, "the race never cancelled a read");
+        stream.finish().await.unwrap();
+    });
+}
+per_version!(cancel_safety, cancelled_reads_lose_nothing, [V18]);
