@@ -8,6 +8,7 @@
 //! runtime: callers hand it bytes and get typed values back. The segment size is always passed
 //! in; there is no process-wide setting.
 
+pub mod archive;
 mod decoder;
 mod lsn;
 pub mod page;
@@ -19,6 +20,7 @@ pub mod writer;
 pub mod xact;
 pub mod xlog;
 
+pub use archive::{ArchiveError, FoundSegment, WalDir};
 pub use decoder::{DecoderOptions, WalDecoder, WalError, WalErrorKind};
 pub use lsn::{Lsn, ParseLsnError, TimelineId};
 pub use page::WalVersion;

@@ -367,3 +367,54 @@ fn pg17_matches_pg_walinspect() {
     assert_eq!(ours.restore_points, vec![("pgrepl_rp".to_owned(), rp)]);
     commit_timestamps_match(&c, floor, &ours.commits);
 }
+
+#[test]
+fn pg18_promotion_is_decoded_from_the_new_timeline() {
+    use pgwal::timeline::TimelineHistory;
+    use pgwal::{TimelineId, WalDir};
+    let primary = cluster(PgVersion::V18);
+    primary.psql("CREATE TABLE before AS SELECT 1 AS x");
+    let standby = primary.standby();
+    standby.promote();
+    standby.psql("CREATE TABLE after AS SELECT 2 AS x");
+    let pg_wal = standby.data.join("pg_wal");
+    let history =
+        TimelineHistory::parse(&std::fs::read_to_string(pg_wal.join("00000002.history")).unwrap())
+            .unwrap();
+    let switch = history.entries[0].switch_point;
+    let seg = WalSegSize::DEFAULT;
+    let start = switch.segment_start(seg);
+    let mut d = WalDecoder::new(start, DecoderOptions::new(seg)).unwrap();
+    let mut switches = Vec::new();
+    let mut last = Lsn(0);
+    let mut first_after_switch = None;
+    WalDir::new(&pg_wal, seg)
+        .read_range(TimelineId(2), &history, start, None, |_, bytes, _| {
+            d.feed(bytes);
+            while let Ok(Some(r)) = d.next_record() {
+                last = r.lsn;
+                if r.lsn >= switch && first_after_switch.is_none() {
+                    first_after_switch = Some(r.lsn);
+                }
+                if let Some(XlogRecord::EndOfRecovery {
+                    timeline,
+                    prev_timeline,
+                    ..
+                }) = decode_xlog(r).unwrap()
+                {
+                    switches.push((r.lsn, timeline, prev_timeline));
+                }
+            }
+        })
+        .unwrap();
+    assert_eq!(switches.len(), 1, "records up to {last}: {switches:?}");
+    assert_eq!(
+        (switches[0].1, switches[0].2),
+        (TimelineId(2), TimelineId(1))
+    );
+    assert_eq!(
+        Some(switches[0].0),
+        first_after_switch,
+        "END_OF_RECOVERY is the first record at or after the switch point {switch}"
+    );
+}
