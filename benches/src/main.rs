@@ -1,7 +1,49 @@
-//! The benchmark harness (issue 8 grows it): runs pgrepl and PostgreSQL's tools side by side on
-//! one test-bed server and prints medians and ratios.
+//! `pgrepl-bench`: runs pgrepl and PostgreSQL's own tools side by side on one test-bed server,
+//! alternating them for N rounds, and prints medians and ratios (wall time, the client
+//! process's user+sys CPU, peak RSS), one line per job; the same goes to
+//! `bench-results/<job>.json`.
+//!
+//!   pgrepl-bench wal-decode [--scale N] [--rounds R]
+//!
+//! Jobs for basebackup, receivewal, combine and verify join as those capabilities land.
+
+mod measure;
+mod wal_decode;
+
+use std::path::PathBuf;
+
+fn usage() -> ! {
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R]");
+    std::process::exit(2);
+}
 
 fn main() {
-    eprintln!("pgrepl-benches: no benchmark jobs have landed yet; see README.md");
-    std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(job) = args.first() else { usage() };
+    if job == "decode-dir" {
+        let dir = args.get(1).map(PathBuf::from).unwrap_or_else(|| usage());
+        let (records, bytes, end) = wal_decode::decode_dir(&dir);
+        println!("{records} records, {bytes} bytes read, end of WAL at {end}");
+        return;
+    }
+    let mut scale = 20u32;
+    let mut rounds = 5usize;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let v = it.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--scale" => scale = v.parse().unwrap_or_else(|_| usage()),
+            "--rounds" => rounds = v.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    let result = match job.as_str() {
+        "wal-decode" => wal_decode::bench(scale, rounds),
+        _ => usage(),
+    };
+    let dir = pgrepl_testbed::repo_root().join("bench-results");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("{job}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    eprintln!("wrote {}", path.display());
 }
