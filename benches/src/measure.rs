@@ -15,6 +15,8 @@ pub struct Sample {
 pub fn run(cmd: &mut Command) -> Sample {
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let start = Instant::now();
+    // Reaped by wait4 below, which also reports its CPU time and peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));

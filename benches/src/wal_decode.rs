@@ -30,21 +30,26 @@ pub fn decode_dir(dir: &Path) -> (u64, u64, Lsn) {
     let mut bytes = 0u64;
     let mut end = None;
     'files: for (_, path) in &names {
-        let data = std::fs::read(path).expect("read segment");
-        bytes += data.len() as u64;
-        d.feed(&data);
+        let mut file = std::fs::File::open(path).expect("open segment");
         loop {
-            match d.next_record() {
-                Ok(Some(r)) => {
-                    records += 1;
-                    let e = &mut per_rmgr[usize::from(r.rmid)];
-                    e.0 += 1;
-                    e.1 += u64::from(r.total_len);
-                }
-                Ok(None) => continue 'files,
-                Err(e) => {
-                    end = Some(e.lsn);
-                    break 'files;
+            let n = d.feed_from(&mut file, 128 << 10).expect("read segment");
+            if n == 0 {
+                continue 'files;
+            }
+            bytes += n as u64;
+            loop {
+                match d.next_record() {
+                    Ok(Some(r)) => {
+                        records += 1;
+                        let e = &mut per_rmgr[usize::from(r.rmid)];
+                        e.0 += 1;
+                        e.1 += u64::from(r.total_len);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        end = Some(e.lsn);
+                        break 'files;
+                    }
                 }
             }
         }

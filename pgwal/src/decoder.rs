@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::page::{PageExpectations, PageHeader, WalVersion, XLP_FIRST_IS_CONTRECORD};
-use crate::record::{self, Record, MAX_RECORD_LEN, RECORD_HEADER_LEN};
+use crate::record::{self, BlockRef, Record, MAX_RECORD_LEN, RECORD_HEADER_LEN};
 use crate::{rmgr, Lsn, WalSegSize};
 
 /// How the WAL being decoded was made.
@@ -146,7 +146,9 @@ pub struct WalDecoder {
     prev_lsn: Lsn,
     need_until: Lsn,
     failed: Option<WalError>,
-    record: Record,
+    /// Multi-page records are gathered here; single-page ones are read in place.
+    assembled: Vec<u8>,
+    blocks: Vec<BlockRef>,
 }
 
 fn maxalign(v: u64) -> u64 {
@@ -179,7 +181,8 @@ impl WalDecoder {
             prev_lsn: Lsn::INVALID,
             need_until: stream_start,
             failed: None,
-            record: Record::default(),
+            assembled: Vec::new(),
+            blocks: Vec::new(),
         })
     }
 
@@ -202,15 +205,37 @@ impl WalDecoder {
         Ok(d)
     }
 
-    /// Appends WAL bytes (the continuation of what was fed before).
-    pub fn feed(&mut self, data: &[u8]) {
-        // Drop what has been consumed once it is most of the buffer.
+    /// Drops what has been consumed once it is most of the buffer (keeping the capacity).
+    fn compact(&mut self) {
         let consumed = (self.pos.0.saturating_sub(self.buf_lsn.0) as usize).min(self.buf.len());
         if consumed > 0 && consumed >= self.buf.len() / 2 && !self.finding_first {
             self.buf.drain(..consumed);
             self.buf_lsn = Lsn(self.buf_lsn.0 + consumed as u64);
         }
+    }
+
+    /// Appends WAL bytes (the continuation of what was fed before).
+    pub fn feed(&mut self, data: &[u8]) {
+        self.compact();
         self.buf.extend_from_slice(data);
+    }
+
+    /// Reads up to `max` bytes from `reader` straight into the decoder's buffer (one copy fewer
+    /// than reading into a buffer of your own and calling [`WalDecoder::feed`]). Returns the
+    /// bytes read; 0 at the end of the reader. With a bounded `max` (say 1 MiB) the buffer is
+    /// reused from call to call and stays in cache.
+    pub fn feed_from(
+        &mut self,
+        reader: &mut impl std::io::Read,
+        max: usize,
+    ) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.compact();
+        let before = self.buf.len();
+        self.buf.reserve(max);
+        let r = reader.take(max as u64).read_to_end(&mut self.buf);
+        let n = self.buf.len() - before;
+        r.map(|_| n)
     }
 
     /// The position just past the last byte fed.
@@ -279,7 +304,7 @@ impl WalDecoder {
         }
     }
 
-    fn need(&mut self, until: u64) -> Result<Option<&Record>, WalError> {
+    fn need(&mut self, until: u64) -> Result<Option<Record<'_>>, WalError> {
         self.need_until = Lsn(until);
         Ok(None)
     }
@@ -292,7 +317,7 @@ impl WalDecoder {
 
     /// The next record; `Ok(None)` when more bytes are needed; `Err` at the end of valid WAL
     /// (and on every call after it).
-    pub fn next_record(&mut self) -> Result<Option<&Record>, WalError> {
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, WalError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -364,78 +389,111 @@ impl WalDecoder {
             return self.need(end);
         }
 
-        // Gather the record, checking each continuation page.
-        let mut raw = std::mem::take(&mut self.record.raw);
-        raw.clear();
-        raw.reserve(tot_len as usize);
+        // Gather a record that crosses pages, checking each continuation page; a record
+        // inside one page is read where it lies.
+        let single_page = cur / blk == (cur + u64::from(tot_len) - 1) / blk;
+        if !single_page {
+            let mut raw = std::mem::take(&mut self.assembled);
+            raw.clear();
+            raw.reserve(tot_len as usize);
+            let gathered = self.gather(cur, tot_len, &mut raw);
+            self.assembled = raw;
+            if let Err(e) = gathered {
+                return Err(self.fail(e.lsn, e.kind));
+            }
+        }
+        let at = Lsn(cur);
+        let raw: &[u8] = if single_page {
+            let off = (cur - self.buf_lsn.0) as usize;
+            &self.buf[off..off + tot_len as usize]
+        } else {
+            &self.assembled
+        };
+        let h = record::read_header(raw);
+        let checked = if !rmgr::rmgr_id_is_valid(h.rmid) {
+            Err(WalErrorKind::InvalidRmgr(h.rmid))
+        } else if self.check_prev && h.prev_lsn != self.prev_lsn {
+            Err(WalErrorKind::IncorrectPrevLink { got: h.prev_lsn })
+        } else if record::record_crc(raw) != h.crc {
+            Err(WalErrorKind::BadCrc)
+        } else {
+            record::decode_body(raw, &mut self.blocks).map_err(WalErrorKind::BadBlockRefs)
+        };
+        let body = match checked {
+            Ok(b) => b,
+            Err(kind) => return Err(self.fail(at, kind)),
+        };
+        let mut next = maxalign(end);
+        if record::is_switch(h.rmid, h.info) {
+            let seg = self.opts.seg_size.bytes();
+            next = next.div_ceil(seg) * seg;
+        }
+        self.prev_lsn = at;
+        self.check_prev = true;
+        self.pos = Lsn(next);
+        self.need_until = Lsn(next);
+        let raw: &[u8] = if single_page {
+            let off = (cur - self.buf_lsn.0) as usize;
+            &self.buf[off..off + tot_len as usize]
+        } else {
+            &self.assembled
+        };
+        Ok(Some(Record {
+            lsn: at,
+            end_lsn: Lsn(next),
+            prev_lsn: h.prev_lsn,
+            xid: h.xid,
+            rmid: h.rmid,
+            info: h.info,
+            total_len: h.total_len,
+            crc: h.crc,
+            raw,
+            blocks: &self.blocks,
+            main_data: body.main_data,
+            toplevel_xid: body.toplevel_xid,
+            origin: body.origin,
+            wal_version: self.expect.version,
+        }))
+    }
+
+    /// Copies a multi-page record starting at `cur` into `raw`, checking each continuation
+    /// page header. The bytes are known to be buffered.
+    fn gather(&mut self, cur: u64, tot_len: u32, raw: &mut Vec<u8>) -> Result<(), WalError> {
+        let blk = u64::from(self.opts.block_size);
         let mut p = cur;
         let mut remaining = u64::from(tot_len);
         loop {
             let page_end = (p / blk + 1) * blk;
             let take = (page_end - p).min(remaining);
-            let chunk = self.bytes(Lsn(p), take as usize).unwrap_or(&[]);
-            raw.extend_from_slice(chunk);
+            raw.extend_from_slice(self.bytes(Lsn(p), take as usize).unwrap_or(&[]));
             remaining -= take;
             p += take;
             if remaining == 0 {
-                break;
+                return Ok(());
             }
-            let h = match self.page_header(Lsn(p)) {
-                Ok(Some(h)) => h,
-                Ok(None) => {
-                    self.record.raw = raw;
-                    return self.need(p + crate::page::LONG_HEADER_LEN as u64);
-                }
-                Err(e) => {
-                    self.record.raw = raw;
-                    return Err(self.fail(e.lsn, e.kind));
-                }
+            let Some(h) = self.page_header(Lsn(p))? else {
+                // cannot happen: the whole span was buffered before gathering
+                return Err(WalError {
+                    lsn: Lsn(p),
+                    kind: WalErrorKind::MissingContrecord,
+                });
             };
             if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
-                self.record.raw = raw;
-                return Err(self.fail(Lsn(p), WalErrorKind::MissingContrecord));
+                return Err(WalError {
+                    lsn: Lsn(p),
+                    kind: WalErrorKind::MissingContrecord,
+                });
             }
             if u64::from(h.rem_len) != remaining {
-                self.record.raw = raw;
-                return Err(self.fail(
-                    Lsn(p),
-                    WalErrorKind::InvalidContrecordLength {
+                return Err(WalError {
+                    lsn: Lsn(p),
+                    kind: WalErrorKind::InvalidContrecordLength {
                         got: h.rem_len,
                         expected: remaining,
                     },
-                ));
+                });
             }
             p += h.len() as u64;
         }
-        self.record.raw = raw;
-        record::read_header(&mut self.record);
-        let at = Lsn(cur);
-        if !rmgr::rmgr_id_is_valid(self.record.rmid) {
-            let id = self.record.rmid;
-            return Err(self.fail(at, WalErrorKind::InvalidRmgr(id)));
-        }
-        if self.check_prev && self.record.prev_lsn != self.prev_lsn {
-            let got = self.record.prev_lsn;
-            return Err(self.fail(at, WalErrorKind::IncorrectPrevLink { got }));
-        }
-        if record::record_crc(&self.record.raw) != self.record.crc {
-            return Err(self.fail(at, WalErrorKind::BadCrc));
-        }
-        if let Err(d) = record::decode_body(&mut self.record) {
-            return Err(self.fail(at, WalErrorKind::BadBlockRefs(d)));
-        }
-        let mut next = maxalign(end);
-        if self.record.is_switch() {
-            let seg = self.opts.seg_size.bytes();
-            next = next.div_ceil(seg) * seg;
-        }
-        self.record.lsn = at;
-        self.record.end_lsn = Lsn(next);
-        self.record.wal_version = self.expect.version;
-        self.prev_lsn = at;
-        self.check_prev = true;
-        self.pos = Lsn(next);
-        self.need_until = Lsn(next);
-        Ok(Some(&self.record))
     }
 }

@@ -67,9 +67,9 @@ pub struct BlockRef {
     pub hole_offset: u16,
     /// Length of the hole.
     pub hole_length: u16,
-    /// Where the image bytes are inside [`Record::raw`].
+    /// Where the image bytes are inside the record (`Record::raw`).
     pub image: Range<usize>,
-    /// Where the block's data is inside [`Record::raw`].
+    /// Where the block's data is inside the record (`Record::raw`).
     pub data: Range<usize>,
 }
 
@@ -96,10 +96,10 @@ impl BlockRef {
     }
 }
 
-/// A decoded record. The decoder reuses one `Record`, so a reference to it is valid until the
-/// next call.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Record {
+/// A decoded record: a view into the decoder's buffers, valid until the decoder is used again.
+/// Records that fit in one page are not copied at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
     /// Where the record starts.
     pub lsn: Lsn,
     /// Where the next record starts (MAXALIGNed; for XLOG_SWITCH the next segment's start), as
@@ -118,9 +118,9 @@ pub struct Record {
     /// `xl_crc`.
     pub crc: u32,
     /// The whole record, header included, with page headers removed.
-    pub raw: Vec<u8>,
+    pub raw: &'a [u8],
     /// Block references in id order.
-    pub blocks: Vec<BlockRef>,
+    pub blocks: &'a [BlockRef],
     /// Where the main data is inside `raw`.
     pub main_data: Range<usize>,
     /// The top-level transaction id, for subtransaction records (`XLR_BLOCK_ID_TOPLEVEL_XID`).
@@ -131,7 +131,7 @@ pub struct Record {
     pub wal_version: Option<crate::WalVersion>,
 }
 
-impl Record {
+impl Record<'_> {
     /// The main data.
     pub fn main_data(&self) -> &[u8] {
         &self.raw[self.main_data.clone()]
@@ -164,8 +164,31 @@ impl Record {
 
     /// True for XLOG_SWITCH.
     pub fn is_switch(&self) -> bool {
-        self.rmid == rmgr::RM_XLOG_ID && self.rmgr_info() == crate::xlog::XLOG_SWITCH
+        is_switch(self.rmid, self.info)
     }
+}
+
+pub(crate) fn is_switch(rmid: u8, info: u8) -> bool {
+    rmid == rmgr::RM_XLOG_ID && info & 0xF0 == crate::xlog::XLOG_SWITCH
+}
+
+/// The fixed header's fields.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Header {
+    pub total_len: u32,
+    pub xid: u32,
+    pub prev_lsn: Lsn,
+    pub info: u8,
+    pub rmid: u8,
+    pub crc: u32,
+}
+
+/// What the fragment headers say besides the block references.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Body {
+    pub main_data: Range<usize>,
+    pub toplevel_xid: Option<u32>,
+    pub origin: Option<u16>,
 }
 
 fn le16(b: &[u8], o: usize) -> u16 {
@@ -180,18 +203,22 @@ fn le32(b: &[u8], o: usize) -> u32 {
 pub fn record_crc(raw: &[u8]) -> u32 {
     let body = raw.get(RECORD_HEADER_LEN..).unwrap_or(&[]);
     let head = &raw[..raw.len().min(20)];
-    crc32c::crc32c_append(crc32c::crc32c(body), head)
+    let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+    d.update(body);
+    d.update(head);
+    d.finalize() as u32
 }
 
-/// Fills the header fields of `rec` from `rec.raw` (which must hold at least 24 bytes).
-pub(crate) fn read_header(rec: &mut Record) {
-    let r = &rec.raw;
-    rec.total_len = le32(r, 0);
-    rec.xid = le32(r, 4);
-    rec.prev_lsn = Lsn(u64::from(le32(r, 8)) | (u64::from(le32(r, 12)) << 32));
-    rec.info = r[16];
-    rec.rmid = r[17];
-    rec.crc = le32(r, 20);
+/// Reads the fixed header from `r` (which must hold at least 24 bytes).
+pub(crate) fn read_header(r: &[u8]) -> Header {
+    Header {
+        total_len: le32(r, 0),
+        xid: le32(r, 4),
+        prev_lsn: Lsn(u64::from(le32(r, 8)) | (u64::from(le32(r, 12)) << 32)),
+        info: r[16],
+        rmid: r[17],
+        crc: le32(r, 20),
+    }
 }
 
 struct Cursor<'a> {
@@ -223,13 +250,11 @@ impl Cursor<'_> {
     }
 }
 
-/// Decodes the fragment headers and payload layout of `rec.raw` (`DecodeXLogRecord`).
-pub(crate) fn decode_body(rec: &mut Record) -> Result<(), String> {
-    rec.blocks.clear();
-    rec.toplevel_xid = None;
-    rec.origin = None;
-    rec.main_data = 0..0;
-    let raw = &rec.raw;
+/// Decodes the fragment headers and payload layout of `raw` (`DecodeXLogRecord`), filling
+/// `blocks` (cleared first).
+pub(crate) fn decode_body(raw: &[u8], blocks: &mut Vec<BlockRef>) -> Result<Body, String> {
+    blocks.clear();
+    let mut out = Body::default();
     let mut c = Cursor {
         b: raw,
         pos: RECORD_HEADER_LEN,
@@ -254,8 +279,8 @@ pub(crate) fn decode_body(rec: &mut Record) -> Result<(), String> {
                     .ok_or("main data length overflows")?;
                 break;
             }
-            XLR_BLOCK_ID_ORIGIN => rec.origin = Some(c.u16()?),
-            XLR_BLOCK_ID_TOPLEVEL_XID => rec.toplevel_xid = Some(c.u32()?),
+            XLR_BLOCK_ID_ORIGIN => out.origin = Some(c.u16()?),
+            XLR_BLOCK_ID_TOPLEVEL_XID => out.toplevel_xid = Some(c.u32()?),
             id if id <= XLR_MAX_BLOCK_ID => {
                 if last_id.is_some_and(|l| id <= l) {
                     return Err(format!("out-of-order block_id {id}"));
@@ -334,7 +359,7 @@ pub(crate) fn decode_body(rec: &mut Record) -> Result<(), String> {
                 // Lengths for now; the payload pass turns them into positions.
                 b.image = 0..image_len;
                 b.data = 0..data_len;
-                rec.blocks.push(b);
+                blocks.push(b);
             }
             other => return Err(format!("invalid block_id {other}")),
         }
@@ -347,13 +372,13 @@ pub(crate) fn decode_body(rec: &mut Record) -> Result<(), String> {
         ));
     }
     let mut p = c.pos;
-    for b in rec.blocks.iter_mut() {
+    for b in blocks.iter_mut() {
         let (image_len, data_len) = (b.image.len(), b.data.len());
         b.image = p..p + image_len;
         p += image_len;
         b.data = p..p + data_len;
         p += data_len;
     }
-    rec.main_data = p..p + main_len;
-    Ok(())
+    out.main_data = p..p + main_len;
+    Ok(out)
 }

@@ -59,7 +59,7 @@ fn le64(b: &[u8], o: usize) -> Option<u64> {
 
 /// Decodes a commit or abort record; `Ok(None)` for any other record. The record's WAL version
 /// selects the size of dropped-statistics items (12 bytes before PostgreSQL 18, 16 from 18 on).
-pub fn decode_xact_end(rec: &Record) -> Result<Option<XactEnd>, String> {
+pub fn decode_xact_end(rec: &Record<'_>) -> Result<Option<XactEnd>, String> {
     let version = rec.wal_version.unwrap_or(WalVersion::V18);
     if rec.rmid != RM_XACT_ID {
         return Ok(None);

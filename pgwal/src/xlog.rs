@@ -92,7 +92,7 @@ fn le64(b: &[u8], o: usize) -> u64 {
 
 /// Decodes an XLOG record, or `Ok(None)` for other records and kinds we do not decode. A
 /// payload of the wrong size is an error naming the record.
-pub fn decode_xlog(rec: &Record) -> Result<Option<XlogRecord>, String> {
+pub fn decode_xlog(rec: &Record<'_>) -> Result<Option<XlogRecord>, String> {
     if rec.rmid != RM_XLOG_ID {
         return Ok(None);
     }

@@ -98,12 +98,12 @@ fn decode_pg_wal(pg_wal: &Path, seg_size: WalSegSize) -> Decoded {
                             })
                             .collect(),
                     });
-                    if let Some(x) = decode_xact_end(r).unwrap() {
+                    if let Some(x) = decode_xact_end(&r).unwrap() {
                         if x.outcome == XactOutcome::Commit {
                             out.commits.push((x.xid, x.time));
                         }
                     }
-                    if let Some(XlogRecord::RestorePoint { name, .. }) = decode_xlog(r).unwrap() {
+                    if let Some(XlogRecord::RestorePoint { name, .. }) = decode_xlog(&r).unwrap() {
                         out.restore_points.push((name, r.end_lsn));
                     }
                 }
@@ -400,7 +400,7 @@ fn pg18_promotion_is_decoded_from_the_new_timeline() {
                     timeline,
                     prev_timeline,
                     ..
-                }) = decode_xlog(r).unwrap()
+                }) = decode_xlog(&r).unwrap()
                 {
                     switches.push((r.lsn, timeline, prev_timeline));
                 }
