@@ -22,6 +22,8 @@ pub enum Role {
     Cert,
     /// `scram-sha-256`, and only over TLS (`hostnossl ... reject`).
     TlsOnly,
+    /// `password` (cleartext).
+    Cleartext,
 }
 
 impl Role {
@@ -33,6 +35,7 @@ impl Role {
             Role::Scram => "scram_user",
             Role::Cert => "cert_user",
             Role::TlsOnly => "tls_only",
+            Role::Cleartext => "pw_user",
         }
     }
 
@@ -43,6 +46,7 @@ impl Role {
             Role::Md5 => Some("md5 pa'ss:word"),
             Role::Scram => Some("scram-sëcret"),
             Role::TlsOnly => Some("tls-only-secret"),
+            Role::Cleartext => Some("plain secret"),
         }
     }
 }
@@ -54,6 +58,7 @@ host      all          postgres    127.0.0.1/32  trust
 host      replication  postgres    127.0.0.1/32  trust
 host      replication  md5_user    127.0.0.1/32  md5
 host      replication  scram_user  127.0.0.1/32  scram-sha-256
+host      replication  pw_user     127.0.0.1/32  password
 hostssl   replication  cert_user   127.0.0.1/32  cert
 hostnossl replication  tls_only    127.0.0.1/32  reject
 host      replication  tls_only    127.0.0.1/32  scram-sha-256
@@ -309,7 +314,13 @@ impl Cluster {
 
     fn create_roles(&self) {
         let mut sql = String::new();
-        for r in [Role::Md5, Role::Scram, Role::Cert, Role::TlsOnly] {
+        for r in [
+            Role::Md5,
+            Role::Scram,
+            Role::Cert,
+            Role::TlsOnly,
+            Role::Cleartext,
+        ] {
             let pw = r
                 .password()
                 .map(|p| format!(" PASSWORD '{}'", p.replace('\'', "''")));

@@ -50,8 +50,8 @@ fn authentication(v: PgVersion) {
         let conn = connect(&c.socket_conninfo()).await.unwrap();
         conn.close().await.unwrap();
 
-        // md5 and scram without TLS
-        for role in [Role::Md5, Role::Scram] {
+        // cleartext password, md5 and scram without TLS
+        for role in [Role::Cleartext, Role::Md5, Role::Scram] {
             let mut conn = connect(&c.conninfo(role, "sslmode=disable"))
                 .await
                 .unwrap_or_else(|e| panic!("{role:?}: {e}"));
@@ -60,7 +60,7 @@ fn authentication(v: PgVersion) {
         }
 
         // wrong password: the server's message, typed
-        for role in [Role::Md5, Role::Scram] {
+        for role in [Role::Cleartext, Role::Md5, Role::Scram] {
             let bad = format!(
                 "host=127.0.0.1 port={} user={} password=wrong sslmode=disable",
                 c.port,
@@ -99,6 +99,14 @@ fn authentication(v: PgVersion) {
         assert!(conn.is_tls());
         assert!(conn.channel_binding_used());
         conn.identify_system().await.unwrap();
+
+        // channel_binding=prefer (the default) binds over TLS; disable does not
+        let conn = connect(&c.conninfo(Role::Scram, "sslmode=require")).await.unwrap();
+        assert!(conn.is_tls() && conn.channel_binding_used());
+        let conn = connect(&c.conninfo(Role::Scram, "sslmode=require channel_binding=disable"))
+            .await
+            .unwrap();
+        assert!(conn.is_tls() && !conn.channel_binding_used());
 
         // channel_binding=require with md5 must fail on our side
         let e = connect(
@@ -720,6 +728,24 @@ fn hostile_servers_give_typed_errors() {
             ),
             "{e:?}"
         );
+
+        // a server that accepts and then says nothing: connect_timeout ends the wait
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let started = std::time::Instant::now();
+        let e = connect(&format!(
+            "host=127.0.0.1 port={port} user=u sslmode=disable connect_timeout=2"
+        ))
+        .await
+        .unwrap_err();
+        assert!(matches!(e, Error::Timeout("connect")), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        silent.abort();
 
         // an unsupported authentication method
         let e = connect(&hostile(msg(b'R', &7u32.to_be_bytes())).await)

@@ -1,0 +1,129 @@
+//! The `pgrepl` binary: `identify` against a real server, and the command-line conventions
+//! (one-line errors, exit status, --help, --version, no password in any output).
+
+use std::process::Command;
+
+use pgrepl_testbed::{Cluster, PgVersion, Role};
+
+fn pgrepl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+}
+
+#[test]
+fn identify_prints_the_server_identity() {
+    let c = Cluster::start(PgVersion::V18);
+    let out = pgrepl()
+        .args([
+            "identify",
+            "--json",
+            "-d",
+            &c.conninfo(Role::Scram, "sslmode=disable"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["system_identifier"].as_str().unwrap(),
+        c.psql("SELECT system_identifier FROM pg_control_system()")
+    );
+    assert_eq!(v["timeline"], 1);
+    assert_eq!(v["wal_segment_size"], 16 << 20);
+    assert_eq!(v["server_version_major"], 18);
+
+    // -h/-p/-U override the connection string, as in pg_basebackup
+    let out = pgrepl()
+        .args([
+            "identify",
+            "-d",
+            "host=nowhere.invalid port=1 sslmode=disable",
+        ])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &c.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("timeline:          1"));
+}
+
+#[test]
+fn errors_are_one_line_and_never_show_the_password() {
+    let c = Cluster::start(PgVersion::V18);
+    let out = pgrepl()
+        .args([
+            "identify",
+            "-d",
+            &format!(
+                "host=127.0.0.1 port={} user=scram_user password=hunter2-wrong sslmode=disable",
+                c.port
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("pgrepl: error: "), "{err}");
+    assert!(
+        err.contains("password authentication failed for user \"scram_user\""),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let out = pgrepl()
+        .args([
+            "identify",
+            "-d",
+            "host=127.0.0.1 port=1 user=x sslmode=disable",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("pgrepl: error: connection to server at 127.0.0.1:1 failed"),
+        "{err}"
+    );
+
+    let out = pgrepl()
+        .args(["identify", "-d", "bogus_key=1"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid connection option \"bogus_key\"")
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = pgrepl().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pgrepl "));
+    for (args, expect) in [
+        (&["--help"][..], "identify"),
+        (&["identify", "--help"][..], "--dbname"),
+    ] {
+        let out = pgrepl().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(expect),
+            "{args:?}"
+        );
+    }
+}
