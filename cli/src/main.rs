@@ -3,6 +3,7 @@
 
 mod conn;
 mod identify;
+mod receivewal;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Connect with replication=true and show the server's identity (IDENTIFY_SYSTEM)
     Identify(identify::IdentifyArgs),
+    /// Stream WAL into a crash-safe archive directory (as pg_receivewal)
+    Receivewal(receivewal::ReceiveWalArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,11 +42,13 @@ fn main() -> ExitCode {
     };
     let verbose = match &cli.command {
         Command::Identify(a) => a.verbose,
+        Command::Receivewal(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
         match cli.command {
             Command::Identify(a) => identify::run(a).await,
+            Command::Receivewal(a) => receivewal::run(a).await,
         }
     });
     match result {

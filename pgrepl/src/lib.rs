@@ -25,6 +25,7 @@ mod connection;
 mod error;
 pub mod message;
 pub mod quote;
+pub mod receivewal;
 pub mod replication;
 mod socket;
 mod stream;

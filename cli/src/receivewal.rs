@@ -1,0 +1,245 @@
+//! `pgrepl receivewal`: a continuous WAL archive, with pg_receivewal's flags.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use pgrepl::receivewal::{self, ReceiveEvent, ReceiveOptions};
+use pgrepl::Lsn;
+
+use crate::conn::ConnArgs;
+
+#[derive(Args, Debug)]
+pub struct ReceiveWalArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Receive WAL files into this directory
+    #[arg(short = 'D', long = "directory", value_name = "DIR")]
+    directory: Option<PathBuf>,
+    /// Exit after receiving the specified LSN
+    #[arg(short = 'E', long = "endpos", value_name = "LSN")]
+    endpos: Option<Lsn>,
+    /// Do not error out when --create-slot finds the slot already there
+    #[arg(long = "if-not-exists")]
+    if_not_exists: bool,
+    /// Do not loop on connection lost
+    #[arg(short = 'n', long = "no-loop")]
+    no_loop: bool,
+    /// Do not wait for changes to be written safely to disk
+    #[arg(long = "no-sync")]
+    no_sync: bool,
+    /// Time between status packets sent to the server, in seconds
+    #[arg(
+        short = 's',
+        long = "status-interval",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
+    status_interval: u64,
+    /// Replication slot to use
+    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    slot: Option<String>,
+    /// Flush WAL to disk and report it after every write
+    #[arg(long = "synchronous")]
+    synchronous: bool,
+    /// Compress completed segments: zstd[:LEVEL], or none
+    #[arg(short = 'Z', long = "compress", value_name = "METHOD[:LEVEL]")]
+    compress: Option<String>,
+    /// Create a new physical replication slot (RESERVE_WAL) and exit
+    #[arg(long = "create-slot")]
+    create_slot: bool,
+    /// Drop the replication slot and exit
+    #[arg(long = "drop-slot")]
+    drop_slot: bool,
+    /// Print events as JSON lines on stdout
+    #[arg(long)]
+    json: bool,
+    /// Output verbose messages (a line per segment)
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parses `--compress`: `none`, `zstd`, `zstd:N`, `zstd:level=N`.
+pub fn parse_compress(spec: &str) -> anyhow::Result<Option<i32>> {
+    let (method, detail) = match spec.split_once(':') {
+        Some((m, d)) => (m, Some(d)),
+        None => (spec, None),
+    };
+    match method {
+        "none" => {
+            if detail.is_some() {
+                bail!("invalid compression specification: compression algorithm \"none\" does not accept a compression level");
+            }
+            Ok(None)
+        }
+        "zstd" => {
+            let level = match detail {
+                None => 3,
+                Some(d) => {
+                    let d = d.strip_prefix("level=").unwrap_or(d);
+                    let n: i32 = d.parse().with_context(|| {
+                        format!("invalid compression specification: unrecognized compression option \"{d}\"")
+                    })?;
+                    if !(1..=22).contains(&n) {
+                        bail!("invalid compression specification: compression algorithm \"zstd\" expects a compression level between 1 and 22 (got {n})");
+                    }
+                    n
+                }
+            };
+            Ok(Some(level))
+        }
+        "gzip" | "lz4" => {
+            bail!("compression method {method} is not supported by pgrepl receivewal; use zstd")
+        }
+        other => bail!(
+            "invalid compression specification: unrecognized compression algorithm: \"{other}\""
+        ),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn event_json(e: &ReceiveEvent) -> serde_json::Value {
+    match e {
+        ReceiveEvent::Started {
+            system_id,
+            start,
+            timeline,
+        } => serde_json::json!({
+            "event": "started", "system_identifier": system_id.to_string(), "start": start.to_string(), "timeline": timeline.0 }),
+        ReceiveEvent::SegmentDone(s) => serde_json::json!({
+            "event": "segment", "file": s.file_name, "timeline": s.timeline.0, "end": s.end.to_string() }),
+        ReceiveEvent::Flushed {
+            written,
+            flushed,
+            server_end,
+        } => serde_json::json!({
+            "event": "flushed", "written": written.to_string(), "flushed": flushed.to_string(), "server_end": server_end.to_string() }),
+        ReceiveEvent::TimelineSwitch { from, to, at } => serde_json::json!({
+            "event": "timeline_switch", "from": from.0, "to": to.0, "at": at.to_string() }),
+        ReceiveEvent::Reconnecting { error, delay } => serde_json::json!({
+            "event": "reconnecting", "error": error, "delay_ms": delay.as_millis() as u64 }),
+        _ => serde_json::json!({ "event": "other" }),
+    }
+}
+
+pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
+    if args.create_slot && args.drop_slot {
+        bail!("cannot use --create-slot together with --drop-slot");
+    }
+    if (args.create_slot || args.drop_slot) && args.slot.is_none() {
+        bail!(
+            "{} needs a slot to be specified using --slot",
+            if args.create_slot {
+                "--create-slot"
+            } else {
+                "--drop-slot"
+            }
+        );
+    }
+    if args.synchronous && args.no_sync {
+        bail!("cannot use --synchronous together with --no-sync");
+    }
+    let compress_level = match &args.compress {
+        Some(s) => parse_compress(s)?,
+        None => None,
+    };
+    if let Some(s) = &args.slot {
+        pgrepl::validate_slot_name(s)?;
+    }
+    let config = args.conn.config()?;
+    if args.drop_slot {
+        let slot = args.slot.as_deref().unwrap_or_default();
+        receivewal::drop_slot(&config, slot).await?;
+        if args.verbose > 0 {
+            eprintln!("pgrepl: dropped replication slot \"{slot}\"");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.create_slot {
+        let slot = args.slot.as_deref().unwrap_or_default();
+        receivewal::create_slot(&config, slot, args.if_not_exists).await?;
+        if args.verbose > 0 {
+            eprintln!("pgrepl: created replication slot \"{slot}\"");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(dir) = args.directory.clone() else {
+        bail!("no target directory specified (-D/--directory)");
+    };
+    let mut opts = ReceiveOptions::new(dir);
+    opts.slot = args.slot.clone();
+    opts.synchronous = args.synchronous;
+    opts.no_sync = args.no_sync;
+    opts.status_interval = Duration::from_secs(args.status_interval.max(1));
+    opts.endpos = args.endpos;
+    opts.no_loop = args.no_loop;
+    opts.compress_level = compress_level;
+
+    let status_line = !args.json && args.verbose == 0 && std::io::stderr().is_terminal();
+    let verbose = args.verbose;
+    let json = args.json;
+    let summary = receivewal::receive_wal(&config, &opts, shutdown_signal(), |e| {
+        if json {
+            println!("{}", event_json(e));
+            return;
+        }
+        match e {
+            ReceiveEvent::Started {
+                start, timeline, ..
+            } if verbose > 0 => {
+                eprintln!("pgrepl: starting log streaming at {start} (timeline {timeline})")
+            }
+            ReceiveEvent::SegmentDone(s) if verbose > 0 => {
+                eprintln!(
+                    "pgrepl: finished segment {} at {} (timeline {})",
+                    s.file_name, s.end, s.timeline
+                )
+            }
+            ReceiveEvent::TimelineSwitch { from, to, at } => {
+                eprintln!("pgrepl: switched to timeline {to} at {at} (timeline {from} ended)")
+            }
+            ReceiveEvent::Reconnecting { error, delay } => {
+                eprintln!(
+                    "pgrepl: connection lost ({error}); retrying in {:.1} s",
+                    delay.as_secs_f64()
+                )
+            }
+            ReceiveEvent::Flushed {
+                written,
+                flushed,
+                server_end,
+            } if status_line => {
+                eprint!("\rreceived {written}  flushed {flushed}  server at {server_end}   ")
+            }
+            _ => {}
+        }
+    })
+    .await?;
+    if status_line {
+        eprintln!();
+    }
+    if verbose > 0 {
+        eprintln!(
+            "pgrepl: stopped ({:?}); WAL up to {} is durable in the archive",
+            summary.reason, summary.flushed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
