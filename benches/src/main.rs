@@ -4,16 +4,18 @@
 //! `bench-results/<job>.json`.
 //!
 //!   pgrepl-bench wal-decode [--scale N] [--rounds R]
+//!   pgrepl-bench receivewal [--scale N] [--seconds S]    (needs target/release/pgrepl)
 //!
 //! Jobs for basebackup, receivewal, combine and verify join as those capabilities land.
 
 mod measure;
+mod receivewal;
 mod wal_decode;
 
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S]");
     std::process::exit(2);
 }
 
@@ -28,17 +30,20 @@ fn main() {
     }
     let mut scale = 20u32;
     let mut rounds = 5usize;
+    let mut seconds = 20u64;
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
         match a.as_str() {
             "--scale" => scale = v.parse().unwrap_or_else(|_| usage()),
             "--rounds" => rounds = v.parse().unwrap_or_else(|_| usage()),
+            "--seconds" => seconds = v.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
     let result = match job.as_str() {
         "wal-decode" => wal_decode::bench(scale, rounds),
+        "receivewal" => receivewal::bench(scale, seconds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");

@@ -15,11 +15,18 @@ pub struct Sample {
 pub fn run(cmd: &mut Command) -> Sample {
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let start = Instant::now();
-    // Reaped by wait4 below, which also reports its CPU time and peak RSS.
-    #[allow(clippy::zombie_processes)]
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut s = wait_child(child, &format!("{cmd:?}"), false);
+    s.wall = start.elapsed().as_secs_f64();
+    s
+}
+
+/// Reaps `child` with wait4 and returns its CPU time and peak RSS (wall is left 0). Panics if
+/// it failed, unless `signalled_ok` and it was ended by SIGTERM/SIGINT or exited 0.
+pub fn wait_child(child: std::process::Child, what: &str, signalled_ok: bool) -> Sample {
+    let start = Instant::now();
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: `usage` is a plain C struct that wait4 fills in; pid is our own child, not yet
@@ -31,15 +38,18 @@ pub fn run(cmd: &mut Command) -> Sample {
         (ret, usage)
     };
     let wall = start.elapsed().as_secs_f64();
-    assert_eq!(ret, pid, "wait4 failed for {cmd:?}");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    assert_eq!(ret, pid, "wait4 failed for {what}");
+    let ok = (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+        || (signalled_ok
+            && (libc::WIFSIGNALED(status)
+                || (libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 143)));
     if !ok {
         let mut err = String::new();
         if let Some(mut e) = child.stderr {
             use std::io::Read;
             let _ = e.read_to_string(&mut err);
         }
-        panic!("{cmd:?} failed (status {status}): {err}");
+        panic!("{what} failed (status {status}): {err}");
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Sample {
