@@ -10,6 +10,7 @@
 
 pub mod archive;
 mod decoder;
+mod le;
 mod lsn;
 pub mod page;
 pub mod record;

@@ -4,6 +4,7 @@
 //! `XLogLongPageHeaderData`, `XLP_*` flags, `XLOG_PAGE_MAGIC`). On-disk integers are in host
 //! byte order; we read little-endian, the order of every platform PostgreSQL ships on today.
 
+use crate::le::{le16, le32, le64};
 use crate::{Lsn, TimelineId};
 
 /// Size of a short page header (`SizeOfXLogShortPHD`).
@@ -96,18 +97,6 @@ pub struct PageHeader {
     pub rem_len: u32,
     /// Present on the first page of a segment.
     pub long: Option<LongHeader>,
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 impl PageHeader {

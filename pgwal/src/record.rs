@@ -5,6 +5,7 @@
 //! `XLogRecordBlockImageHeader`, `XLR_BLOCK_ID_*`, `BKPBLOCK_*`, `BKPIMAGE_*`); decoding rules from
 //! `DecodeXLogRecord` and `ValidXLogRecord` in `src/backend/access/transam/xlogreader.c`.
 
+use crate::le::{le16, le32};
 use std::ops::Range;
 
 use crate::{rmgr, Lsn};
@@ -189,13 +190,6 @@ pub(crate) struct Body {
     pub main_data: Range<usize>,
     pub toplevel_xid: Option<u32>,
     pub origin: Option<u16>,
-}
-
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
 /// The CRC PostgreSQL stores in `xl_crc`: CRC-32C over the record after its header, then the

@@ -4,6 +4,7 @@
 //! Info values from `src/include/catalog/pg_control.h`; payloads from `CheckPoint`
 //! (pg_control.h), `xl_restore_point` and `xl_end_of_recovery` (`xlog_internal.h`).
 
+use crate::le::{le32, le64};
 use crate::record::Record;
 use crate::rmgr::RM_XLOG_ID;
 use crate::{Lsn, TimelineId};
@@ -79,15 +80,6 @@ pub enum XlogRecord {
     },
     /// The redo point of an online checkpoint (PostgreSQL 17+).
     CheckpointRedo,
-}
-
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn le64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Decodes an XLOG record, or `Ok(None)` for other records and kinds we do not decode. A

@@ -235,24 +235,29 @@ impl Cluster {
         c
     }
 
+    /// `pg_ctl start` on our port and socket directory.
+    fn pg_ctl_start(&self) -> std::process::Output {
+        run_as_test_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "120", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1",
+                self.port,
+                self.root.display()
+            ))
+            .arg("start")
+            .output()
+            .expect("cannot run pg_ctl")
+    }
+
     fn start_server(&mut self) {
         let mut last = String::new();
         for _ in 0..3 {
             self.port = free_port();
-            let out = run_as_test_user(&self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .arg("-l")
-                .arg(self.log_path())
-                .args(["-w", "-t", "120", "-o"])
-                .arg(format!(
-                    "-p {} -k {} -c listen_addresses=127.0.0.1",
-                    self.port,
-                    self.root.display()
-                ))
-                .arg("start")
-                .output()
-                .expect("cannot run pg_ctl");
+            let out = self.pg_ctl_start();
             if out.status.success() {
                 self.running = true;
                 return;
@@ -277,20 +282,7 @@ impl Cluster {
     /// Restarts the server (same port).
     pub fn restart(&mut self) {
         self.stop_server("fast");
-        let out = run_as_test_user(&self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(self.log_path())
-            .args(["-w", "-t", "120", "-o"])
-            .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1",
-                self.port,
-                self.root.display()
-            ))
-            .arg("start")
-            .output()
-            .expect("pg_ctl");
+        let out = self.pg_ctl_start();
         assert!(
             out.status.success(),
             "restart failed:\n{}",

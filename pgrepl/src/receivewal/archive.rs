@@ -34,6 +34,17 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> ReceiveError {
     }
 }
 
+/// Opens `path` for writing, creating it 0600; `truncate` empties an existing file.
+fn create_private(path: &Path, truncate: bool) -> Result<File, ReceiveError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err(path, "create", e))
+}
+
 /// fsync a directory, so renames and creations in it are durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), ReceiveError> {
     File::open(dir)
@@ -290,13 +301,7 @@ impl SegmentWriter {
         // Never truncate: a partial left by an earlier run holds bytes the server was told are
         // flushed. Streaming restarts at the segment start and overwrites them with the same
         // bytes, so they stay on disk throughout.
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| io_err(&path, "create", e))?;
+        let file = create_private(&path, false)?;
         if self.sync {
             fsync_dir(&self.dir)?;
         }
@@ -389,13 +394,7 @@ impl SegmentWriter {
                 let tmp = self.dir.join(format!("{zname}.tmp"));
                 let fin = self.dir.join(&zname);
                 let src = File::open(&cur.path).map_err(|e| io_err(&cur.path, "open", e))?;
-                let out = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| io_err(&tmp, "create", e))?;
+                let out = create_private(&tmp, true)?;
                 let mut enc = zstd::stream::write::Encoder::new(out, level)
                     .map_err(|e| io_err(&tmp, "compress", e))?;
                 std::io::copy(&mut std::io::BufReader::new(src), &mut enc)
@@ -450,13 +449,7 @@ impl SegmentWriter {
     ) -> Result<(), ReceiveError> {
         let tmp = self.dir.join(format!("{file_name}.tmp"));
         let fin = self.dir.join(file_name);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_err(&tmp, "create", e))?;
+        let mut f = create_private(&tmp, true)?;
         f.write_all(content).map_err(|e| io_err(&tmp, "write", e))?;
         if self.sync {
             f.sync_all().map_err(|e| io_err(&tmp, "fsync", e))?;
