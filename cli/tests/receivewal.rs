@@ -447,7 +447,7 @@ fn endpos_and_compression(v: PgVersion) {
     c.psql("SELECT pg_switch_wal()");
     let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
     c.psql("INSERT INTO test_table VALUES (2)");
-    ok(receive(
+    let out = ok(receive(
         &c,
         &dir,
         &[
@@ -456,8 +456,18 @@ fn endpos_and_compression(v: PgVersion) {
             "--compress",
             "zstd:1",
             "--no-loop",
+            "--json",
         ],
     ));
+    // --json: one event object per line, the completed segment among them
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events[0]["event"], "started");
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "segment" && e["file"] == partials[0].replace(".partial", ".zst")));
     let zst: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -521,6 +531,25 @@ fn bad_input_is_refused_clearly() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+
+    // slots: create, create again (fails, unless --if-not-exists), drop
+    let slot = |args: &[&str]| {
+        pgrepl()
+            .args(["receivewal", "-d", &conninfo(&c), "--slot", "s1"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(slot(&["--create-slot"]));
+    let again = slot(&["--create-slot"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    ok(slot(&["--create-slot", "--if-not-exists"]));
+    ok(slot(&["--drop-slot"]));
+    assert_eq!(
+        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's1'"),
+        "0"
+    );
 
     // a slot that does not exist
     let out = receive(
