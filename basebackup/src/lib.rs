@@ -1,2 +1,7 @@
 //! Base backups as data: the archive stream, tar, manifests, incremental files, combine, verify
-//! and sinks. This crate is being built; see README.md for the status of each part.
+//! and sinks. Parsers here are sans-io: they take bytes and return typed values.
+//!
+//! Status: the tar parser is in place; sinks, manifests, incremental files, combine and verify
+//! are being built (see README.md).
+
+pub mod tar;
