@@ -1,7 +1,9 @@
 //! Base backups as data: the archive stream, tar, manifests, incremental files, combine, verify
 //! and sinks. Parsers here are sans-io: they take bytes and return typed values.
 //!
-//! Status: the tar parser is in place; sinks, manifests, incremental files, combine and verify
-//! are being built (see README.md).
+//! Status: the tar parser, manifest parser and file checksums are in place; sinks, incremental
+//! files, combine and verify are being built (see README.md).
 
+pub mod checksum;
+pub mod manifest;
 pub mod tar;

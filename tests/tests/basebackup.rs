@@ -3,11 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use basebackup::checksum::{ChecksumKind, FileHasher};
+use basebackup::manifest::parse_manifest;
 use basebackup::tar::{EntryKind, TarEvent, TarParser};
-use pgrepl::{BaseBackupEvent, BaseBackupOptions, CheckpointMode, Config, Connection};
+use pgrepl::{
+    BaseBackupEvent, BaseBackupOptions, CheckpointMode, Config, Connection, ManifestChecksums,
+};
 use pgrepl_testbed::{Cluster, PgVersion, Role};
 
-fn parse_all(v: PgVersion) {
+fn parse_all(v: PgVersion, checksums: ManifestChecksums, kind: ChecksumKind) {
     let c = Cluster::start(v);
     c.pgbench_init(2);
     let ts = c.create_tablespace("ts1");
@@ -22,15 +26,16 @@ fn parse_all(v: PgVersion) {
         let mut s = conn
             .base_backup(&BaseBackupOptions {
                 checkpoint: CheckpointMode::Fast,
+                manifest_checksums: checksums,
                 ..Default::default()
             })
             .await
             .unwrap();
-        // path (as in the manifest) -> size, for regular files
-        let mut files: BTreeMap<String, u64> = BTreeMap::new();
+        // path (as in the manifest) -> (size, checksum), for regular files
+        let mut files: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
         let mut manifest = Vec::new();
         let mut parser: Option<(TarParser, String)> = None;
-        let mut current: Option<(String, u64)> = None;
+        let mut current: Option<(String, u64, FileHasher)> = None;
         while let Some(ev) = s.next().await.unwrap() {
             match ev {
                 BaseBackupEvent::ArchiveStart { name, .. } => {
@@ -50,14 +55,17 @@ fn parse_all(v: PgVersion) {
                     p.feed(&d, |ev| -> Result<(), basebackup::tar::TarError> {
                         match ev {
                             TarEvent::Entry(h) if h.kind == EntryKind::File => {
-                                current = Some((format!("{prefix}{}", h.path), 0))
+                                current =
+                                    Some((format!("{prefix}{}", h.path), 0, FileHasher::new(kind)))
                             }
                             TarEvent::Data(chunk) => {
-                                current.as_mut().unwrap().1 += chunk.len() as u64
+                                let c = current.as_mut().unwrap();
+                                c.1 += chunk.len() as u64;
+                                c.2.update(chunk);
                             }
                             TarEvent::EntryEnd => {
-                                if let Some((path, size)) = current.take() {
-                                    files.insert(path, size);
+                                if let Some((path, size, h)) = current.take() {
+                                    files.insert(path, (size, h.finish()));
                                 }
                             }
                             _ => {}
@@ -75,16 +83,20 @@ fn parse_all(v: PgVersion) {
         }
         (files, manifest)
     });
-    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-    let listed: BTreeMap<String, u64> = m["Files"]
-        .as_array()
-        .unwrap()
+    // our strict parser accepts the server's manifest, checksum included
+    let m = parse_manifest(&manifest).unwrap_or_else(|e| panic!("server manifest refused: {e}"));
+    assert_eq!(m.version, 2);
+    assert_eq!(
+        m.system_identifier.unwrap().to_string(),
+        c.psql("SELECT system_identifier FROM pg_control_system()")
+    );
+    assert_eq!(m.wal_ranges.len(), 1);
+    let listed: BTreeMap<String, (u64, Vec<u8>)> = m
+        .files
         .iter()
         .map(|f| {
-            (
-                f["Path"].as_str().unwrap().to_owned(),
-                f["Size"].as_u64().unwrap(),
-            )
+            assert_eq!(f.checksum_kind, kind, "{}", f.path);
+            (f.path.clone(), (f.size, f.checksum.clone()))
         })
         .collect();
     assert!(
@@ -106,10 +118,27 @@ fn parse_all(v: PgVersion) {
 
 #[test]
 fn pg17_archives_match_the_manifest() {
-    parse_all(PgVersion::V17);
+    parse_all(
+        PgVersion::V17,
+        ManifestChecksums::Crc32c,
+        ChecksumKind::Crc32c,
+    );
 }
 
 #[test]
 fn pg18_archives_match_the_manifest() {
-    parse_all(PgVersion::V18);
+    parse_all(
+        PgVersion::V18,
+        ManifestChecksums::Crc32c,
+        ChecksumKind::Crc32c,
+    );
+}
+
+#[test]
+fn pg18_sha256_checksums_match_the_manifest() {
+    parse_all(
+        PgVersion::V18,
+        ManifestChecksums::Sha256,
+        ChecksumKind::Sha256,
+    );
 }
