@@ -6,4 +6,6 @@
 
 pub mod checksum;
 pub mod manifest;
+pub mod run;
+pub mod sink;
 pub mod tar;

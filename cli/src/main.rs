@@ -1,6 +1,7 @@
 //! `pgrepl`: the command-line face of the pgrepl crates. It parses flags, draws progress and
 //! prints; every capability is one library call with a typed result.
 
+mod basebackup;
 mod conn;
 mod identify;
 mod receivewal;
@@ -26,6 +27,8 @@ enum Command {
     Identify(identify::IdentifyArgs),
     /// Stream WAL into a crash-safe archive directory (as pg_receivewal)
     Receivewal(receivewal::ReceiveWalArgs),
+    /// Take a full base backup, verified against the server's manifest (as pg_basebackup)
+    Basebackup(basebackup::BaseBackupArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,12 +46,14 @@ fn main() -> ExitCode {
     let verbose = match &cli.command {
         Command::Identify(a) => a.verbose,
         Command::Receivewal(a) => a.verbose,
+        Command::Basebackup(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
         match cli.command {
             Command::Identify(a) => identify::run(a).await,
             Command::Receivewal(a) => receivewal::run(a).await,
+            Command::Basebackup(a) => basebackup::run(a).await,
         }
     });
     match result {

@@ -1,0 +1,273 @@
+//! Taking a base backup: BASE_BACKUP on a pgrepl connection, its archives parsed as they stream
+//! and pushed into a [`BackupSink`]. On any failure the sink is aborted, so nothing is left that
+//! looks complete.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgrepl::{BaseBackupEvent, BaseBackupOptions, Connection, DbError};
+use pgwal::{Lsn, TimelineId};
+
+use crate::sink::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
+use crate::tar::{TarError, TarEvent, TarParser};
+
+/// Progress and messages while a backup runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackupEvent {
+    /// The server started the backup.
+    Started {
+        /// Start (redo) position.
+        start_lsn: Lsn,
+        /// Timeline.
+        timeline: TimelineId,
+        /// The server's size estimate in bytes, if PROGRESS was asked.
+        estimate: Option<u64>,
+    },
+    /// Bytes read from the data directory so far (server's count).
+    Progress {
+        /// Done.
+        done: u64,
+        /// The estimate.
+        total: Option<u64>,
+    },
+    /// A NOTICE or WARNING from the server (checksum failures among them), verbatim.
+    Notice(DbError),
+}
+
+/// What a completed backup was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// Start (redo) position.
+    pub start_lsn: Lsn,
+    /// End position.
+    pub end_lsn: Lsn,
+    /// Timeline.
+    pub timeline: TimelineId,
+    /// Archives received, with their sizes as sent.
+    pub archives: Vec<(String, u64)>,
+    /// Regular files received.
+    pub files: u64,
+    /// Bytes of file data received.
+    pub file_bytes: u64,
+    /// WARNINGs the server sent.
+    pub warnings: Vec<DbError>,
+    /// Wall time.
+    pub duration: Duration,
+}
+
+/// Why a backup failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The server or the connection failed.
+    #[error(transparent)]
+    Server(#[from] pgrepl::Error),
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// An archive is malformed.
+    #[error("archive \"{archive}\": {source}")]
+    Archive {
+        /// The archive.
+        archive: String,
+        /// What is wrong.
+        #[source]
+        source: TarError,
+    },
+    /// Something this version does not handle yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+enum Step {
+    Tar(TarError),
+    Sink(SinkError),
+}
+
+impl From<TarError> for Step {
+    fn from(e: TarError) -> Self {
+        Step::Tar(e)
+    }
+}
+
+struct Current {
+    name: String,
+    parser: TarParser,
+    bytes: u64,
+}
+
+fn finish_archive(
+    cur: &mut Option<Current>,
+    sink: &mut dyn BackupSink,
+    summary: &mut BackupSummary,
+) -> Result<(), BackupError> {
+    if let Some(c) = cur.take() {
+        c.parser.finish().map_err(|e| BackupError::Archive {
+            archive: c.name.clone(),
+            source: e,
+        })?;
+        sink.archive_end()?;
+        summary.archives.push((c.name, c.bytes));
+    }
+    Ok(())
+}
+
+/// Runs BASE_BACKUP with `options` on `conn` into `sink`.
+pub async fn take_backup(
+    conn: &mut Connection,
+    options: &BaseBackupOptions,
+    sink: &mut dyn BackupSink,
+    on_event: impl FnMut(&BackupEvent),
+) -> Result<BackupSummary, BackupError> {
+    let r = run(conn, options, sink, on_event).await;
+    if r.is_err() {
+        sink.abort();
+    }
+    r
+}
+
+async fn run(
+    conn: &mut Connection,
+    options: &BaseBackupOptions,
+    sink: &mut dyn BackupSink,
+    mut on_event: impl FnMut(&BackupEvent),
+) -> Result<BackupSummary, BackupError> {
+    let began = Instant::now();
+    let mut stream = conn.base_backup(options).await?;
+    let mut summary = BackupSummary {
+        start_lsn: Lsn(0),
+        end_lsn: Lsn(0),
+        timeline: TimelineId(0),
+        archives: Vec::new(),
+        files: 0,
+        file_bytes: 0,
+        warnings: Vec::new(),
+        duration: Duration::ZERO,
+    };
+    let mut locations: HashMap<String, u32> = HashMap::new();
+    let mut estimate = None;
+    let mut cur: Option<Current> = None;
+    while let Some(ev) = stream.next().await? {
+        match ev {
+            BaseBackupEvent::Started {
+                start_lsn,
+                timeline,
+            } => {
+                summary.start_lsn = start_lsn;
+                summary.timeline = timeline;
+            }
+            BaseBackupEvent::Tablespaces(ts) => {
+                for t in &ts {
+                    if let (Some(oid), Some(loc)) = (t.oid, &t.location) {
+                        locations.insert(loc.clone(), oid);
+                    }
+                }
+                estimate = ts
+                    .iter()
+                    .map(|t| t.size_kb)
+                    .sum::<Option<u64>>()
+                    .map(|kb| kb * 1024);
+                on_event(&BackupEvent::Started {
+                    start_lsn: summary.start_lsn,
+                    timeline: summary.timeline,
+                    estimate,
+                });
+            }
+            BaseBackupEvent::ArchiveStart {
+                name,
+                tablespace_location,
+            } => {
+                finish_archive(&mut cur, sink, &mut summary)?;
+                if !name.ends_with(".tar") {
+                    return Err(BackupError::Unsupported(format!(
+                        "archive \"{name}\" is compressed by the server; server-side compression is not supported yet"
+                    )));
+                }
+                let oid = match &tablespace_location {
+                    Some(l) => Some(*locations.get(l).ok_or_else(|| {
+                        BackupError::Server(pgrepl::Error::Protocol {
+                            state: "BASE_BACKUP copy",
+                            detail: format!("archive {name} for unknown tablespace location {l}"),
+                        })
+                    })?),
+                    None => None,
+                };
+                sink.archive_begin(&ArchiveInfo {
+                    name: name.clone(),
+                    tablespace_oid: oid,
+                    tablespace_location,
+                })?;
+                cur = Some(Current {
+                    name,
+                    parser: TarParser::new(),
+                    bytes: 0,
+                });
+            }
+            BaseBackupEvent::ArchiveData(data) => {
+                let c = cur.as_mut().ok_or_else(|| {
+                    BackupError::Unsupported("archive data before any archive".into())
+                })?;
+                c.bytes += data.len() as u64;
+                sink.archive_raw(&data)?;
+                let (files, bytes) = (&mut summary.files, &mut summary.file_bytes);
+                let fed = c.parser.feed(&data, |ev| -> Result<(), Step> {
+                    match ev {
+                        TarEvent::Entry(h) => {
+                            if h.kind == crate::tar::EntryKind::File {
+                                *files += 1;
+                            }
+                            sink.entry_begin(&h).map_err(Step::Sink)
+                        }
+                        TarEvent::Data(d) => {
+                            *bytes += d.len() as u64;
+                            sink.entry_data(d).map_err(Step::Sink)
+                        }
+                        TarEvent::EntryEnd => sink.entry_end().map_err(Step::Sink),
+                        TarEvent::End => Ok(()),
+                    }
+                });
+                match fed {
+                    Ok(()) => {}
+                    Err(Step::Sink(e)) => return Err(e.into()),
+                    Err(Step::Tar(e)) => {
+                        return Err(BackupError::Archive {
+                            archive: c.name.clone(),
+                            source: e,
+                        })
+                    }
+                }
+            }
+            BaseBackupEvent::Progress(done) => on_event(&BackupEvent::Progress {
+                done,
+                total: estimate,
+            }),
+            BaseBackupEvent::ManifestStart => finish_archive(&mut cur, sink, &mut summary)?,
+            BaseBackupEvent::ManifestData(d) => sink.manifest(&d)?,
+            BaseBackupEvent::Notice(n) => {
+                if n.severity == "WARNING" {
+                    summary.warnings.push(n.clone());
+                }
+                on_event(&BackupEvent::Notice(n));
+            }
+            BaseBackupEvent::Finished { end_lsn, timeline } => {
+                finish_archive(&mut cur, sink, &mut summary)?;
+                summary.end_lsn = end_lsn;
+                summary.timeline = timeline;
+                sink.finish(&BackupEnd {
+                    start_lsn: summary.start_lsn,
+                    end_lsn,
+                    timeline,
+                })?;
+            }
+            _ => {}
+        }
+    }
+    if summary.end_lsn == Lsn(0) {
+        return Err(BackupError::Unsupported(
+            "the backup ended without an end position".into(),
+        ));
+    }
+    summary.duration = began.elapsed();
+    Ok(summary)
+}
