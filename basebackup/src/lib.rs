@@ -9,3 +9,4 @@ pub mod manifest;
 pub mod run;
 pub mod sink;
 pub mod tar;
+pub mod wal_stream;

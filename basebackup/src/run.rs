@@ -10,6 +10,7 @@ use pgwal::{Lsn, TimelineId};
 
 use crate::sink::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use crate::tar::{TarError, TarEvent, TarParser};
+use crate::wal_stream::{start_wal_stream, WalStream};
 
 /// Progress and messages while a backup runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +76,9 @@ pub enum BackupError {
         #[source]
         source: TarError,
     },
+    /// Streaming the backup's WAL failed.
+    #[error("streaming WAL for the backup: {0}")]
+    Wal(#[from] pgrepl::receivewal::ReceiveError),
     /// Something this version does not handle yet.
     #[error("{0}")]
     Unsupported(String),
@@ -113,15 +117,40 @@ fn finish_archive(
     Ok(())
 }
 
-/// Runs BASE_BACKUP with `options` on `conn` into `sink`.
+/// How the backup gets the WAL it needs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum WalMethod {
+    /// None: the caller provides it (an archive).
+    None,
+    /// Appended by the server to base.tar at the end (BASE_BACKUP WAL).
+    Fetch,
+    /// Streamed on a second connection with a temporary slot while the backup runs.
+    Stream {
+        /// How to open the second connection.
+        config: Box<pgrepl::Config>,
+        /// The server's system identifier (checked in every long page header).
+        system_id: u64,
+        /// fsync the segments.
+        sync: bool,
+    },
+}
+
+/// Runs BASE_BACKUP with `options` on `conn` into `sink`. `options.wal` must agree with `wal`
+/// (true only for [`WalMethod::Fetch`]).
 pub async fn take_backup(
     conn: &mut Connection,
     options: &BaseBackupOptions,
+    wal: &WalMethod,
     sink: &mut dyn BackupSink,
     on_event: impl FnMut(&BackupEvent),
 ) -> Result<BackupSummary, BackupError> {
-    let r = run(conn, options, sink, on_event).await;
+    let mut streamer = None;
+    let r = run(conn, options, wal, &mut streamer, sink, on_event).await;
     if r.is_err() {
+        if let Some(s) = streamer.take() {
+            WalStream::abort(s);
+        }
         sink.abort();
     }
     r
@@ -130,6 +159,8 @@ pub async fn take_backup(
 async fn run(
     conn: &mut Connection,
     options: &BaseBackupOptions,
+    wal: &WalMethod,
+    streamer: &mut Option<WalStream>,
     sink: &mut dyn BackupSink,
     mut on_event: impl FnMut(&BackupEvent),
 ) -> Result<BackupSummary, BackupError> {
@@ -156,6 +187,20 @@ async fn run(
             } => {
                 summary.start_lsn = start_lsn;
                 summary.timeline = timeline;
+                if let WalMethod::Stream {
+                    config,
+                    system_id,
+                    sync,
+                } = wal
+                {
+                    let dir = sink.wal_dir()?.ok_or_else(|| {
+                        BackupError::Unsupported("this sink cannot take streamed WAL".into())
+                    })?;
+                    *streamer = Some(
+                        start_wal_stream(config, dir, start_lsn, timeline, *system_id, *sync)
+                            .await?,
+                    );
+                }
             }
             BaseBackupEvent::Tablespaces(ts) => {
                 for t in &ts {
@@ -254,6 +299,10 @@ async fn run(
                 finish_archive(&mut cur, sink, &mut summary)?;
                 summary.end_lsn = end_lsn;
                 summary.timeline = timeline;
+                if let Some(s) = streamer.take() {
+                    s.finish(end_lsn).await?;
+                    sink.wal_done()?;
+                }
                 sink.finish(&BackupEnd {
                     start_lsn: summary.start_lsn,
                     end_lsn,

@@ -103,6 +103,14 @@ pub trait BackupSink {
     fn manifest(&mut self, _chunk: &[u8]) -> Result<(), SinkError> {
         Ok(())
     }
+    /// Where WAL streamed beside the backup (`-X stream`) goes; `None` if this sink takes none.
+    fn wal_dir(&mut self) -> Result<Option<std::path::PathBuf>, SinkError> {
+        Ok(None)
+    }
+    /// The streamed WAL is complete in [`BackupSink::wal_dir`].
+    fn wal_done(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// The server confirmed the backup: make it durable and complete.
     fn finish(&mut self, end: &BackupEnd) -> Result<(), SinkError>;
     /// The backup failed: remove whatever could look like a backup.
@@ -130,6 +138,12 @@ impl<S: BackupSink + ?Sized> BackupSink for Box<S> {
     }
     fn manifest(&mut self, c: &[u8]) -> Result<(), SinkError> {
         (**self).manifest(c)
+    }
+    fn wal_dir(&mut self) -> Result<Option<std::path::PathBuf>, SinkError> {
+        (**self).wal_dir()
+    }
+    fn wal_done(&mut self) -> Result<(), SinkError> {
+        (**self).wal_done()
     }
     fn finish(&mut self, end: &BackupEnd) -> Result<(), SinkError> {
         (**self).finish(end)
@@ -171,6 +185,13 @@ impl<A: BackupSink, B: BackupSink> BackupSink for Tee<A, B> {
     fn manifest(&mut self, c: &[u8]) -> Result<(), SinkError> {
         self.0.manifest(c)?;
         self.1.manifest(c)
+    }
+    fn wal_dir(&mut self) -> Result<Option<std::path::PathBuf>, SinkError> {
+        Ok(self.1.wal_dir()?.or(self.0.wal_dir()?))
+    }
+    fn wal_done(&mut self) -> Result<(), SinkError> {
+        self.0.wal_done()?;
+        self.1.wal_done()
     }
     fn finish(&mut self, end: &BackupEnd) -> Result<(), SinkError> {
         // the first sink (the verifier, by convention) decides before the second commits

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use basebackup::checksum::ChecksumKind;
-use basebackup::run::{take_backup, BackupEvent};
+use basebackup::run::{take_backup, BackupEvent, WalMethod};
 use basebackup::sink::{BackupSink, DirectorySink, TablespaceMapping, TarSink, Tee, VerifySink};
 use clap::Args;
 use pgrepl::{BaseBackupOptions, CheckpointMode, ManifestChecksums};
@@ -23,12 +23,12 @@ pub struct BaseBackupArgs {
     /// Output format: p (plain) or t (tar)
     #[arg(short = 'F', long = "format", value_name = "p|t", default_value = "p")]
     format: String,
-    /// WAL method: fetch (appended to the backup) or none
+    /// WAL method: stream (on a second connection while the backup runs), fetch, or none
     #[arg(
         short = 'X',
         long = "wal-method",
         value_name = "METHOD",
-        default_value = "fetch"
+        default_value = "stream"
     )]
     wal_method: String,
     /// Set fast or spread checkpointing
@@ -109,14 +109,19 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         "t" | "tar" => false,
         f => bail!("invalid output format \"{f}\", must be \"plain\" or \"tar\""),
     };
-    let wal = match args.wal_method.as_str() {
-        "f" | "fetch" => true,
-        "n" | "none" => false,
-        "s" | "stream" => {
-            bail!("-X stream is not supported yet; use -X fetch (the default) or -X none")
-        }
+    #[derive(PartialEq)]
+    enum Wal {
+        None,
+        Fetch,
+        Stream,
+    }
+    let wal_method = match args.wal_method.as_str() {
+        "f" | "fetch" => Wal::Fetch,
+        "n" | "none" => Wal::None,
+        "s" | "stream" => Wal::Stream,
         m => bail!("invalid wal-method option \"{m}\", must be \"fetch\", \"stream\", or \"none\""),
     };
+    let wal = wal_method == Wal::Fetch;
     let checkpoint = match args.checkpoint.to_ascii_lowercase().as_str() {
         "fast" => CheckpointMode::Fast,
         "spread" => CheckpointMode::Spread,
@@ -149,7 +154,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         progress: true,
         checkpoint,
         wal,
-        wait: !wal,
+        wait: wal_method == Wal::None,
         max_rate_kb: args.max_rate.as_deref().map(parse_rate).transpose()?,
         verify_checksums: !args.no_verify_checksums,
         manifest: !args.no_manifest,
@@ -166,8 +171,17 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         Box::new(TarSink::new(&args.pgdata, !args.no_sync)?)
     };
     let mut sink = Tee(VerifySink::new(kind, Some(id.system_id)), writer);
+    let wal_plan = match wal_method {
+        Wal::None => WalMethod::None,
+        Wal::Fetch => WalMethod::Fetch,
+        Wal::Stream => WalMethod::Stream {
+            config: Box::new(config.clone()),
+            system_id: id.system_id,
+            sync: !args.no_sync,
+        },
+    };
     let show_progress = args.progress && (std::io::stderr().is_terminal() || args.verbose > 0);
-    let summary = take_backup(&mut conn, &options, &mut sink, |ev| match ev {
+    let summary = take_backup(&mut conn, &options, &wal_plan, &mut sink, |ev| match ev {
         BackupEvent::Notice(n) => eprintln!("pgrepl: {}: {}", n.severity, n.message),
         BackupEvent::Progress { done, total } if show_progress => match total {
             Some(t) if *t > 0 => eprint!(

@@ -37,7 +37,7 @@ fn source(v: PgVersion) -> Cluster {
     c
 }
 
-fn plain_backup_starts(v: PgVersion) {
+fn plain_backup_starts(v: PgVersion, wal_method: &str) {
     let c = source(v);
     let expect = c.psql(CHECK);
     let work = temp_dir("bb");
@@ -47,7 +47,7 @@ fn plain_backup_starts(v: PgVersion) {
     let out = ok(pgrepl()
         .args(["basebackup", "-d", &conninfo(&c), "-D"])
         .arg(&target)
-        .args(["-c", "fast", "--json", "-T"])
+        .args(["-c", "fast", "--json", "-X", wal_method, "-T"])
         .arg(format!("{}={}", ts_old.display(), ts_new.display()))
         .output()
         .unwrap());
@@ -64,6 +64,17 @@ fn plain_backup_starts(v: PgVersion) {
     assert_eq!(std::fs::read_link(&link).unwrap(), ts_new);
     assert!(ts_new.read_dir().unwrap().next().is_some());
     assert!(!work.join(".plain.pgrepl-incomplete").exists());
+    // the WAL from the backup's start is in pg_wal, as full-size segments
+    let segments: Vec<u64> = std::fs::read_dir(target.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().len() == 24)
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert!(!segments.is_empty(), "no WAL in the backup");
+    assert!(segments.iter().all(|&n| n == 16 << 20), "{segments:?}");
+    // a streamed backup's temporary slot is gone
+    assert_eq!(c.psql("SELECT count(*) FROM pg_replication_slots"), "0");
     if v == PgVersion::V18 {
         let out = Command::new(tool("pg_verifybackup"))
             .arg(&target)
@@ -85,12 +96,22 @@ fn plain_backup_starts(v: PgVersion) {
 
 #[test]
 fn pg17_plain_backup_starts_with_the_same_data() {
-    plain_backup_starts(PgVersion::V17);
+    plain_backup_starts(PgVersion::V17, "stream");
+}
+
+#[test]
+fn pg17_plain_fetch_backup_starts_with_the_same_data() {
+    plain_backup_starts(PgVersion::V17, "fetch");
 }
 
 #[test]
 fn pg18_plain_backup_is_verified_and_starts() {
-    plain_backup_starts(PgVersion::V18);
+    plain_backup_starts(PgVersion::V18, "stream");
+}
+
+#[test]
+fn pg18_plain_fetch_backup_is_verified_and_starts() {
+    plain_backup_starts(PgVersion::V18, "fetch");
 }
 
 #[test]
@@ -109,9 +130,26 @@ fn pg18_tar_backup_is_verified() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 3, "{names:?}"); // base.tar, <oid>.tar, backup_manifest
+    // base.tar, <oid>.tar, pg_wal.tar (streamed WAL), backup_manifest
+    assert_eq!(names.len(), 4, "{names:?}");
+    for n in ["base.tar", "pg_wal.tar", "backup_manifest"] {
+        assert!(names.contains(&n.to_owned()), "{n} missing: {names:?}");
+    }
+    // pg_wal.tar holds full segments, readable by our tar parser
+    let wal = std::fs::read(target.join("pg_wal.tar")).unwrap();
+    let mut p = basebackup::tar::TarParser::new();
+    let mut sizes = Vec::new();
+    p.feed(&wal, |ev| -> Result<(), basebackup::tar::TarError> {
+        if let basebackup::tar::TarEvent::Entry(h) = ev {
+            sizes.push(h.size);
+        }
+        Ok(())
+    })
+    .unwrap();
+    p.finish().unwrap();
     assert!(
-        names.contains(&"base.tar".to_owned()) && names.contains(&"backup_manifest".to_owned())
+        !sizes.is_empty() && sizes.iter().all(|&n| n == 16 << 20),
+        "{sizes:?}"
     );
     let out = Command::new(tool("pg_verifybackup"))
         .arg("-n")

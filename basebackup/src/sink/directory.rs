@@ -248,6 +248,12 @@ impl BackupSink for DirectorySink {
             .map_err(|e| SinkError::io("could not write", &path, e))
     }
 
+    fn wal_dir(&mut self) -> Result<Option<PathBuf>, SinkError> {
+        let d = self.staging.join("pg_wal");
+        mkdir_private(&d)?;
+        Ok(Some(d))
+    }
+
     fn finish(&mut self, _end: &BackupEnd) -> Result<(), SinkError> {
         if self.sync {
             for d in &self.tablespace_dirs {

@@ -74,6 +74,57 @@ impl BackupSink for TarSink {
         self.dir.manifest(chunk)
     }
 
+    fn wal_dir(&mut self) -> Result<Option<PathBuf>, SinkError> {
+        let d = self.staging.join(".pg_wal.stream");
+        std::fs::create_dir_all(&d)
+            .map_err(|e| SinkError::io("could not create directory", &d, e))?;
+        Ok(Some(d))
+    }
+
+    /// Packs the streamed segments into `pg_wal.tar`, as pg_basebackup -Ft -X stream does.
+    fn wal_done(&mut self) -> Result<(), SinkError> {
+        let src = self.staging.join(".pg_wal.stream");
+        let mut names: Vec<String> = fs::read_dir(&src)
+            .map_err(|e| SinkError::io("could not read directory", &src, e))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let path = self.staging.join("pg_wal.tar");
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| SinkError::io("could not create file", &path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        let werr = |e| SinkError::io("could not write to file", &path, e);
+        for n in &names {
+            let file = src.join(n);
+            let meta =
+                fs::metadata(&file).map_err(|e| SinkError::io("could not stat", &file, e))?;
+            let header = crate::tar::encode_header(&crate::tar::EntryHeader {
+                path: n.clone(),
+                kind: crate::tar::EntryKind::File,
+                mode: 0o600,
+                size: meta.len(),
+                mtime: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+                link_target: None,
+            })
+            .map_err(SinkError::new)?;
+            out.write_all(&header).map_err(werr)?;
+            let mut r = File::open(&file).map_err(|e| SinkError::io("could not open", &file, e))?;
+            std::io::copy(&mut r, &mut out).map_err(werr)?;
+            let pad = (512 - meta.len() % 512) % 512;
+            out.write_all(&vec![0u8; pad as usize]).map_err(werr)?;
+        }
+        out.write_all(&[0u8; 1024]).map_err(werr)?;
+        out.flush().map_err(werr)?;
+        fs::remove_dir_all(&src).map_err(|e| SinkError::io("could not remove", &src, e))
+    }
+
     fn finish(&mut self, end: &BackupEnd) -> Result<(), SinkError> {
         self.archive_end()?;
         if self.sync {

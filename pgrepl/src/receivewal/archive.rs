@@ -148,7 +148,7 @@ fn read_system_id(path: &Path, compressed: bool) -> Option<u64> {
 
 /// Checks every page header as the bytes arrive, across message boundaries.
 #[derive(Debug)]
-pub(crate) struct PageChecker {
+pub struct PageChecker {
     seg_size: WalSegSize,
     expect: PageExpectations,
     max_timeline: TimelineId,
@@ -160,7 +160,8 @@ pub(crate) struct PageChecker {
 }
 
 impl PageChecker {
-    pub(crate) fn new(seg_size: WalSegSize, system_id: u64, timeline: TimelineId) -> Self {
+    /// A checker for WAL of `system_id` streamed on `timeline`.
+    pub fn new(seg_size: WalSegSize, system_id: u64, timeline: TimelineId) -> Self {
         PageChecker {
             seg_size,
             expect: PageExpectations {
@@ -205,7 +206,7 @@ impl PageChecker {
     }
 
     /// Checks the page headers inside `data`, which starts at `start`.
-    pub(crate) fn feed(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiveError> {
+    pub fn feed(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiveError> {
         let end = start.0 + data.len() as u64;
         if !self.pending.is_empty() {
             let want = self.header_len(self.pending_page) - self.pending.len();
@@ -245,16 +246,16 @@ impl PageChecker {
 
 /// Writes streamed WAL into the archive, one segment at a time.
 #[derive(Debug)]
-pub(crate) struct SegmentWriter {
+pub struct SegmentWriter {
     dir: PathBuf,
     seg_size: WalSegSize,
     compress_level: Option<i32>,
     sync: bool,
     current: Option<OpenSegment>,
     /// Position just past the last byte written.
-    pub(crate) written: Lsn,
+    pub written: Lsn,
     /// Position just past the last byte known durable.
-    pub(crate) flushed: Lsn,
+    pub flushed: Lsn,
 }
 
 #[derive(Debug)]
@@ -277,7 +278,8 @@ pub struct CompletedSegment {
 }
 
 impl SegmentWriter {
-    pub(crate) fn new(
+    /// A writer into `dir`, starting at `start` (a segment start).
+    pub fn new(
         dir: &Path,
         seg_size: WalSegSize,
         compress_level: Option<i32>,
@@ -316,7 +318,7 @@ impl SegmentWriter {
 
     /// Appends `data` at `start` (which must equal the write position) on timeline `tli`.
     /// Returns the segments this completed.
-    pub(crate) fn write(
+    pub fn write(
         &mut self,
         tli: TimelineId,
         start: Lsn,
@@ -362,7 +364,7 @@ impl SegmentWriter {
     }
 
     /// Makes everything written durable (fsync of the partial segment).
-    pub(crate) fn flush(&mut self) -> Result<Lsn, ReceiveError> {
+    pub fn flush(&mut self) -> Result<Lsn, ReceiveError> {
         if let Some(cur) = &self.current {
             if self.sync {
                 cur.file
@@ -428,10 +430,36 @@ impl SegmentWriter {
     }
 
     /// Closes the partial segment (after fsync), leaving it as `.partial`.
-    pub(crate) fn close(&mut self) -> Result<Lsn, ReceiveError> {
+    pub fn close(&mut self) -> Result<Lsn, ReceiveError> {
         let flushed = self.flush()?;
         self.current = None;
         Ok(flushed)
+    }
+
+    /// Closes the partial segment and makes it a complete, full-size segment file (zero-padded),
+    /// as a data directory's pg_wal needs. Returns the file's path.
+    pub fn close_padded(&mut self) -> Result<Option<PathBuf>, ReceiveError> {
+        let Some(cur) = self.current.take() else {
+            return Ok(None);
+        };
+        cur.file
+            .set_len(self.seg_size.bytes())
+            .map_err(|e| io_err(&cur.path, "extend", e))?;
+        if self.sync {
+            cur.file
+                .sync_all()
+                .map_err(|e| io_err(&cur.path, "fsync", e))?;
+        }
+        drop(cur.file);
+        let fin = self
+            .dir
+            .join(segment_file_name(cur.tli, cur.seg, self.seg_size));
+        std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
+        if self.sync {
+            fsync_dir(&self.dir)?;
+        }
+        self.flushed = self.written;
+        Ok(Some(fin))
     }
 
     /// Restarts at `start` (a segment start, on a new timeline or after a reconnect).

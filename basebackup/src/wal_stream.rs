@@ -1,0 +1,115 @@
+//! `-X stream`: WAL from the backup's start, received on a second replication connection with a
+//! temporary slot while the backup runs, so the backup is self-contained without racing the
+//! server's WAL recycling at the end. Segments are written complete and full-size (the last one
+//! zero-padded), as a data directory's pg_wal must hold them.
+
+use std::path::PathBuf;
+
+use pgrepl::receivewal::archive::{PageChecker, SegmentWriter};
+use pgrepl::receivewal::ReceiveError;
+use pgrepl::{
+    Config, Connection, CreateSlotOptions, Lsn, ReplicationEvent, StartReplication, TimelineId,
+};
+use tokio::sync::watch;
+
+/// A running WAL stream; [`WalStream::finish`] it at the backup's end position.
+#[derive(Debug)]
+pub struct WalStream {
+    stop: watch::Sender<Option<Lsn>>,
+    task: tokio::task::JoinHandle<Result<(), ReceiveError>>,
+}
+
+/// Connects, creates a temporary slot holding WAL from now on, and starts receiving WAL from the
+/// segment of `start` into `dir`.
+pub async fn start_wal_stream(
+    config: &Config,
+    dir: PathBuf,
+    start: Lsn,
+    timeline: TimelineId,
+    system_id: u64,
+    sync: bool,
+) -> Result<WalStream, ReceiveError> {
+    let mut conn = Connection::connect(config).await?;
+    let seg = conn.wal_segment_size().await?;
+    let slot = format!("pgrepl_{}", std::process::id());
+    conn.create_physical_slot(
+        &slot,
+        CreateSlotOptions {
+            temporary: true,
+            reserve_wal: true,
+        },
+    )
+    .await?;
+    let (tx, mut rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let first = start.segment_start(seg);
+        let mut writer = SegmentWriter::new(&dir, seg, None, sync, first);
+        let mut checker = PageChecker::new(seg, system_id, timeline);
+        let mut stream = conn
+            .start_replication(&StartReplication {
+                slot: Some(slot),
+                start: first,
+                timeline: Some(timeline),
+            })
+            .await?;
+        let mut end: Option<Lsn> = None;
+        loop {
+            if end.is_some_and(|e| writer.written >= e) {
+                break;
+            }
+            tokio::select! {
+                ev = stream.next() => match ev? {
+                    Some(ReplicationEvent::XLogData(x)) => {
+                        checker.feed(x.wal_start, &x.data)?;
+                        writer.write(timeline, x.wal_start, &x.data)?;
+                    }
+                    Some(ReplicationEvent::Keepalive(k)) => {
+                        if k.reply_requested {
+                            let flushed = writer.flush()?;
+                            stream.send_status(writer.written, flushed, Lsn::INVALID, false).await?;
+                        }
+                    }
+                    Some(ReplicationEvent::EndOfTimeline { next_timeline, .. }) => {
+                        return Err(ReceiveError::Timeline(format!(
+                            "the server switched to timeline {next_timeline} during the backup"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(pgrepl::Error::Closed { state: "WAL streaming for the backup" }.into());
+                    }
+                },
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        // the backup was abandoned
+                        return Ok(());
+                    }
+                    end = *rx.borrow();
+                }
+            }
+        }
+        writer.close_padded()?;
+        let _ = stream.finish().await;
+        let _ = conn.close().await;
+        Ok(())
+    });
+    Ok(WalStream { stop: tx, task })
+}
+
+impl WalStream {
+    /// Waits until WAL up to `end` is written (and fsynced, if asked), then ends the stream.
+    pub async fn finish(self, end: Lsn) -> Result<(), ReceiveError> {
+        let _ = self.stop.send(Some(end));
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ReceiveError::Timeline(format!(
+                "the WAL streaming task failed: {e}"
+            ))),
+        }
+    }
+
+    /// Stops streaming at once (the backup failed).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
