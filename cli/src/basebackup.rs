@@ -69,7 +69,8 @@ pub struct BaseBackupArgs {
     /// Compress: none (compression is not supported yet)
     #[arg(short = 'Z', long = "compress", value_name = "METHOD")]
     compress: Option<String>,
-    /// Take an incremental backup (not supported yet)
+    /// Take an incremental backup relative to this earlier backup (its directory, tar
+    /// directory, or backup_manifest file); PostgreSQL 17+ with summarize_wal=on
     #[arg(short = 'i', long = "incremental", value_name = "OLDMANIFEST")]
     incremental: Option<PathBuf>,
     /// Do not wait for changes to be written safely to disk
@@ -132,9 +133,23 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             bail!("compression \"{c}\" is not supported yet");
         }
     }
-    if args.incremental.is_some() {
-        bail!("incremental backups are not supported yet");
-    }
+    // The parent's manifest, read up front so a bad path fails before anything is written.
+    let parent_manifest = match &args.incremental {
+        None => None,
+        Some(p) => {
+            let file = if p.is_dir() {
+                p.join("backup_manifest")
+            } else {
+                p.clone()
+            };
+            Some(std::fs::read(&file).with_context(|| {
+                format!(
+                    "could not read the manifest of the earlier backup \"{}\"",
+                    file.display()
+                )
+            })?)
+        }
+    };
     let kind = ChecksumKind::parse(&args.manifest_checksums).with_context(|| {
         format!(
             "unrecognized manifest checksum algorithm: \"{}\"",
@@ -159,12 +174,16 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         verify_checksums: !args.no_verify_checksums,
         manifest: !args.no_manifest,
         manifest_checksums: ManifestChecksums::parse(kind.as_str()).unwrap_or_default(),
+        incremental: parent_manifest.is_some(),
         ..Default::default()
     };
 
     let config = args.conn.config()?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
     let id = conn.identify_system().await?;
+    if let Some(m) = &parent_manifest {
+        conn.upload_manifest(&m[..]).await?;
+    }
     let writer: Box<dyn BackupSink> = if plain {
         Box::new(DirectorySink::new(&args.pgdata, mappings, !args.no_sync)?)
     } else {

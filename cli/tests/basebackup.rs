@@ -25,9 +25,6 @@ fn conninfo(c: &Cluster) -> String {
     c.conninfo(Role::Postgres, "sslmode=disable application_name=pgrepl_bb")
 }
 
-const CHECK: &str =
-    "SELECT count(*), sum(abalance), (SELECT count(*) FROM in_ts) FROM pgbench_accounts";
-
 fn source(v: PgVersion) -> Cluster {
     let c = Cluster::start(v);
     c.pgbench_init(1);
@@ -39,10 +36,10 @@ fn source(v: PgVersion) -> Cluster {
 
 fn plain_backup_starts(v: PgVersion, wal_method: &str) {
     let c = source(v);
-    let expect = c.psql(CHECK);
     let work = temp_dir("bb");
     let target = work.join("plain");
     let ts_old = c.root.join("ts_ts1");
+    let expect = dumpall(&c, &ts_old);
     let ts_new = work.join("ts_new");
     let out = ok(pgrepl()
         .args(["basebackup", "-d", &conninfo(&c), "-D"])
@@ -89,7 +86,11 @@ fn plain_backup_starts(v: PgVersion, wal_method: &str) {
     }
     hand_over(&ts_new);
     let restored = Cluster::start_on(v, &target);
-    assert_eq!(restored.psql(CHECK), expect);
+    same_dump(
+        &dumpall(&restored, &ts_new),
+        &expect,
+        "restored backup vs source",
+    );
     drop(restored);
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -228,5 +229,231 @@ fn a_non_empty_target_is_refused() {
         .output()
         .unwrap());
     assert!(work.join("empty/backup_manifest").exists());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// pg_dumpall of a cluster, with tablespace locations normalised.
+fn dumpall(c: &Cluster, ts_location: &Path) -> String {
+    let out = Command::new(tool("pg_dumpall"))
+        .arg("-h")
+        .arg(c.socket_dir())
+        .args(["-p", &c.port.to_string(), "-U", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dumpall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_dump 18.6 fences dumps with \restrict/\unrestrict and a random key per run
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .replace(&ts_location.display().to_string(), "<tablespace>")
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Equal dumps, or a panic showing the first line that differs.
+fn same_dump(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let i = g
+        .iter()
+        .zip(&w)
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
+    panic!(
+        "{what}: dumps differ at line {}: got {:?}, want {:?} ({} vs {} lines)",
+        i + 1,
+        g.get(i),
+        w.get(i),
+        g.len(),
+        w.len()
+    );
+}
+
+fn backup(c: &Cluster, target: &Path, ts_from: &Path, ts_to: &Path, extra: &[&str]) -> Output {
+    pgrepl()
+        .args(["basebackup", "-d", &conninfo(c), "-c", "fast", "-D"])
+        .arg(target)
+        .arg("-T")
+        .arg(format!("{}={}", ts_from.display(), ts_to.display()))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn pg18_incremental_chain_combines_to_the_source() {
+    let c = source(PgVersion::V18);
+    let ts = c.root.join("ts_ts1");
+    c.psql("CREATE TABLE doomed AS SELECT g FROM generate_series(1, 1000) g");
+    c.psql(
+        "CREATE TABLE shrink AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g",
+    );
+    c.psql("CREATE DATABASE extra");
+    c.psql_db("extra", "CREATE TABLE e AS SELECT 1 AS x");
+    let work = temp_dir("inc");
+    ok(backup(
+        &c,
+        &work.join("full"),
+        &ts,
+        &work.join("ts_full"),
+        &[],
+    ));
+
+    c.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 7 = 0");
+    c.psql("INSERT INTO in_ts SELECT g FROM generate_series(5001, 9000) g");
+    c.psql("TRUNCATE pgbench_history");
+    c.psql("DROP TABLE doomed");
+    let full = work.join("full");
+    ok(backup(
+        &c,
+        &work.join("i1"),
+        &ts,
+        &work.join("ts_i1"),
+        &["-i", full.to_str().unwrap()],
+    ));
+
+    c.psql("DELETE FROM shrink WHERE g > 100");
+    c.psql("VACUUM FULL shrink");
+    c.psql("DROP DATABASE extra");
+    c.psql("CREATE DATABASE extra");
+    c.psql_db("extra", "CREATE TABLE e2 AS SELECT 2 AS y");
+    c.pgbench(&["-t", "100", "-c", "2", "-n"]);
+    let i1 = work.join("i1");
+    ok(backup(
+        &c,
+        &work.join("i2"),
+        &ts,
+        &work.join("ts_i2"),
+        &["-i", i1.to_str().unwrap()],
+    ));
+    // a branch: a second incremental from the same parent is fine too
+    ok(backup(
+        &c,
+        &work.join("i1b"),
+        &ts,
+        &work.join("ts_i1b"),
+        &["-i", full.to_str().unwrap()],
+    ));
+    let expect = dumpall(&c, &ts);
+
+    for b in ["i1", "i2"] {
+        let out = Command::new(tool("pg_verifybackup"))
+            .arg(work.join(b))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_verifybackup {b}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let combined = work.join("combined");
+    let ts_out = work.join("ts_out");
+    let out = Command::new(tool("pg_combinebackup"))
+        .arg("-o")
+        .arg(&combined)
+        .arg("-T")
+        .arg(format!(
+            "{}={}",
+            work.join("ts_i2").display(),
+            ts_out.display()
+        ))
+        .args([work.join("full"), work.join("i1"), work.join("i2")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_combinebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hand_over(&ts_out);
+    let restored = Cluster::start_on(PgVersion::V18, &combined);
+    same_dump(
+        &dumpall(&restored, &ts_out),
+        &expect,
+        "combined chain vs source",
+    );
+    drop(restored);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn pg18_incremental_refusals() {
+    let c = Cluster::start(PgVersion::V18);
+    let other = Cluster::start(PgVersion::V18);
+    let work = temp_dir("inc");
+    let foreign = work.join("foreign");
+    ok(pgrepl()
+        .args(["basebackup", "-d", &conninfo(&other), "-c", "fast", "-D"])
+        .arg(&foreign)
+        .output()
+        .unwrap());
+    // another cluster's manifest: the server's error, nothing left behind
+    let out = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-i"])
+        .arg(&foreign)
+        .arg("-D")
+        .arg(work.join("bad"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("system identifier in backup manifest is"),
+        "{err}"
+    );
+    nothing_complete(&work, "bad");
+
+    // summarize_wal=off: a clear error
+    c.psql("ALTER SYSTEM SET summarize_wal = off");
+    c.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    let mine = work.join("mine");
+    c.psql("ALTER SYSTEM SET summarize_wal = on");
+    c.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    ok(pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-D"])
+        .arg(&mine)
+        .output()
+        .unwrap());
+    c.psql("ALTER SYSTEM SET summarize_wal = off");
+    c.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-i"])
+        .arg(&mine)
+        .arg("-D")
+        .arg(work.join("nosum"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WAL summarization is enabled"), "{err}");
+    nothing_complete(&work, "nosum");
+
+    // a missing earlier backup is refused before anything is written
+    let out = pgrepl()
+        .args([
+            "basebackup",
+            "-d",
+            &conninfo(&c),
+            "-i",
+            "/nonexistent/backup",
+            "-D",
+        ])
+        .arg(work.join("nothing"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not read the manifest"));
+    nothing_complete(&work, "nothing");
     let _ = std::fs::remove_dir_all(&work);
 }
