@@ -457,3 +457,51 @@ fn pg18_incremental_refusals() {
     nothing_complete(&work, "nothing");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[test]
+fn pg18_a_corrupt_page_fails_the_backup_with_the_server_warning() {
+    let mut c = Cluster::start(PgVersion::V18);
+    c.psql(
+        "CREATE TABLE victim AS SELECT g, repeat('v', 100) AS pad FROM generate_series(1, 2000) g",
+    );
+    let rel = c.psql("SELECT pg_relation_filepath('victim')");
+    c.psql("CHECKPOINT");
+    c.stop_server("fast");
+    let path = c.data.join(&rel);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4000] ^= 0xff; // inside the first page, after its header
+    std::fs::write(&path, bytes).unwrap();
+    c.start_stopped();
+    let work = temp_dir("bb");
+    let out = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-D"])
+        .arg(work.join("corrupt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING") && err.contains("checksum verification failed in file"),
+        "the server's WARNING must be relayed: {err}"
+    );
+    assert!(
+        err.contains("checksum verification failure during base backup"),
+        "{err}"
+    );
+    nothing_complete(&work, "corrupt");
+    // with --no-verify-checksums the server does not check, and the backup completes
+    ok(pgrepl()
+        .args([
+            "basebackup",
+            "-d",
+            &conninfo(&c),
+            "-c",
+            "fast",
+            "--no-verify-checksums",
+            "-D",
+        ])
+        .arg(work.join("unchecked"))
+        .output()
+        .unwrap());
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -291,6 +291,13 @@ impl Cluster {
         self.running = true;
     }
 
+    /// Starts a server stopped with [`Cluster::stop_server`] again, on the same port.
+    pub fn start_stopped(&mut self) {
+        let out = self.pg_ctl_start();
+        assert!(out.status.success(), "start failed:\n{}", self.log_tail(40));
+        self.running = true;
+    }
+
     /// Stops the server (`fast` or `immediate`).
     pub fn stop_server(&mut self, mode: &str) {
         if !self.running {
