@@ -5,6 +5,7 @@
 //! files, combine and verify are being built (see README.md).
 
 pub mod checksum;
+pub mod decompress;
 pub mod manifest;
 pub mod run;
 pub mod sink;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use pgrepl::{BaseBackupEvent, BaseBackupOptions, Connection, DbError};
 use pgwal::{Lsn, TimelineId};
 
+use crate::decompress::{ArchiveCompression, Decompressor};
 use crate::sink::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use crate::tar::{TarError, TarEvent, TarParser};
 use crate::wal_stream::{start_wal_stream, WalStream};
@@ -98,7 +99,79 @@ impl From<TarError> for Step {
 struct Current {
     name: String,
     parser: TarParser,
+    decompressor: Option<Decompressor>,
     bytes: u64,
+}
+
+/// Feeds uncompressed archive bytes through the tar parser into the sink.
+fn feed_tar(
+    parser: &mut TarParser,
+    name: &str,
+    data: &[u8],
+    sink: &mut dyn BackupSink,
+    summary: &mut BackupSummary,
+) -> Result<(), BackupError> {
+    let (files, bytes) = (&mut summary.files, &mut summary.file_bytes);
+    let fed = parser.feed(data, |ev| -> Result<(), Step> {
+        match ev {
+            TarEvent::Entry(h) => {
+                if h.kind == crate::tar::EntryKind::File {
+                    *files += 1;
+                }
+                sink.entry_begin(&h).map_err(Step::Sink)
+            }
+            TarEvent::Data(d) => {
+                *bytes += d.len() as u64;
+                sink.entry_data(d).map_err(Step::Sink)
+            }
+            TarEvent::EntryEnd => sink.entry_end().map_err(Step::Sink),
+            TarEvent::End => Ok(()),
+        }
+    });
+    match fed {
+        Ok(()) => Ok(()),
+        Err(Step::Sink(e)) => Err(e.into()),
+        Err(Step::Tar(e)) => Err(BackupError::Archive {
+            archive: name.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// Feeds archive bytes as received: raw to the sink, decompressed (if needed) to the parser.
+fn feed_archive(
+    c: &mut Current,
+    data: &[u8],
+    sink: &mut dyn BackupSink,
+    summary: &mut BackupSummary,
+) -> Result<(), BackupError> {
+    match &mut c.decompressor {
+        None => feed_tar(&mut c.parser, &c.name, data, sink, summary),
+        Some(d) => {
+            let mut failed = None;
+            let (parser, name) = (&mut c.parser, &c.name);
+            let r = d.push(data, |plain| {
+                match feed_tar(parser, name, plain, sink, summary) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        failed = Some(e);
+                        Err(String::new())
+                    }
+                }
+            });
+            match (r, failed) {
+                (_, Some(e)) => Err(e),
+                (Err(msg), None) => Err(BackupError::Archive {
+                    archive: c.name.clone(),
+                    source: TarError {
+                        offset: c.bytes,
+                        message: msg,
+                    },
+                }),
+                (Ok(()), None) => Ok(()),
+            }
+        }
+    }
 }
 
 fn finish_archive(
@@ -106,7 +179,28 @@ fn finish_archive(
     sink: &mut dyn BackupSink,
     summary: &mut BackupSummary,
 ) -> Result<(), BackupError> {
-    if let Some(c) = cur.take() {
+    if let Some(mut c) = cur.take() {
+        if let Some(d) = c.decompressor.take() {
+            let mut failed = None;
+            let (parser, name) = (&mut c.parser, &c.name);
+            let r = d.finish(|plain| match feed_tar(parser, name, plain, sink, summary) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    failed = Some(e);
+                    Err(String::new())
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            r.map_err(|msg| BackupError::Archive {
+                archive: c.name.clone(),
+                source: TarError {
+                    offset: c.bytes,
+                    message: msg,
+                },
+            })?;
+        }
         c.parser.finish().map_err(|e| BackupError::Archive {
             archive: c.name.clone(),
             source: e,
@@ -224,11 +318,11 @@ async fn run(
                 tablespace_location,
             } => {
                 finish_archive(&mut cur, sink, &mut summary)?;
-                if !name.ends_with(".tar") {
-                    return Err(BackupError::Unsupported(format!(
-                        "archive \"{name}\" is compressed by the server; server-side compression is not supported yet"
-                    )));
-                }
+                let compression = ArchiveCompression::from_name(&name).ok_or_else(|| {
+                    BackupError::Unsupported(format!("unexpected archive name \"{name}\""))
+                })?;
+                let decompressor = Decompressor::new(compression)
+                    .map_err(|e| BackupError::Unsupported(format!("archive \"{name}\": {e}")))?;
                 let oid = match &tablespace_location {
                     Some(l) => Some(*locations.get(l).ok_or_else(|| {
                         BackupError::Server(pgrepl::Error::Protocol {
@@ -246,6 +340,7 @@ async fn run(
                 cur = Some(Current {
                     name,
                     parser: TarParser::new(),
+                    decompressor,
                     bytes: 0,
                 });
             }
@@ -255,33 +350,7 @@ async fn run(
                 })?;
                 c.bytes += data.len() as u64;
                 sink.archive_raw(&data)?;
-                let (files, bytes) = (&mut summary.files, &mut summary.file_bytes);
-                let fed = c.parser.feed(&data, |ev| -> Result<(), Step> {
-                    match ev {
-                        TarEvent::Entry(h) => {
-                            if h.kind == crate::tar::EntryKind::File {
-                                *files += 1;
-                            }
-                            sink.entry_begin(&h).map_err(Step::Sink)
-                        }
-                        TarEvent::Data(d) => {
-                            *bytes += d.len() as u64;
-                            sink.entry_data(d).map_err(Step::Sink)
-                        }
-                        TarEvent::EntryEnd => sink.entry_end().map_err(Step::Sink),
-                        TarEvent::End => Ok(()),
-                    }
-                });
-                match fed {
-                    Ok(()) => {}
-                    Err(Step::Sink(e)) => return Err(e.into()),
-                    Err(Step::Tar(e)) => {
-                        return Err(BackupError::Archive {
-                            archive: c.name.clone(),
-                            source: e,
-                        })
-                    }
-                }
+                feed_archive(c, &data, sink, &mut summary)?;
             }
             BaseBackupEvent::Progress(done) => on_event(&BackupEvent::Progress {
                 done,

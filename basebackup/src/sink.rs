@@ -209,5 +209,5 @@ mod tarfile;
 mod verify;
 
 pub use directory::{DirectorySink, TablespaceMapping};
-pub use tarfile::TarSink;
+pub use tarfile::{TarSink, ZstdCompression};
 pub use verify::VerifySink;

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use basebackup::checksum::ChecksumKind;
 use basebackup::run::{take_backup, BackupEvent, WalMethod};
-use basebackup::sink::{BackupSink, DirectorySink, TablespaceMapping, TarSink, Tee, VerifySink};
+use basebackup::sink::{
+    BackupSink, DirectorySink, TablespaceMapping, TarSink, Tee, VerifySink, ZstdCompression,
+};
 use clap::Args;
-use pgrepl::{BaseBackupOptions, CheckpointMode, ManifestChecksums};
+use pgrepl::{BaseBackupOptions, CheckpointMode, ManifestChecksums, ServerCompression};
 
 use crate::conn::ConnArgs;
 
@@ -66,8 +68,9 @@ pub struct BaseBackupArgs {
     /// Do not verify page checksums on the server
     #[arg(long = "no-verify-checksums")]
     no_verify_checksums: bool,
-    /// Compress: none (compression is not supported yet)
-    #[arg(short = 'Z', long = "compress", value_name = "METHOD")]
+    /// Compress: [client-]zstd[:LEVEL|:level=N,workers=N] (tar format), server-zstd[:...],
+    /// server-gzip[:LEVEL], or none
+    #[arg(short = 'Z', long = "compress", value_name = "[WHERE-]METHOD[:DETAIL]")]
     compress: Option<String>,
     /// Take an incremental backup relative to this earlier backup (its directory, tar
     /// directory, or backup_manifest file); PostgreSQL 17+ with summarize_wal=on
@@ -85,6 +88,89 @@ pub struct BaseBackupArgs {
     /// Output verbose messages
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Where compression happens.
+enum Compression {
+    None,
+    Client(ZstdCompression),
+    Server(ServerCompression),
+}
+
+/// `-Z`: `none`, `[client-]zstd[:DETAIL]`, `server-zstd[:DETAIL]`, `server-gzip[:LEVEL]`, where
+/// DETAIL is a level or `level=N,workers=N`.
+fn parse_compress(spec: &str) -> anyhow::Result<Compression> {
+    let (place, rest) = if let Some(r) = spec.strip_prefix("server-") {
+        ("server", r)
+    } else if let Some(r) = spec.strip_prefix("client-") {
+        ("client", r)
+    } else {
+        ("client", spec)
+    };
+    let (method, detail) = match rest.split_once(':') {
+        Some((m, d)) => (m, Some(d)),
+        None => (rest, None),
+    };
+    let mut level = None;
+    let mut workers = None;
+    if let Some(d) = detail {
+        for item in d.split(',') {
+            match item.split_once('=') {
+                None => {
+                    level = Some(
+                        item.parse::<i32>()
+                            .with_context(|| format!("invalid compression level \"{item}\""))?,
+                    )
+                }
+                Some(("level", v)) => {
+                    level = Some(
+                        v.parse::<i32>()
+                            .with_context(|| format!("invalid compression level \"{v}\""))?,
+                    )
+                }
+                Some(("workers", v)) => {
+                    workers = Some(
+                        v.parse::<u32>()
+                            .with_context(|| format!("invalid worker count \"{v}\""))?,
+                    )
+                }
+                Some((k, _)) => bail!(
+                    "invalid compression specification: unrecognized compression option \"{k}\""
+                ),
+            }
+        }
+    }
+    Ok(match (place, method) {
+        (_, "none") => {
+            if detail.is_some() {
+                bail!("invalid compression specification: compression algorithm \"none\" does not accept a compression level");
+            }
+            Compression::None
+        }
+        ("client", "zstd") => {
+            let level = level.unwrap_or(3);
+            if !(1..=22).contains(&level) {
+                bail!("zstd compression level {level} is out of range (1 to 22)");
+            }
+            Compression::Client(ZstdCompression {
+                level,
+                workers: workers.unwrap_or(0),
+            })
+        }
+        ("server", "zstd") => Compression::Server(ServerCompression::Zstd { level, workers }),
+        ("server", "gzip") => {
+            if workers.is_some() {
+                bail!("invalid compression specification: compression algorithm \"gzip\" does not accept a worker count");
+            }
+            Compression::Server(ServerCompression::Gzip(level))
+        }
+        ("client", "gzip") | ("client", "lz4") | ("server", "lz4") => {
+            bail!("compression \"{spec}\" is not supported by pgrepl; use zstd, server-zstd or server-gzip")
+        }
+        (_, m) => {
+            bail!("invalid compression specification: unrecognized compression algorithm: \"{m}\"")
+        }
+    })
 }
 
 /// `-r`: kB/s, with an optional k or M suffix; PostgreSQL accepts 32 kB/s to 1 GB/s.
@@ -128,10 +214,12 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         "spread" => CheckpointMode::Spread,
         c => bail!("invalid checkpoint argument \"{c}\", must be \"fast\" or \"spread\""),
     };
-    if let Some(c) = &args.compress {
-        if c != "none" && c != "0" {
-            bail!("compression \"{c}\" is not supported yet");
-        }
+    let compression = match &args.compress {
+        Some(c) => parse_compress(c)?,
+        None => Compression::None,
+    };
+    if plain && matches!(compression, Compression::Client(_)) {
+        bail!("client-side compression can only be used with tar format (-F t); use server-zstd or server-gzip with plain format");
     }
     // The parent's manifest, read up front so a bad path fails before anything is written.
     let parent_manifest = match &args.incremental {
@@ -175,6 +263,10 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         manifest: !args.no_manifest,
         manifest_checksums: ManifestChecksums::parse(kind.as_str()).unwrap_or_default(),
         incremental: parent_manifest.is_some(),
+        compression: match compression {
+            Compression::Server(s) => Some(s),
+            _ => None,
+        },
         ..Default::default()
     };
 
@@ -187,7 +279,15 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     let writer: Box<dyn BackupSink> = if plain {
         Box::new(DirectorySink::new(&args.pgdata, mappings, !args.no_sync)?)
     } else {
-        Box::new(TarSink::new(&args.pgdata, !args.no_sync)?)
+        let zstd = match compression {
+            Compression::Client(z) => Some(z),
+            _ => None,
+        };
+        Box::new(TarSink::with_compression(
+            &args.pgdata,
+            !args.no_sync,
+            zstd,
+        )?)
     };
     let mut sink = Tee(VerifySink::new(kind, Some(id.system_id)), writer);
     let wal_plan = match wal_method {

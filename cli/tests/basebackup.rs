@@ -1,7 +1,7 @@
 //! `pgrepl basebackup` against real servers; PostgreSQL's pg_verifybackup and a server started on
 //! the backup are the judges.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -503,5 +503,160 @@ fn pg18_a_corrupt_page_fails_the_backup_with_the_server_warning() {
         .arg(work.join("unchecked"))
         .output()
         .unwrap());
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Decompresses and parses every data archive of a tar-format backup and checks the files and
+/// sizes against its backup_manifest. Returns the archive names.
+fn tar_backup_matches_manifest(dir: &Path) -> Vec<String> {
+    use basebackup::decompress::{ArchiveCompression, Decompressor};
+    use basebackup::tar::{EntryKind, TarEvent, TarParser};
+    let manifest =
+        basebackup::manifest::parse_manifest(&std::fs::read(dir.join("backup_manifest")).unwrap())
+            .unwrap();
+    let mut want: std::collections::BTreeMap<String, u64> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.size))
+        .collect();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "backup_manifest")
+        .collect();
+    names.sort();
+    for name in &names {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let comp = ArchiveCompression::from_name(name).unwrap_or_else(|| panic!("odd file {name}"));
+        let mut plain = Vec::new();
+        match Decompressor::new(comp).unwrap() {
+            None => plain = bytes,
+            Some(mut d) => {
+                d.push(&bytes, |b| {
+                    plain.extend_from_slice(b);
+                    Ok(())
+                })
+                .unwrap();
+                d.finish(|b| {
+                    plain.extend_from_slice(b);
+                    Ok(())
+                })
+                .unwrap();
+            }
+        }
+        let stem = name.split('.').next().unwrap();
+        let prefix = match stem {
+            "base" | "pg_wal" => String::new(),
+            oid => format!("pg_tblspc/{oid}/"),
+        };
+        let mut p = TarParser::new();
+        let mut current: Option<(String, u64)> = None;
+        let mut seen = Vec::new();
+        p.feed(&plain, |ev| -> Result<(), basebackup::tar::TarError> {
+            match ev {
+                TarEvent::Entry(h) if h.kind == EntryKind::File => {
+                    current = Some((format!("{prefix}{}", h.path), 0))
+                }
+                TarEvent::Data(d) => current.as_mut().unwrap().1 += d.len() as u64,
+                TarEvent::EntryEnd => seen.extend(current.take()),
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+        p.finish().unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (path, size) in seen {
+            if stem == "pg_wal" || path.starts_with("pg_wal/") {
+                assert_eq!(size, 16 << 20, "{path}");
+                continue;
+            }
+            assert_eq!(want.remove(&path), Some(size), "{name}: {path}");
+        }
+    }
+    assert!(
+        want.is_empty(),
+        "files of the manifest not in the archives: {want:?}"
+    );
+    names
+}
+
+fn compressed(c: &Cluster, work: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let target = work.join(name);
+    ok(pgrepl()
+        .args(["basebackup", "-d", &conninfo(c), "-c", "fast", "-D"])
+        .arg(&target)
+        .args(args)
+        .output()
+        .unwrap());
+    target
+}
+
+#[test]
+fn pg18_server_gzip_and_client_zstd() {
+    let c = source(PgVersion::V18);
+    let work = temp_dir("bbz");
+    // server-side gzip, tar: the server's compressed archives are kept as they are
+    let t = compressed(&c, &work, "sgz", &["-F", "t", "-Z", "server-gzip:1"]);
+    let names = tar_backup_matches_manifest(&t);
+    assert!(names.contains(&"base.tar.gz".to_owned()), "{names:?}");
+    // server-side gzip, plain: decompressed on the fly, and PostgreSQL verifies it
+    let map = format!(
+        "{}={}",
+        c.root.join("ts_ts1").display(),
+        work.join("ts_sgzp").display()
+    );
+    let p = compressed(&c, &work, "sgzp", &["-Z", "server-gzip", "-T", &map]);
+    let out = Command::new(tool("pg_verifybackup"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // client-side zstd with worker threads: every archive .tar.zst, WAL included
+    let z = compressed(&c, &work, "czst", &["-F", "t", "-Z", "zstd:5,workers=2"]);
+    let names = tar_backup_matches_manifest(&z);
+    assert!(names.iter().all(|n| n.ends_with(".tar.zst")), "{names:?}");
+    assert!(names.contains(&"pg_wal.tar.zst".to_owned()), "{names:?}");
+    // client compression needs tar format
+    let out = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-Z", "zstd", "-D"])
+        .arg(work.join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    nothing_complete(&work, "nope");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn pg15_server_zstd() {
+    // Debian's PostgreSQL 15 is the server here built with zstd
+    let c = Cluster::start(PgVersion::V15);
+    c.pgbench_init(1);
+    let work = temp_dir("bbz");
+    let t = compressed(&c, &work, "szst", &["-F", "t", "-Z", "server-zstd:3"]);
+    let names = tar_backup_matches_manifest(&t);
+    assert!(names.contains(&"base.tar.zst".to_owned()), "{names:?}");
+    let p = compressed(&c, &work, "szstp", &["-Z", "server-zstd:level=3,workers=2"]);
+    let out = Command::new(pgrepl_testbed::pg15_bin().join("pg_verifybackup"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expect = dumpall(&c, Path::new("/nonexistent"));
+    let restored = Cluster::start_on(PgVersion::V15, &p);
+    same_dump(
+        &dumpall(&restored, Path::new("/nonexistent")),
+        &expect,
+        "pg15 restored",
+    );
+    drop(restored);
     let _ = std::fs::remove_dir_all(&work);
 }

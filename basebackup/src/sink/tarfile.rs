@@ -1,28 +1,102 @@
 //! The tar-format sink (as `pg_basebackup -Ft`): each archive is written exactly as the server
-//! sent it (so server-compressed archives are kept as they are), plus `backup_manifest`, under a
-//! temporary directory renamed to the target when the backup is complete.
+//! sent it (server-compressed archives are kept as they are), optionally zstd-compressed on the
+//! client, plus `backup_manifest`, under a temporary directory renamed to the target when the
+//! backup is complete.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::directory::fsync_tree;
 use super::{ArchiveInfo, BackupEnd, BackupSink, DirectorySink, SinkError};
 
-/// Writes `base.tar`, `<oid>.tar` and `backup_manifest`.
+/// Client-side compression of the archives (`-Z zstd[:LEVEL]`, with worker threads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZstdCompression {
+    /// Level, 1 to 22.
+    pub level: i32,
+    /// Worker threads (0: compress on the calling thread).
+    pub workers: u32,
+}
+
+enum Out {
+    Plain(BufWriter<File>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Out::Plain(_) => "Plain",
+            Out::Zstd(_) => "Zstd",
+        })
+    }
+}
+
+impl Out {
+    fn create(path: &Path, zstd: Option<ZstdCompression>) -> Result<Out, SinkError> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| SinkError::io("could not create file", path, e))?;
+        let w = BufWriter::with_capacity(1 << 20, f);
+        Ok(match zstd {
+            None => Out::Plain(w),
+            Some(z) => {
+                let mut e = zstd::stream::write::Encoder::new(w, z.level)
+                    .map_err(|e| SinkError::io("could not start compression for", path, e))?;
+                if z.workers > 0 {
+                    e.multithread(z.workers).map_err(|e| {
+                        SinkError::io("could not set compression workers for", path, e)
+                    })?;
+                }
+                Out::Zstd(e)
+            }
+        })
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Out::Plain(w) => w.write_all(b),
+            Out::Zstd(w) => w.write_all(b),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Out::Plain(mut w) => w.flush(),
+            Out::Zstd(e) => e.finish()?.flush(),
+        }
+    }
+}
+
+/// Writes `base.tar`, `<oid>.tar`, `pg_wal.tar` (each `.zst` with client compression, or as
+/// the server compressed them) and `backup_manifest`.
 #[derive(Debug)]
 pub struct TarSink {
     // The directory logic (empty target, staging beside it, rename on finish) is the plain sink's.
     dir: DirectorySink,
     staging: PathBuf,
     sync: bool,
-    current: Option<(BufWriter<File>, PathBuf)>,
+    zstd: Option<ZstdCompression>,
+    current: Option<(Out, PathBuf)>,
 }
 
 impl TarSink {
     /// A sink writing to `target` (absent or empty).
     pub fn new(target: &Path, sync: bool) -> Result<Self, SinkError> {
+        Self::with_compression(target, sync, None)
+    }
+
+    /// As [`TarSink::new`], compressing the archives the server sent uncompressed with zstd.
+    pub fn with_compression(
+        target: &Path,
+        sync: bool,
+        zstd: Option<ZstdCompression>,
+    ) -> Result<Self, SinkError> {
         let dir = DirectorySink::new(target, Vec::new(), sync)?;
         let name = target
             .file_name()
@@ -36,6 +110,7 @@ impl TarSink {
             staging: parent.join(format!(".{name}.pgrepl-incomplete")),
             dir,
             sync,
+            zstd,
             current: None,
         })
     }
@@ -43,14 +118,14 @@ impl TarSink {
 
 impl BackupSink for TarSink {
     fn archive_begin(&mut self, a: &ArchiveInfo) -> Result<(), SinkError> {
-        let path = self.staging.join(&a.name);
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| SinkError::io("could not create file", &path, e))?;
-        self.current = Some((BufWriter::with_capacity(1 << 20, f), path));
+        // Archives the server compressed are kept as they came: no second compression.
+        let zstd = self.zstd.filter(|_| a.name.ends_with(".tar"));
+        let name = match zstd {
+            Some(_) => format!("{}.zst", a.name),
+            None => a.name.clone(),
+        };
+        let path = self.staging.join(name);
+        self.current = Some((Out::create(&path, zstd)?, path));
         Ok(())
     }
 
@@ -63,8 +138,8 @@ impl BackupSink for TarSink {
     }
 
     fn archive_end(&mut self) -> Result<(), SinkError> {
-        if let Some((mut f, p)) = self.current.take() {
-            f.flush()
+        if let Some((f, p)) = self.current.take() {
+            f.finish()
                 .map_err(|e| SinkError::io("could not write to file", &p, e))?;
         }
         Ok(())
@@ -76,12 +151,11 @@ impl BackupSink for TarSink {
 
     fn wal_dir(&mut self) -> Result<Option<PathBuf>, SinkError> {
         let d = self.staging.join(".pg_wal.stream");
-        std::fs::create_dir_all(&d)
-            .map_err(|e| SinkError::io("could not create directory", &d, e))?;
+        fs::create_dir_all(&d).map_err(|e| SinkError::io("could not create directory", &d, e))?;
         Ok(Some(d))
     }
 
-    /// Packs the streamed segments into `pg_wal.tar`, as pg_basebackup -Ft -X stream does.
+    /// Packs the streamed segments into `pg_wal.tar[.zst]`, as pg_basebackup -Ft -X stream does.
     fn wal_done(&mut self) -> Result<(), SinkError> {
         let src = self.staging.join(".pg_wal.stream");
         let mut names: Vec<String> = fs::read_dir(&src)
@@ -89,15 +163,14 @@ impl BackupSink for TarSink {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
         names.sort();
-        let path = self.staging.join("pg_wal.tar");
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| SinkError::io("could not create file", &path, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, f);
+        let path = self.staging.join(if self.zstd.is_some() {
+            "pg_wal.tar.zst"
+        } else {
+            "pg_wal.tar"
+        });
+        let mut out = Out::create(&path, self.zstd)?;
         let werr = |e| SinkError::io("could not write to file", &path, e);
+        let mut buf = vec![0u8; 1 << 20];
         for n in &names {
             let file = src.join(n);
             let meta =
@@ -116,12 +189,18 @@ impl BackupSink for TarSink {
             .map_err(SinkError::new)?;
             out.write_all(&header).map_err(werr)?;
             let mut r = File::open(&file).map_err(|e| SinkError::io("could not open", &file, e))?;
-            std::io::copy(&mut r, &mut out).map_err(werr)?;
+            loop {
+                let k = r.read(&mut buf).map_err(werr)?;
+                if k == 0 {
+                    break;
+                }
+                out.write_all(&buf[..k]).map_err(werr)?;
+            }
             let pad = (512 - meta.len() % 512) % 512;
             out.write_all(&vec![0u8; pad as usize]).map_err(werr)?;
         }
         out.write_all(&[0u8; 1024]).map_err(werr)?;
-        out.flush().map_err(werr)?;
+        out.finish().map_err(werr)?;
         fs::remove_dir_all(&src).map_err(|e| SinkError::io("could not remove", &src, e))
     }
 
