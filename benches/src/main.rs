@@ -5,9 +5,11 @@
 //!
 //!   pgrepl-bench wal-decode [--scale N] [--rounds R]
 //!   pgrepl-bench receivewal [--scale N] [--seconds S]    (needs target/release/pgrepl)
+//!   pgrepl-bench basebackup [--scale N] [--rounds R]     (needs target/release/pgrepl and zstd)
 //!
 //! Jobs for basebackup, receivewal, combine and verify join as those capabilities land.
 
+mod basebackup;
 mod measure;
 mod receivewal;
 mod wal_decode;
@@ -15,7 +17,7 @@ mod wal_decode;
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup [--scale N] [--rounds R]");
     std::process::exit(2);
 }
 
@@ -44,6 +46,7 @@ fn main() {
     let result = match job.as_str() {
         "wal-decode" => wal_decode::bench(scale, rounds),
         "receivewal" => receivewal::bench(scale, seconds),
+        "basebackup" => basebackup::bench(scale, rounds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");

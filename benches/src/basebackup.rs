@@ -1,0 +1,168 @@
+//! Base backups: `pgrepl basebackup` against `pg_basebackup` on the same server, alternating, in
+//! several modes. Client CPU (user+sys, children included) and peak RSS come from wait4.
+
+use std::process::Command;
+
+use pgrepl_testbed::{tool, Cluster, ClusterOptions, PgVersion, Role};
+
+use crate::measure::{median, run, Sample};
+
+struct Mode {
+    name: &'static str,
+    ours: &'static [&'static str],
+    theirs: &'static [&'static str],
+    /// pg_basebackup's output goes through `zstd -5 -T2` (the test bed's PG 18 has no zstd).
+    pipe_zstd: bool,
+    incremental: bool,
+}
+
+const MODES: &[Mode] = &[
+    Mode {
+        name: "plain --no-sync",
+        ours: &["-N"],
+        theirs: &["-N"],
+        pipe_zstd: false,
+        incremental: false,
+    },
+    Mode {
+        name: "plain, fsync",
+        ours: &[],
+        theirs: &[],
+        pipe_zstd: false,
+        incremental: false,
+    },
+    Mode {
+        name: "tar --no-sync",
+        ours: &["-F", "t", "-N"],
+        theirs: &["-F", "t", "-N"],
+        pipe_zstd: false,
+        incremental: false,
+    },
+    Mode {
+        name: "tar + zstd:5",
+        ours: &["-F", "t", "-N", "-X", "none", "-Z", "zstd:5,workers=2"],
+        theirs: &["-F", "t", "-X", "none"],
+        pipe_zstd: true,
+        incremental: false,
+    },
+    Mode {
+        name: "incremental",
+        ours: &["-N"],
+        theirs: &["-N"],
+        pipe_zstd: false,
+        incremental: true,
+    },
+];
+
+pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
+    let c = Cluster::start_with(
+        PgVersion::V18,
+        ClusterOptions {
+            conf: vec!["max_wal_size = 4GB".into()],
+            ..Default::default()
+        },
+    );
+    eprintln!("basebackup: pgbench -i -s {scale} on PostgreSQL 18");
+    c.pgbench_init(scale);
+    let conninfo = c.conninfo(Role::Postgres, "sslmode=disable");
+    let ours_bin = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("pgrepl");
+    assert!(
+        ours_bin.exists(),
+        "build it: cargo build --release -p pgrepl-cli"
+    );
+    let root = pgrepl_testbed::temp_dir("bbbench");
+    // parents for the incremental mode
+    let ours_full = root.join("ours_full");
+    let theirs_full = root.join("theirs_full");
+    crate::measure::run(
+        Command::new(&ours_bin)
+            .args(["basebackup", "-d", &conninfo, "-c", "fast", "-N", "-D"])
+            .arg(&ours_full),
+    );
+    crate::measure::run(
+        Command::new(tool("pg_basebackup"))
+            .args(["-d", &conninfo, "-c", "fast", "-N", "-D"])
+            .arg(&theirs_full),
+    );
+    let db_mb: f64 = c
+        .psql("SELECT pg_database_size('postgres')")
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        / 1e6;
+    let mut lines = Vec::new();
+    let mut json = Vec::new();
+    for mode in MODES {
+        let mut ours: Vec<Sample> = Vec::new();
+        let mut theirs: Vec<Sample> = Vec::new();
+        for round in 0..rounds {
+            if mode.incremental {
+                c.pgbench(&["-t", "2000", "-c", "2", "-n"]);
+            }
+            // Alternate who goes first, and flush the previous run's dirty pages and deletions
+            // outside the timed region, so neither pays for the other's writeback.
+            for side in [round % 2, 1 - round % 2] {
+                let _ = Command::new("sync").status();
+                if side == 0 {
+                    let target = root.join("ours");
+                    let mut cmd = Command::new(&ours_bin);
+                    cmd.args(["basebackup", "-d", &conninfo, "-c", "fast", "-D"])
+                        .arg(&target)
+                        .args(mode.ours);
+                    if mode.incremental {
+                        cmd.arg("-i").arg(&ours_full);
+                    }
+                    ours.push(run(&mut cmd));
+                    let _ = std::fs::remove_dir_all(&target);
+                } else {
+                    let target = root.join("theirs");
+                    let sample = if mode.pipe_zstd {
+                        std::fs::create_dir_all(&target).unwrap();
+                        run(Command::new("sh").arg("-c").arg(format!(
+                            "{} -d '{}' -c fast -D - {} | zstd -q -5 -T2 -o {}",
+                            tool("pg_basebackup").display(),
+                            conninfo,
+                            mode.theirs.join(" "),
+                            target.join("base.tar.zst").display()
+                        )))
+                    } else {
+                        let mut cmd = Command::new(tool("pg_basebackup"));
+                        cmd.args(["-d", &conninfo, "-c", "fast", "-D"])
+                            .arg(&target)
+                            .args(mode.theirs);
+                        if mode.incremental {
+                            cmd.arg("-i").arg(theirs_full.join("backup_manifest"));
+                        }
+                        run(&mut cmd)
+                    };
+                    theirs.push(sample);
+                    let _ = std::fs::remove_dir_all(&target);
+                }
+            }
+        }
+        let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+        let (ow, oc) = (m(&ours, |s| s.wall), m(&ours, |s| s.cpu));
+        let (tw, tc) = (m(&theirs, |s| s.wall), m(&theirs, |s| s.cpu));
+        let orss = ours.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
+        let trss = theirs.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
+        let line = format!(
+            "basebackup {:<16} pgrepl {ow:.2}s cpu {oc:.2}s  pg_basebackup {tw:.2}s cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB",
+            mode.name,
+            ow / tw,
+            oc / tc
+        );
+        println!("{line}");
+        lines.push(line);
+        json.push(serde_json::json!({
+            "mode": mode.name,
+            "ours": {"wall_s": ow, "cpu_s": oc, "peak_rss_mib": orss},
+            "pg_basebackup": {"wall_s": tw, "cpu_s": tc, "peak_rss_mib": trss},
+            "ratio": {"wall": ow / tw, "cpu": oc / tc},
+        }));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    serde_json::json!({"job": "basebackup", "scale": scale, "database_mb": db_mb, "rounds": rounds, "modes": json})
+}
