@@ -5,6 +5,7 @@ mod basebackup;
 mod conn;
 mod identify;
 mod receivewal;
+mod walfetch;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,9 @@ enum Command {
     Receivewal(receivewal::ReceiveWalArgs),
     /// Take a full base backup, verified against the server's manifest (as pg_basebackup)
     Basebackup(basebackup::BaseBackupArgs),
+    /// Serve a WAL file from an archive to recovery (restore_command); exit 1 if it is missing
+    #[command(name = "wal-fetch")]
+    WalFetch(walfetch::WalFetchArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Command::Identify(a) => a.verbose,
         Command::Receivewal(a) => a.verbose,
         Command::Basebackup(a) => a.verbose,
+        Command::WalFetch(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
             Command::Identify(a) => identify::run(a).await,
             Command::Receivewal(a) => receivewal::run(a).await,
             Command::Basebackup(a) => basebackup::run(a).await,
+            Command::WalFetch(a) => walfetch::run(a),
         }
     });
     match result {
