@@ -10,4 +10,5 @@ pub mod manifest;
 pub mod run;
 pub mod sink;
 pub mod tar;
+pub mod verify;
 pub mod wal_stream;

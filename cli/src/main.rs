@@ -5,6 +5,7 @@ mod basebackup;
 mod conn;
 mod identify;
 mod receivewal;
+mod verify;
 mod walfetch;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ enum Command {
     Receivewal(receivewal::ReceiveWalArgs),
     /// Take a full base backup, verified against the server's manifest (as pg_basebackup)
     Basebackup(basebackup::BaseBackupArgs),
+    /// Verify a backup (plain or tar): manifest, files, system identifier and WAL
+    Verify(verify::VerifyArgs),
     /// Serve a WAL file from an archive to recovery (restore_command); exit 1 if it is missing
     #[command(name = "wal-fetch")]
     WalFetch(walfetch::WalFetchArgs),
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Receivewal(a) => a.verbose,
         Command::Basebackup(a) => a.verbose,
         Command::WalFetch(a) => a.verbose,
+        Command::Verify(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
             Command::Receivewal(a) => receivewal::run(a).await,
             Command::Basebackup(a) => basebackup::run(a).await,
             Command::WalFetch(a) => walfetch::run(a),
+            Command::Verify(a) => verify::run(a),
         }
     });
     match result {

@@ -1,0 +1,501 @@
+//! Verifying a backup on disk, plain or tar (compressed or not): the manifest (strictly), the
+//! system identifier against `global/pg_control`, every file (missing, extra, size, checksum),
+//! and the WAL the backup needs, decoded by pgwal from the backup's own WAL or a WAL archive.
+//! Unlike pg_verifybackup, the WAL of a tar backup is checked too (read from `pg_wal.tar`).
+//!
+//! Files ignored as pg_verifybackup ignores them: `backup_manifest`, `pg_wal/`,
+//! `postgresql.auto.conf`, `recovery.signal`, `standby.signal`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use pgwal::timeline::TimelineHistory;
+use pgwal::{DecoderOptions, Lsn, WalDecoder, WalDir, WalSegSize};
+
+use crate::checksum::{ChecksumKind, FileHasher};
+use crate::decompress::{ArchiveCompression, Decompressor};
+use crate::manifest::{parse_manifest, Manifest};
+use crate::tar::{EntryKind, TarError, TarEvent, TarParser};
+
+const IGNORED: &[&str] = &[
+    "backup_manifest",
+    "postgresql.auto.conf",
+    "recovery.signal",
+    "standby.signal",
+];
+
+/// Options of a verification.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Read WAL from this archive instead of the backup.
+    pub wal_archive: Option<PathBuf>,
+    /// Skip the WAL check.
+    pub skip_wal: bool,
+    /// Stop at the first problem.
+    pub exit_on_error: bool,
+}
+
+/// A problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What it concerns (a file path, `backup_manifest`, `WAL`).
+    pub subject: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.subject, self.message)
+    }
+}
+
+/// The outcome.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Every problem, in the order found.
+    pub problems: Vec<Problem>,
+    /// Files checked.
+    pub files_checked: usize,
+    /// WAL records decoded.
+    pub wal_records: u64,
+}
+
+struct Ctx<'a> {
+    report: VerifyReport,
+    opts: &'a VerifyOptions,
+}
+
+impl Ctx<'_> {
+    fn problem(&mut self, subject: impl Into<String>, message: impl Into<String>) -> bool {
+        self.report.problems.push(Problem {
+            subject: subject.into(),
+            message: message.into(),
+        });
+        self.opts.exit_on_error
+    }
+}
+
+/// What a backup's files turned out to be: path -> (size, checksum in the manifest's algorithm).
+type Seen = BTreeMap<String, (u64, Vec<u8>)>;
+
+fn ignored(path: &str) -> bool {
+    IGNORED.contains(&path) || path == "pg_wal" || path.starts_with("pg_wal/")
+}
+
+fn hash_file(path: &Path, kind: ChecksumKind) -> std::io::Result<(u64, Vec<u8>)> {
+    let mut f = fs::File::open(path)?;
+    let mut h = FileHasher::new(kind);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    Ok((n, h.finish()))
+}
+
+fn walk_plain(
+    root: &Path,
+    rel: &str,
+    kinds: &BTreeMap<String, ChecksumKind>,
+    out: &mut Seen,
+    errs: &mut Vec<Problem>,
+) {
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errs.push(Problem {
+                subject: rel.to_owned(),
+                message: format!("could not read directory: {e}"),
+            });
+            return;
+        }
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if ignored(&path) {
+            continue;
+        }
+        // pg_tblspc/<oid> links lead into tablespaces, which the manifest lists under that path
+        let meta = match fs::metadata(e.path()) {
+            Ok(m) => m,
+            Err(err) => {
+                errs.push(Problem {
+                    subject: path,
+                    message: format!("could not stat: {err}"),
+                });
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            walk_plain(root, &path, kinds, out, errs);
+        } else if meta.is_file() {
+            let kind = kinds.get(&path).copied().unwrap_or(ChecksumKind::None);
+            match hash_file(&e.path(), kind) {
+                Ok(v) => {
+                    out.insert(path, v);
+                }
+                Err(err) => errs.push(Problem {
+                    subject: path,
+                    message: format!("could not read: {err}"),
+                }),
+            }
+        }
+    }
+}
+
+enum Step {
+    Tar(TarError),
+}
+
+impl From<TarError> for Step {
+    fn from(e: TarError) -> Self {
+        Step::Tar(e)
+    }
+}
+
+/// Reads an archive (decompressing by its name) and calls `on` for each event.
+fn read_archive(path: &Path, mut on: impl FnMut(TarEvent<'_>)) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let comp =
+        ArchiveCompression::from_name(&name).ok_or_else(|| format!("{name}: not an archive"))?;
+    let mut dec = Decompressor::new(comp).map_err(|e| format!("{name}: {e}"))?;
+    let mut parser = TarParser::new();
+    let mut f = fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut feed = |parser: &mut TarParser, data: &[u8]| -> Result<(), String> {
+        parser
+            .feed(data, |ev| -> Result<(), Step> {
+                on(ev);
+                Ok(())
+            })
+            .map_err(|Step::Tar(e)| e.to_string())
+    };
+    loop {
+        let k = f.read(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+        if k == 0 {
+            break;
+        }
+        match &mut dec {
+            None => feed(&mut parser, &buf[..k])?,
+            Some(d) => d.push(&buf[..k], |plain| feed(&mut parser, plain))?,
+        }
+    }
+    if let Some(d) = dec {
+        d.finish(|plain| feed(&mut parser, plain))?;
+    }
+    parser.finish().map_err(|e| e.to_string())
+}
+
+/// Checks the WAL of `m` by decoding, from the first range's start to its end, segments fed by
+/// `next_segments` (which calls the sink with each segment's start LSN and bytes, in order).
+fn check_wal_stream(
+    ctx: &mut Ctx<'_>,
+    m: &Manifest,
+    seg: WalSegSize,
+    feed: impl FnOnce(&mut dyn FnMut(Lsn, &[u8]) -> bool) -> Result<(), String>,
+) {
+    // ranges are newest timeline first; the backup needs from the oldest start to the newest end
+    let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
+        ctx.problem("WAL", "the manifest lists no WAL range");
+        return;
+    };
+    let (start, end) = (first.start, last.end);
+    let mut opts = DecoderOptions::new(seg);
+    opts.system_id = m.system_identifier;
+    let mut decoder: Option<WalDecoder> = None;
+    let mut reached = Lsn(0);
+    let mut records = 0u64;
+    let mut failure: Option<String> = None;
+    let r = feed(&mut |seg_start: Lsn, bytes: &[u8]| {
+        let d = decoder.get_or_insert_with(|| {
+            WalDecoder::starting_at(seg_start, start, opts).unwrap_or_else(|_| {
+                WalDecoder::new(seg_start, opts).expect("segment starts are page-aligned")
+            })
+        });
+        d.feed(bytes);
+        loop {
+            match d.next_record() {
+                Ok(Some(r)) => {
+                    records += 1;
+                    reached = r.end_lsn;
+                    if reached >= end {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(e) => {
+                    failure = Some(format!("WAL parsing failed: {e}"));
+                    return false;
+                }
+            }
+        }
+    });
+    ctx.report.wal_records += records;
+    if let Err(e) = r {
+        ctx.problem("WAL", e);
+    } else if let Some(f) = failure {
+        if reached < end {
+            ctx.problem("WAL", format!("{f} (the backup needs WAL up to {end})"));
+        }
+    } else if reached < end {
+        ctx.problem(
+            "WAL",
+            format!("WAL ends at {reached}, before the backup's end {end}"),
+        );
+    }
+}
+
+/// Verifies the backup at `path`.
+pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
+    let mut ctx = Ctx {
+        report: VerifyReport::default(),
+        opts,
+    };
+    let manifest_bytes = match fs::read(path.join("backup_manifest")) {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.problem("backup_manifest", format!("could not read: {e}"));
+            return ctx.report;
+        }
+    };
+    let m = match parse_manifest(&manifest_bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.problem("backup_manifest", e.message);
+            return ctx.report;
+        }
+    };
+    let kinds: BTreeMap<String, ChecksumKind> = m
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.checksum_kind))
+        .collect();
+    let is_tar = ["base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4"]
+        .iter()
+        .any(|n| path.join(n).exists());
+    let mut seen: Seen = BTreeMap::new();
+    let mut pg_control: Option<Vec<u8>> = None;
+    let mut wal_tar: Option<PathBuf> = None;
+    if is_tar {
+        let mut names: Vec<String> = fs::read_dir(path)
+            .map(|it| {
+                it.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        for name in names {
+            if name == "backup_manifest" {
+                continue;
+            }
+            let stem = name.split('.').next().unwrap_or_default().to_owned();
+            if stem == "pg_wal" {
+                wal_tar = Some(path.join(&name));
+                continue;
+            }
+            let prefix = if stem == "base" {
+                String::new()
+            } else {
+                format!("pg_tblspc/{stem}/")
+            };
+            let mut current: Option<(String, u64, FileHasher)> = None;
+            let mut control = None;
+            let r = read_archive(&path.join(&name), |ev| match ev {
+                TarEvent::Entry(h) if h.kind == EntryKind::File => {
+                    let p = format!("{prefix}{}", h.path);
+                    let kind = kinds.get(&p).copied().unwrap_or(ChecksumKind::None);
+                    if p == "global/pg_control" {
+                        control = Some(Vec::new());
+                    }
+                    current = Some((p, 0, FileHasher::new(kind)));
+                }
+                TarEvent::Data(d) => {
+                    if let Some((p, n, h)) = &mut current {
+                        *n += d.len() as u64;
+                        h.update(d);
+                        if p == "global/pg_control" {
+                            if let Some(c) = &mut control {
+                                c.extend_from_slice(
+                                    &d[..d.len().min(64usize.saturating_sub(c.len()))],
+                                );
+                            }
+                        }
+                    }
+                }
+                TarEvent::EntryEnd => {
+                    if let Some((p, n, h)) = current.take() {
+                        if !ignored(&p) {
+                            seen.insert(p, (n, h.finish()));
+                        }
+                    }
+                }
+                _ => {}
+            });
+            if control.is_some() {
+                pg_control = control;
+            }
+            if let Err(e) = r {
+                if ctx.problem(&name, e) {
+                    return ctx.report;
+                }
+            }
+        }
+    } else {
+        let mut errs = Vec::new();
+        walk_plain(path, "", &kinds, &mut seen, &mut errs);
+        for e in errs {
+            if ctx.problem(e.subject, e.message) {
+                return ctx.report;
+            }
+        }
+        pg_control = fs::read(path.join("global/pg_control")).ok();
+    }
+
+    // system identifier
+    match (&pg_control, m.system_identifier) {
+        (Some(c), Some(sys)) if c.len() >= 8 => {
+            let in_control = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
+            if in_control != sys
+                && ctx.problem(
+                    "backup_manifest",
+                    format!(
+                        "manifest system identifier is {sys}, but control file has {in_control}"
+                    ),
+                )
+            {
+                return ctx.report;
+            }
+        }
+        (None, _) if ctx.problem("global/pg_control", "missing from the backup") => {
+            return ctx.report;
+        }
+        _ => {}
+    }
+
+    // files
+    let listed: HashSet<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+    for f in m.files.iter().filter(|f| !ignored(&f.path)) {
+        match seen.get(&f.path) {
+            None => {
+                if ctx.problem(&f.path, "present in the manifest but not on disk") {
+                    return ctx.report;
+                }
+            }
+            Some((size, sum)) => {
+                ctx.report.files_checked += 1;
+                if *size != f.size {
+                    if ctx.problem(
+                        &f.path,
+                        format!(
+                            "has size {size} on disk but size {} in the manifest",
+                            f.size
+                        ),
+                    ) {
+                        return ctx.report;
+                    }
+                } else if f.checksum_kind != ChecksumKind::None
+                    && *sum != f.checksum
+                    && ctx.problem(&f.path, "checksum mismatch")
+                {
+                    return ctx.report;
+                }
+            }
+        }
+    }
+    for p in seen.keys() {
+        if !listed.contains(p.as_str()) && ctx.problem(p, "present on disk but not in the manifest")
+        {
+            return ctx.report;
+        }
+    }
+
+    // WAL
+    if opts.skip_wal {
+        return ctx.report;
+    }
+    let seg = WalSegSize::DEFAULT;
+    if let Some(dir) = &opts.wal_archive {
+        let wd = WalDir::new(dir, seg);
+        let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
+            ctx.problem("WAL", "the manifest lists no WAL range");
+            return ctx.report;
+        };
+        let history =
+            fs::read_to_string(dir.join(pgwal::timeline::history_file_name(last.timeline)))
+                .ok()
+                .and_then(|t| TimelineHistory::parse(&t).ok())
+                .unwrap_or_default();
+        let (tli, start, end) = (last.timeline, first.start, last.end);
+        check_wal_stream(&mut ctx, &m, seg, |sink| {
+            wd.read_range(tli, &history, start, Some(end), |s, b, _| {
+                let _ = sink(s, b);
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        });
+    } else if let Some(t) = wal_tar {
+        check_wal_stream(&mut ctx, &m, seg, |sink| {
+            let mut seg_start: Option<Lsn> = None;
+            let mut buf: Vec<u8> = Vec::new();
+            let mut cont = true;
+            read_archive(&t, |ev| match ev {
+                TarEvent::Entry(h) => {
+                    seg_start = pgwal::parse_wal_file_name(&h.path, seg)
+                        .and_then(|p| p.segment)
+                        .and_then(|s| s.start_lsn(seg));
+                    buf.clear();
+                }
+                TarEvent::Data(d) => buf.extend_from_slice(d),
+                TarEvent::EntryEnd => {
+                    if let (Some(s), true) = (seg_start, cont) {
+                        cont = sink(s, &buf);
+                    }
+                }
+                _ => {}
+            })
+        });
+    } else {
+        let wd = WalDir::new(path.join("pg_wal"), seg);
+        let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
+            ctx.problem("WAL", "the manifest lists no WAL range");
+            return ctx.report;
+        };
+        let (tli, start, end) = (last.timeline, first.start, last.end);
+        check_wal_stream(&mut ctx, &m, seg, |sink| {
+            wd.read_range(
+                tli,
+                &TimelineHistory::default(),
+                start,
+                Some(end),
+                |s, b, _| {
+                    let _ = sink(s, b);
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        });
+    }
+    ctx.report
+}

@@ -1,0 +1,64 @@
+//! `pgrepl verify BACKUP`: check a plain or tar backup, its manifest and its WAL.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use basebackup::verify::{verify_backup, VerifyOptions};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The backup directory (plain, or tar with base.tar[.gz|.zst])
+    backup: PathBuf,
+    /// Read the WAL from this archive instead of the backup
+    #[arg(short = 'w', long = "wal-archive", value_name = "DIR")]
+    wal_archive: Option<PathBuf>,
+    /// Do not check the WAL
+    #[arg(short = 'n', long = "no-parse-wal")]
+    no_parse_wal: bool,
+    /// Stop at the first problem
+    #[arg(short = 'e', long = "exit-on-error")]
+    exit_on_error: bool,
+    /// Print nothing when the backup is fine
+    #[arg(short = 'q', long = "quiet")]
+    quiet: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+    /// Output verbose messages
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let report = verify_backup(
+        &args.backup,
+        &VerifyOptions {
+            wal_archive: args.wal_archive.clone(),
+            skip_wal: args.no_parse_wal,
+            exit_on_error: args.exit_on_error,
+        },
+    );
+    for p in &report.problems {
+        eprintln!("pgrepl: error: {}", p.to_string().replace('\n', " "));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "backup": args.backup.display().to_string(),
+                "ok": report.problems.is_empty(),
+                "files_checked": report.files_checked,
+                "wal_records": report.wal_records,
+                "problems": report.problems.iter().map(|p| serde_json::json!({"subject": p.subject, "message": p.message})).collect::<Vec<_>>(),
+            })
+        );
+    } else if report.problems.is_empty() && !args.quiet {
+        println!("backup successfully verified");
+    }
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,200 @@
+//! `pgrepl verify` against real backups, and against each kind of damage.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use pgrepl_testbed::{temp_dir, Cluster, PgVersion, Role};
+
+fn pgrepl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+}
+
+fn backup(c: &Cluster, target: &Path, extra: &[&str]) {
+    let out = pgrepl()
+        .args([
+            "basebackup",
+            "-d",
+            &c.conninfo(Role::Postgres, "sslmode=disable"),
+            "-c",
+            "fast",
+            "-N",
+            "-D",
+        ])
+        .arg(target)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn verify(dir: &Path, extra: &[&str]) -> Output {
+    pgrepl()
+        .arg("verify")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn fails_naming(dir: &Path, extra: &[&str], needle: &str) {
+    let out = verify(dir, extra);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify passed a damaged backup ({needle})"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(
+        err.lines().all(|l| l.starts_with("pgrepl: error: ")),
+        "{err}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn good_backups_pass(v: PgVersion) {
+    let c = Cluster::start(v);
+    c.pgbench_init(1);
+    let work = temp_dir("vf");
+    for (name, args) in [
+        ("plain", &[][..]),
+        ("tar", &["-F", "t"][..]),
+        ("tarzst", &["-F", "t", "-Z", "zstd:3"][..]),
+        ("fetch", &["-X", "fetch"][..]),
+    ] {
+        backup(&c, &work.join(name), args);
+        let out = verify(&work.join(name), &["--json"]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["files_checked"].as_u64().unwrap() > 900, "{name}");
+        // the WAL was decoded, for tar backups too
+        assert!(
+            v["wal_records"].as_u64().unwrap() > 0,
+            "{name}: no WAL decoded"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn pg17_good_backups_pass() {
+    good_backups_pass(PgVersion::V17);
+}
+
+#[test]
+fn pg18_good_backups_pass() {
+    good_backups_pass(PgVersion::V18);
+}
+
+#[test]
+fn pg18_every_kind_of_damage_is_named() {
+    let c = Cluster::start(PgVersion::V18);
+    c.pgbench_init(1);
+    let other = Cluster::start(PgVersion::V18);
+    let work = temp_dir("vf");
+    let good = work.join("good");
+    backup(&c, &good, &[]);
+    let foreign = work.join("foreign");
+    backup(&other, &foreign, &[]);
+    let case = |name: &str| {
+        let d = work.join(name);
+        copy_dir(&good, &d);
+        d
+    };
+    let rel = c.psql("SELECT pg_relation_filepath('pgbench_accounts')");
+
+    let d = case("extra");
+    std::fs::write(d.join("base/extra_file"), b"x").unwrap();
+    fails_naming(
+        &d,
+        &[],
+        "base/extra_file: present on disk but not in the manifest",
+    );
+
+    let d = case("missing");
+    std::fs::remove_file(d.join("global/pg_filenode.map")).unwrap();
+    fails_naming(
+        &d,
+        &[],
+        "global/pg_filenode.map: present in the manifest but not on disk",
+    );
+
+    let d = case("size");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("PG_VERSION"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\n").unwrap();
+    fails_naming(&d, &[], "PG_VERSION: has size");
+
+    let d = case("byte");
+    let p = d.join(&rel);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[9000] ^= 1;
+    std::fs::write(&p, bytes).unwrap();
+    fails_naming(&d, &[], &format!("{rel}: checksum mismatch"));
+
+    let d = case("other_manifest");
+    std::fs::copy(foreign.join("backup_manifest"), d.join("backup_manifest")).unwrap();
+    fails_naming(&d, &["-n"], "control file has");
+
+    let d = case("appended");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("backup_manifest"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b" ").unwrap();
+    fails_naming(&d, &[], "backup_manifest");
+
+    let d = case("wal_missing");
+    for e in std::fs::read_dir(d.join("pg_wal")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().len() == 24 {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    fails_naming(&d, &[], "is missing from");
+
+    let d = case("wal_damaged");
+    for e in std::fs::read_dir(d.join("pg_wal")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().len() == 24 {
+            let mut b = std::fs::read(e.path()).unwrap();
+            for x in &mut b[100..400] {
+                *x ^= 0x5a;
+            }
+            std::fs::write(e.path(), b).unwrap();
+        }
+    }
+    fails_naming(&d, &[], "WAL parsing failed");
+
+    // -e stops at the first problem
+    let d = case("two");
+    std::fs::write(d.join("extra1"), b"x").unwrap();
+    std::fs::write(d.join("extra2"), b"x").unwrap();
+    let all = String::from_utf8_lossy(&verify(&d, &[]).stderr)
+        .lines()
+        .count();
+    let first = String::from_utf8_lossy(&verify(&d, &["-e"]).stderr)
+        .lines()
+        .count();
+    assert_eq!((all, first), (2, 1));
+    let _ = std::fs::remove_dir_all(&work);
+}
