@@ -7,19 +7,8 @@ use std::time::{Duration, Instant};
 
 use pgrepl_testbed::{hand_over, temp_dir, tool, Cluster, PgVersion, Role};
 
-fn pgrepl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "pgrepl failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
+mod common;
+use common::{ok, pgrepl};
 
 fn conninfo(c: &Cluster) -> String {
     c.conninfo(Role::Postgres, "sslmode=disable application_name=pgrepl_bb")

@@ -1,13 +1,10 @@
 //! The `pgrepl` binary: `identify` against a real server, and the command-line conventions
 //! (one-line errors, exit status, --help, --version, no password in any output).
 
-use std::process::Command;
-
 use pgrepl_testbed::{Cluster, PgVersion, Role};
 
-fn pgrepl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-}
+mod common;
+use common::pgrepl;
 
 #[test]
 fn identify_prints_the_server_identity() {

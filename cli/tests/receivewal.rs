@@ -13,11 +13,10 @@ use pgwal::{
     WalFileKind, WalSegSize,
 };
 
-const SEG: WalSegSize = WalSegSize::DEFAULT;
+mod common;
+use common::{ok, pgrepl};
 
-fn pgrepl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-}
+const SEG: WalSegSize = WalSegSize::DEFAULT;
 
 fn cluster(v: PgVersion) -> Cluster {
     Cluster::start_with(
@@ -34,16 +33,6 @@ fn conninfo(c: &Cluster) -> String {
         Role::Postgres,
         "sslmode=disable application_name=pgrepl_test",
     )
-}
-
-fn ok(out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "pgrepl failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
 }
 
 fn receive(c: &Cluster, dir: &Path, extra: &[&str]) -> Output {

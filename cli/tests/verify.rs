@@ -5,9 +5,8 @@ use std::process::{Command, Output};
 
 use pgrepl_testbed::{temp_dir, Cluster, PgVersion, Role};
 
-fn pgrepl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-}
+mod common;
+use common::pgrepl;
 
 fn backup(c: &Cluster, target: &Path, extra: &[&str]) {
     let out = pgrepl()
