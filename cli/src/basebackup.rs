@@ -11,7 +11,7 @@ use basebackup::sink::{
     BackupSink, DirectorySink, TablespaceMapping, TarSink, Tee, VerifySink, ZstdCompression,
 };
 use clap::Args;
-use pgrepl::{BaseBackupOptions, CheckpointMode, ManifestChecksums, ServerCompression};
+use pgrepl::{BaseBackupOptions, CheckpointMode, ServerCompression};
 
 use crate::conn::ConnArgs;
 
@@ -261,7 +261,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         max_rate_kb: args.max_rate.as_deref().map(parse_rate).transpose()?,
         verify_checksums: !args.no_verify_checksums,
         manifest: !args.no_manifest,
-        manifest_checksums: ManifestChecksums::parse(kind.as_str()).unwrap_or_default(),
+        manifest_checksums: kind,
         incremental: parent_manifest.is_some(),
         compression: match compression {
             Compression::Server(s) => Some(s),

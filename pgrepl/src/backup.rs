@@ -39,7 +39,7 @@ pub enum ServerCompression {
 }
 
 /// The checksum algorithm of the backup manifest (`MANIFEST_CHECKSUMS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ManifestChecksums {
     /// No per-file checksums.
@@ -67,6 +67,18 @@ impl ManifestChecksums {
             ManifestChecksums::Sha256 => "SHA256",
             ManifestChecksums::Sha384 => "SHA384",
             ManifestChecksums::Sha512 => "SHA512",
+        }
+    }
+
+    /// Length of the digest in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            ManifestChecksums::None => 0,
+            ManifestChecksums::Crc32c => 4,
+            ManifestChecksums::Sha224 => 28,
+            ManifestChecksums::Sha256 => 32,
+            ManifestChecksums::Sha384 => 48,
+            ManifestChecksums::Sha512 => 64,
         }
     }
 
