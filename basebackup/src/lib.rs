@@ -4,11 +4,17 @@
 //! Status: the tar parser, manifest parser and file checksums are in place; sinks, incremental
 //! files, combine and verify are being built (see README.md).
 
+pub mod backup_label;
 pub mod checksum;
+pub mod combine;
+pub mod control;
 pub mod decompress;
+pub mod incremental;
 pub mod manifest;
+pub mod reflink;
 pub mod run;
 pub mod sink;
+pub mod source;
 pub mod tar;
 pub mod verify;
 pub mod wal_stream;

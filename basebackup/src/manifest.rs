@@ -150,6 +150,130 @@ pub fn compute_manifest_checksum(bytes: &[u8]) -> Result<String, ManifestError> 
     Ok(to_hex(&sha2::Sha256::digest(checksummed_part(bytes)?)))
 }
 
+/// Writes a manifest in the server's exact layout (`backup_manifest.c`), as pg_combinebackup's
+/// `write_manifest.c` does: one line per file, then the WAL ranges and the checksum line.
+#[derive(Debug)]
+pub struct ManifestWriter {
+    buf: Vec<u8>,
+    files: usize,
+}
+
+/// Appends `s` as a JSON string the way PostgreSQL's `escape_json` does.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut b = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// `YYYY-MM-DD HH:MM:SS GMT` for seconds since the epoch, as `Last-Modified` is written.
+pub fn format_gmt(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil-from-days (proleptic Gregorian), days counted from 1970-01-01
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl ManifestWriter {
+    /// Starts a version-2 manifest (a version-1 one when there is no system identifier).
+    pub fn new(system_identifier: Option<u64>) -> Self {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        match system_identifier {
+            Some(id) => buf.extend_from_slice(
+                format!(
+                    "{{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": {id},\n\"Files\": ["
+                )
+                .as_bytes(),
+            ),
+            None => buf
+                .extend_from_slice(b"{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": ["),
+        }
+        ManifestWriter { buf, files: 0 }
+    }
+
+    /// Adds a file. `mtime` is in seconds since the epoch.
+    pub fn add_file(&mut self, path: &str, size: u64, mtime: i64, kind: ChecksumKind, sum: &[u8]) {
+        self.buf.extend_from_slice(if self.files == 0 {
+            &b"\n"[..]
+        } else {
+            &b",\n"[..]
+        });
+        self.files += 1;
+        self.buf.extend_from_slice(b"{ \"Path\": ");
+        push_json_string(&mut self.buf, path);
+        self.buf.extend_from_slice(
+            format!(
+                ", \"Size\": {size}, \"Last-Modified\": \"{}\"",
+                format_gmt(mtime)
+            )
+            .as_bytes(),
+        );
+        if kind != ChecksumKind::None {
+            self.buf.extend_from_slice(
+                format!(
+                    ", \"Checksum-Algorithm\": \"{}\", \"Checksum\": \"{}\"",
+                    kind.as_str(),
+                    to_hex(sum)
+                )
+                .as_bytes(),
+            );
+        }
+        self.buf.extend_from_slice(b" }");
+    }
+
+    /// Ends the manifest with its WAL ranges (newest timeline first) and checksum line.
+    pub fn finish(mut self, wal_ranges: &[WalRange]) -> Vec<u8> {
+        self.buf.extend_from_slice(b"\n],\n\"WAL-Ranges\": [\n");
+        for (i, r) in wal_ranges.iter().enumerate() {
+            if i > 0 {
+                self.buf.extend_from_slice(b",\n");
+            }
+            self.buf.extend_from_slice(
+                format!(
+                    "{{ \"Timeline\": {}, \"Start-LSN\": \"{}\", \"End-LSN\": \"{}\" }}",
+                    r.timeline.0, r.start, r.end
+                )
+                .as_bytes(),
+            );
+        }
+        self.buf.extend_from_slice(b"\n],\n");
+        let sum = to_hex(&sha2::Sha256::digest(&self.buf));
+        self.buf
+            .extend_from_slice(format!("\"Manifest-Checksum\": \"{sum}\"}}\n").as_bytes());
+        self.buf
+    }
+}
+
 fn field<'a>(
     obj: &'a serde_json::Map<String, Value>,
     key: &str,
@@ -375,6 +499,36 @@ mod tests {
     }
 
     const GOOD: &str = "{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": 7311,\n\"Files\": [\n{ \"Path\": \"backup_label\", \"Size\": 226, \"Last-Modified\": \"2025-01-01 12:00:00 GMT\", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"839206e3\" },\n{ \"Encoded-Path\": \"626173652f312f31323334\", \"Size\": 0, \"Last-Modified\": \"2025-01-01 12:00:00 GMT\" }\n],\n\"WAL-Ranges\": [\n{ \"Timeline\": 1, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n";
+
+    #[test]
+    fn writer_output_parses_back() {
+        let mut w = ManifestWriter::new(Some(42));
+        w.add_file(
+            "backup_label",
+            3,
+            1_735_732_800,
+            ChecksumKind::Crc32c,
+            &[1, 2, 3, 4],
+        );
+        w.add_file("base/1/a\"b\n", 0, 0, ChecksumKind::None, &[]);
+        let ranges = [WalRange {
+            timeline: TimelineId(1),
+            start: Lsn(0x200_0028),
+            end: Lsn(0x200_0100),
+        }];
+        let bytes = w.finish(&ranges);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("\"Last-Modified\": \"2025-01-01 12:00:00 GMT\""));
+        assert!(text.contains("{ \"Timeline\": 1, \"Start-LSN\": \"0/2000028\", \"End-LSN\": \"0/2000100\" }\n],\n\"Manifest-Checksum\""));
+        let m = parse_manifest(&bytes).unwrap();
+        assert_eq!(m.system_identifier, Some(42));
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(m.files[1].path, "base/1/a\"b\n");
+        assert_eq!(m.files[0].checksum, vec![1, 2, 3, 4]);
+        assert_eq!(m.wal_ranges, ranges);
+        assert_eq!(format_gmt(0), "1970-01-01 00:00:00 GMT");
+        assert_eq!(format_gmt(951_782_400), "2000-02-29 00:00:00 GMT");
+    }
 
     #[test]
     fn parses_the_server_layout() {

@@ -204,7 +204,7 @@ impl<A: BackupSink, B: BackupSink> BackupSink for Tee<A, B> {
     }
 }
 
-mod directory;
+pub(crate) mod directory;
 mod tarfile;
 mod verify;
 

@@ -263,6 +263,9 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         manifest: !args.no_manifest,
         manifest_checksums: kind,
         incremental: parent_manifest.is_some(),
+        // as pg_basebackup: a tar backup carries tablespace_map, so a restore from it can
+        // recreate the pg_tblspc links (a plain backup has the links themselves)
+        tablespace_map: !plain,
         compression: match compression {
             Compression::Server(s) => Some(s),
             _ => None,

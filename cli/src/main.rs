@@ -2,6 +2,7 @@
 //! prints; every capability is one library call with a typed result.
 
 mod basebackup;
+mod combine;
 mod conn;
 mod identify;
 mod receivewal;
@@ -31,6 +32,8 @@ enum Command {
     Receivewal(receivewal::ReceiveWalArgs),
     /// Take a full base backup, verified against the server's manifest (as pg_basebackup)
     Basebackup(basebackup::BaseBackupArgs),
+    /// Rebuild a data directory from a full backup and its incrementals (as pg_combinebackup)
+    Combine(combine::CombineArgs),
     /// Verify a backup (plain or tar): manifest, files, system identifier and WAL
     Verify(verify::VerifyArgs),
     /// Serve a WAL file from an archive to recovery (restore_command); exit 1 if it is missing
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Basebackup(a) => a.verbose,
         Command::WalFetch(a) => a.verbose,
         Command::Verify(a) => a.verbose,
+        Command::Combine(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             Command::Basebackup(a) => basebackup::run(a).await,
             Command::WalFetch(a) => walfetch::run(a),
             Command::Verify(a) => verify::run(a),
+            Command::Combine(a) => combine::run(a),
         }
     });
     match result {

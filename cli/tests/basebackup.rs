@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pgrepl_testbed::{hand_over, temp_dir, tool, Cluster, PgVersion, Role};
 
 mod common;
-use common::{ok, pgrepl};
+use common::{dumpall, ok, pgrepl, same_dump};
 
 fn conninfo(c: &Cluster) -> String {
     c.conninfo(Role::Postgres, "sslmode=disable application_name=pgrepl_bb")
@@ -219,50 +219,6 @@ fn a_non_empty_target_is_refused() {
         .unwrap());
     assert!(work.join("empty/backup_manifest").exists());
     let _ = std::fs::remove_dir_all(&work);
-}
-
-/// pg_dumpall of a cluster, with tablespace locations normalised.
-fn dumpall(c: &Cluster, ts_location: &Path) -> String {
-    let out = Command::new(tool("pg_dumpall"))
-        .arg("-h")
-        .arg(c.socket_dir())
-        .args(["-p", &c.port.to_string(), "-U", "postgres"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_dumpall: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // pg_dump 18.6 fences dumps with \restrict/\unrestrict and a random key per run
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .replace(&ts_location.display().to_string(), "<tablespace>")
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Equal dumps, or a panic showing the first line that differs.
-fn same_dump(got: &str, want: &str, what: &str) {
-    if got == want {
-        return;
-    }
-    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
-    let i = g
-        .iter()
-        .zip(&w)
-        .position(|(a, b)| a != b)
-        .unwrap_or(g.len().min(w.len()));
-    panic!(
-        "{what}: dumps differ at line {}: got {:?}, want {:?} ({} vs {} lines)",
-        i + 1,
-        g.get(i),
-        w.get(i),
-        g.len(),
-        w.len()
-    );
 }
 
 fn backup(c: &Cluster, target: &Path, ts_from: &Path, ts_to: &Path, extra: &[&str]) -> Output {

@@ -1,7 +1,10 @@
 //! Helpers shared by the `pgrepl` binary's integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::path::Path;
 use std::process::{Command, Output};
+
+use pgrepl_testbed::{tool, Cluster};
 
 /// The `pgrepl` binary under test.
 pub fn pgrepl() -> Command {
@@ -17,4 +20,48 @@ pub fn ok(out: Output) -> Output {
         String::from_utf8_lossy(&out.stdout)
     );
     out
+}
+
+/// pg_dumpall of a cluster, with tablespace locations normalised.
+pub fn dumpall(c: &Cluster, ts_location: &Path) -> String {
+    let out = Command::new(tool("pg_dumpall"))
+        .arg("-h")
+        .arg(c.socket_dir())
+        .args(["-p", &c.port.to_string(), "-U", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dumpall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_dump 18.6 fences dumps with \restrict/\unrestrict and a random key per run
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .replace(&ts_location.display().to_string(), "<tablespace>")
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Equal dumps, or a panic showing the first line that differs.
+pub fn same_dump(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let i = g
+        .iter()
+        .zip(&w)
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
+    panic!(
+        "{what}: dumps differ at line {}: got {:?}, want {:?} ({} vs {} lines)",
+        i + 1,
+        g.get(i),
+        w.get(i),
+        g.len(),
+        w.len()
+    );
 }

@@ -1,0 +1,825 @@
+//! Combining a chain of backups — a full backup, then its incrementals, oldest to newest — into a
+//! runnable data directory, as pg_combinebackup does but for PostgreSQL 17 and 18 alike and from
+//! plain or tar (`.gz`, `.zst`) backups.
+//!
+//! Everything that can be checked is checked before anything is written (control files and
+//! system identifiers, the backup_label chain, manifests, INCREMENTAL files in the full backup,
+//! the output and tablespace directories). The result is written under a temporary name beside
+//! the output and renamed when complete, with a backup_manifest (WAL ranges of the newest
+//! backup) and the newest backup_label without its INCREMENTAL FROM lines. On error the partial
+//! output is removed.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::backup_label::{strip_incremental, BackupLabel};
+use crate::checksum::{ChecksumKind, FileHasher};
+use crate::control::ControlFile;
+use crate::incremental::{self, BlockSource, IncrementalHeader, Version, BLCKSZ};
+use crate::manifest::{parse_manifest, Manifest, ManifestWriter};
+use crate::sink::TablespaceMapping;
+use crate::source::{BackupSource, FileLoc};
+
+/// How whole files are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CopyMethod {
+    /// read() and write().
+    #[default]
+    Copy,
+    /// copy_file_range(2): the kernel copies (and may share blocks on file systems that can).
+    CopyFileRange,
+    /// A reflink clone (FICLONE); fails on file systems without it.
+    Clone,
+}
+
+/// Options of a combine.
+#[derive(Debug, Clone, Default)]
+pub struct CombineOptions {
+    /// The output directory: absent or empty.
+    pub output: PathBuf,
+    /// `-T OLD=NEW`: OLD is the tablespace's location in the newest backup.
+    pub tablespace_mappings: Vec<TablespaceMapping>,
+    /// The manifest's checksum algorithm; by default the newest backup's.
+    pub manifest_checksums: Option<ChecksumKind>,
+    /// Write no backup_manifest.
+    pub no_manifest: bool,
+    /// fsync the result before returning.
+    pub sync: bool,
+    /// How whole files are copied.
+    pub copy_method: CopyMethod,
+    /// Where compressed archives are decompressed to (default: the output's parent).
+    pub scratch_dir: Option<PathBuf>,
+}
+
+/// What a combine did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CombineSummary {
+    /// Files written.
+    pub files: u64,
+    /// Of which reconstructed from incremental files.
+    pub reconstructed: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// The system identifier.
+    pub system_identifier: u64,
+}
+
+/// Why a combine failed (nothing complete-looking is left behind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CombineError {
+    /// The message, naming the backup and file concerned.
+    pub message: String,
+}
+
+impl std::fmt::Display for CombineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CombineError {}
+
+fn fail<T>(message: impl Into<String>) -> Result<T, CombineError> {
+    Err(CombineError {
+        message: message.into(),
+    })
+}
+
+impl From<String> for CombineError {
+    fn from(message: String) -> Self {
+        CombineError { message }
+    }
+}
+
+struct Input {
+    src: BackupSource,
+    label_text: String,
+    manifest: Option<Manifest>,
+    checksums: BTreeMap<String, (ChecksumKind, Vec<u8>, u64)>,
+}
+
+fn empty_or_absent(p: &Path) -> Result<bool, CombineError> {
+    match fs::read_dir(p) {
+        Ok(mut it) => Ok(it.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => fail(format!("could not open directory \"{}\": {e}", p.display())),
+    }
+}
+
+/// Loads and checks the chain (in the order pg_combinebackup checks it).
+fn load_chain(
+    backups: &[PathBuf],
+    scratch: &Path,
+    need_manifest: bool,
+) -> Result<(Vec<Input>, u64), CombineError> {
+    if backups.is_empty() {
+        return fail("no input directories specified");
+    }
+    let mut sources = Vec::with_capacity(backups.len());
+    for b in backups {
+        sources.push(BackupSource::open(b, scratch)?);
+    }
+    // control files: CRC, version, one system identifier
+    let mut system_id = None;
+    let mut version = None;
+    for s in sources.iter().rev() {
+        let path = s.describe("global/pg_control");
+        let bytes = s
+            .read("global/pg_control")?
+            .ok_or_else(|| format!("could not open file \"{path}\": No such file or directory"))?;
+        let c = ControlFile::parse(&bytes).map_err(|e| format!("{path}: {e}"))?;
+        match system_id {
+            None => system_id = Some(c.system_identifier),
+            Some(id) if id != c.system_identifier => {
+                return fail(format!(
+                    "{path}: expected system identifier {id}, but found {}",
+                    c.system_identifier
+                ))
+            }
+            _ => {}
+        }
+        match version {
+            None => version = Some(c.version),
+            Some(v) if v != c.version => {
+                return fail(format!(
+                    "{path}: control file version {} differs from the newest backup's {v}: \
+                     backups of different PostgreSQL major versions cannot be combined",
+                    c.version
+                ))
+            }
+            _ => {}
+        }
+        if c.blcksz as u64 != BLCKSZ || c.relseg_size != incremental::RELSEG_SIZE {
+            return fail(format!(
+                "{path}: block size {} and segment size {} blocks are not supported \
+                 (only {BLCKSZ} and {})",
+                c.blcksz,
+                c.relseg_size,
+                incremental::RELSEG_SIZE
+            ));
+        }
+    }
+    let system_id = system_id.unwrap_or_default();
+    // backup labels, newest to oldest
+    let n = sources.len();
+    let mut labels: Vec<Option<(String, BackupLabel)>> = vec![None; n];
+    let mut check: Option<(Lsn, TimelineId)> = None;
+    for i in (0..n).rev() {
+        let s = &sources[i];
+        let root = s.root.display().to_string();
+        let path = s.describe("backup_label");
+        let text = s
+            .read("backup_label")?
+            .ok_or_else(|| format!("could not open file \"{path}\": No such file or directory"))?;
+        let text = String::from_utf8(text).map_err(|_| format!("{path}: not UTF-8"))?;
+        let l = BackupLabel::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+        if i > 0 && l.incremental_from.is_none() {
+            return fail(format!(
+                "backup at \"{root}\" is a full backup, but only the first backup should be a full backup"
+            ));
+        }
+        if i == 0 && l.incremental_from.is_some() {
+            return fail(format!(
+                "backup at \"{root}\" is an incremental backup, but the first backup should be a full backup"
+            ));
+        }
+        if let Some((lsn, tli)) = check {
+            if l.start_tli != tli {
+                return fail(format!(
+                    "backup at \"{root}\" starts on timeline {}, but expected {tli}",
+                    l.start_tli
+                ));
+            }
+            if l.start_lsn != lsn {
+                return fail(format!(
+                    "backup at \"{root}\" starts at LSN {}, but expected {lsn}",
+                    l.start_lsn
+                ));
+            }
+        }
+        check = l.incremental_from;
+        labels[i] = Some((text, l));
+    }
+    // manifests
+    let mut inputs = Vec::with_capacity(n);
+    for (i, (src, label)) in sources.into_iter().zip(labels).enumerate() {
+        let Some((label_text, _)) = label else {
+            return fail("internal error: label missing");
+        };
+        let mpath = src.root.join("backup_manifest");
+        let manifest = match fs::read(&mpath) {
+            Ok(b) => Some(parse_manifest(&b).map_err(|e| format!("\"{}\": {e}", mpath.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if i == n - 1 && need_manifest {
+                    return fail(format!(
+                        "could not open file \"{}\": {e} (the newest backup's manifest is needed; use --no-manifest to write none)",
+                        mpath.display()
+                    ));
+                }
+                None
+            }
+            Err(e) => return fail(format!("could not read \"{}\": {e}", mpath.display())),
+        };
+        if let Some(m) = &manifest {
+            if let Some(id) = m.system_identifier {
+                if id != system_id {
+                    return fail(format!(
+                        "\"{}\": manifest system identifier is {id}, but control file has {system_id}",
+                        mpath.display()
+                    ));
+                }
+            }
+        }
+        let checksums = manifest
+            .as_ref()
+            .map(|m| {
+                m.files
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.path.clone(),
+                            (f.checksum_kind, f.checksum.clone(), f.size),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        inputs.push(Input {
+            src,
+            label_text,
+            manifest,
+            checksums,
+        });
+    }
+    // the full backup must hold no INCREMENTAL files
+    if let Some(p) = inputs[0]
+        .src
+        .files
+        .keys()
+        .find(|p| incremental::reconstructed_path(p).is_some())
+    {
+        return fail(format!(
+            "full backup contains unexpected incremental file \"{}\"",
+            inputs[0].src.describe(p)
+        ));
+    }
+    Ok((inputs, system_id))
+}
+
+use pgwal::{Lsn, TimelineId};
+
+/// Writes files, keeping what the manifest needs.
+struct Writer<'a> {
+    opts: &'a CombineOptions,
+    kind: ChecksumKind,
+    manifest: Option<ManifestWriter>,
+    summary: CombineSummary,
+    buf: Vec<u8>,
+}
+
+fn open_out(path: &Path) -> Result<File, CombineError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("could not create file \"{}\": {e}", path.display()).into())
+}
+
+fn read_err(loc: &FileLoc, e: std::io::Error) -> CombineError {
+    format!("could not read file \"{}\": {e}", loc.path.display()).into()
+}
+
+impl Writer<'_> {
+    fn record(&mut self, rel: &str, out: &Path, sum: &[u8]) -> Result<(), CombineError> {
+        let meta =
+            fs::metadata(out).map_err(|e| format!("could not stat \"{}\": {e}", out.display()))?;
+        self.summary.files += 1;
+        self.summary.bytes += meta.len();
+        if rel.starts_with("pg_wal/") || rel == "pg_wal" {
+            return Ok(());
+        }
+        if let Some(m) = &mut self.manifest {
+            use std::os::unix::fs::MetadataExt;
+            m.add_file(rel, meta.len(), meta.mtime(), self.kind, sum);
+        }
+        Ok(())
+    }
+
+    fn needs_sum(&self, rel: &str) -> bool {
+        self.manifest.is_some() && self.kind != ChecksumKind::None && !rel.starts_with("pg_wal/")
+    }
+
+    /// Hashes `len` bytes of `f` from `offset`.
+    fn hash_range(
+        &mut self,
+        f: &File,
+        offset: u64,
+        len: u64,
+        h: &mut FileHasher,
+    ) -> std::io::Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            let k = ((len - done) as usize).min(self.buf.len());
+            f.read_exact_at(&mut self.buf[..k], offset + done)?;
+            h.update(&self.buf[..k]);
+            done += k as u64;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes of `src` from `offset` to the end of `dst`, hashing them into `h`.
+    fn copy_range(
+        &mut self,
+        src: &File,
+        offset: u64,
+        len: u64,
+        dst: &mut File,
+        h: Option<&mut FileHasher>,
+        method: CopyMethod,
+    ) -> std::io::Result<()> {
+        if method == CopyMethod::CopyFileRange {
+            // std copies File→File (a Take of a File included) with copy_file_range(2)
+            let mut s = src.try_clone()?;
+            s.seek(SeekFrom::Start(offset))?;
+            let n = std::io::copy(&mut (&s).take(len), dst)?;
+            if n != len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("read only {n} of {len} bytes"),
+                ));
+            }
+            if let Some(h) = h {
+                self.hash_range(src, offset, len, h)?;
+            }
+            return Ok(());
+        }
+        let mut h = h;
+        let mut done = 0u64;
+        while done < len {
+            let k = ((len - done) as usize).min(self.buf.len());
+            src.read_exact_at(&mut self.buf[..k], offset + done)?;
+            if let Some(h) = h.as_deref_mut() {
+                h.update(&self.buf[..k]);
+            }
+            dst.write_all(&self.buf[..k])?;
+            done += k as u64;
+        }
+        Ok(())
+    }
+
+    /// Copies a whole file, reusing the source manifest's checksum when it fits.
+    fn copy_file(
+        &mut self,
+        rel: &str,
+        loc: &FileLoc,
+        known: Option<&(ChecksumKind, Vec<u8>, u64)>,
+        out: &Path,
+    ) -> Result<(), CombineError> {
+        let reuse = known
+            .filter(|(k, sum, size)| *k == self.kind && *size == loc.size && !sum.is_empty())
+            .map(|(_, s, _)| s.clone());
+        let mut hasher =
+            (self.needs_sum(rel) && reuse.is_none()).then(|| FileHasher::new(self.kind));
+        let src = File::open(&loc.path).map_err(|e| read_err(loc, e))?;
+        let mut dst = open_out(out)?;
+        let method = self.opts.copy_method;
+        if method == CopyMethod::Clone {
+            if !loc.is_whole_file() {
+                return fail(format!(
+                    "could not clone \"{}\" to \"{}\": files inside a tar archive cannot be cloned (use --copy or --copy-file-range)",
+                    loc.path.display(),
+                    out.display()
+                ));
+            }
+            crate::reflink::clone(&src, &dst).map_err(|e| {
+                format!(
+                    "could not clone file \"{}\" to \"{}\": {e}",
+                    loc.path.display(),
+                    out.display()
+                )
+            })?;
+            if let Some(h) = &mut hasher {
+                self.hash_range(&src, 0, loc.size, h)
+                    .map_err(|e| read_err(loc, e))?;
+            }
+        } else {
+            self.copy_range(
+                &src,
+                loc.offset,
+                loc.size,
+                &mut dst,
+                hasher.as_mut(),
+                method,
+            )
+            .map_err(|e| {
+                format!(
+                    "could not copy \"{}\" to \"{}\": {e}",
+                    loc.path.display(),
+                    out.display()
+                )
+            })?;
+        }
+        drop(dst);
+        let sum = match (reuse, hasher) {
+            (Some(s), _) => s,
+            (None, Some(h)) => h.finish(),
+            (None, None) => Vec::new(),
+        };
+        self.record(rel, out, &sum)
+    }
+}
+
+fn read_header(
+    src: &BackupSource,
+    rel: &str,
+    loc: &FileLoc,
+) -> Result<IncrementalHeader, CombineError> {
+    let f = File::open(&loc.path).map_err(|e| read_err(loc, e))?;
+    let what = src.describe(rel);
+    let mut fixed = [0u8; incremental::FIXED_LEN];
+    if loc.size < fixed.len() as u64 {
+        return fail(format!(
+            "\"{what}\": file is {} bytes, too short for an incremental file header",
+            loc.size
+        ));
+    }
+    f.read_exact_at(&mut fixed, loc.offset)
+        .map_err(|e| read_err(loc, e))?;
+    let need = incremental::header_bytes_needed(&fixed).map_err(|e| format!("\"{what}\": {e}"))?;
+    if need as u64 > loc.size {
+        return fail(format!(
+            "\"{what}\": file is truncated: its header needs {need} bytes, the file has {}",
+            loc.size
+        ));
+    }
+    let mut bytes = vec![0u8; need];
+    f.read_exact_at(&mut bytes, loc.offset)
+        .map_err(|e| read_err(loc, e))?;
+    IncrementalHeader::parse(&bytes, loc.size).map_err(|e| format!("\"{what}\": {e}").into())
+}
+
+/// Combines `backups` (oldest first) into `opts.output`.
+pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSummary, CombineError> {
+    let output = &opts.output;
+    if !empty_or_absent(output)? {
+        return fail(format!(
+            "directory \"{}\" exists but is not empty",
+            output.display()
+        ));
+    }
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let scratch = opts.scratch_dir.clone().unwrap_or_else(|| parent.clone());
+    let (inputs, system_id) = load_chain(backups, &scratch, !opts.no_manifest)?;
+    let newest = inputs
+        .last()
+        .expect("load_chain checks for at least one backup");
+
+    // tablespaces: where each goes; all must be absent or empty
+    let mut ts_out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (oid, ts) in &newest.src.tablespaces {
+        let mapped = opts
+            .tablespace_mappings
+            .iter()
+            .find(|m| m.old == ts.location)
+            .map(|m| m.new.clone());
+        let Some(dest) =
+            mapped.or_else(|| (!ts.location.as_os_str().is_empty()).then(|| ts.location.clone()))
+        else {
+            return fail(format!(
+                "tablespace {oid}: its location is unknown (no link and no tablespace_map in \"{}\"); use -T",
+                newest.src.root.display()
+            ));
+        };
+        if !dest.is_absolute() {
+            return fail(format!(
+                "tablespace {oid}: location \"{}\" is not absolute",
+                dest.display()
+            ));
+        }
+        if !empty_or_absent(&dest)? {
+            return fail(format!(
+                "tablespace {oid}: directory \"{}\" exists but is not empty",
+                dest.display()
+            ));
+        }
+        ts_out.insert(oid.clone(), dest);
+    }
+    for m in &opts.tablespace_mappings {
+        if !newest.src.tablespaces.values().any(|t| t.location == m.old) {
+            return fail(format!(
+                "old directory \"{}\" in a tablespace mapping is not a tablespace of the backup",
+                m.old.display()
+            ));
+        }
+    }
+
+    let kind = opts.manifest_checksums.unwrap_or_else(|| {
+        newest
+            .manifest
+            .as_ref()
+            .and_then(|m| m.files.first().map(|f| f.checksum_kind))
+            .unwrap_or(ChecksumKind::Crc32c)
+    });
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "combined".into());
+    let staging = parent.join(format!(".{name}.pgrepl-incomplete"));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)
+            .map_err(|e| format!("could not remove \"{}\": {e}", staging.display()))?;
+    }
+    let mut created_ts: Vec<PathBuf> = Vec::new();
+    let mut w = Writer {
+        opts,
+        kind,
+        manifest: (!opts.no_manifest).then(|| ManifestWriter::new(Some(system_id))),
+        summary: CombineSummary {
+            system_identifier: system_id,
+            ..Default::default()
+        },
+        buf: vec![0u8; 1 << 20],
+    };
+    let result = write_all(&inputs, &mut w, &staging, &ts_out, &mut created_ts);
+    let result = result.and_then(|()| {
+        if let Some(m) = w.manifest.take() {
+            let ranges = newest
+                .manifest
+                .as_ref()
+                .map(|m| m.wal_ranges.clone())
+                .unwrap_or_default();
+            let bytes = m.finish(&ranges);
+            let p = staging.join("backup_manifest");
+            let mut f = open_out(&p)?;
+            f.write_all(&bytes)
+                .map_err(|e| format!("could not write \"{}\": {e}", p.display()))?;
+        }
+        if opts.sync {
+            for d in std::iter::once(&staging).chain(created_ts.iter()) {
+                crate::sink::directory::fsync_tree(d).map_err(|e| e.to_string())?;
+            }
+        }
+        if output.exists() {
+            fs::remove_dir(output)
+                .map_err(|e| format!("could not replace \"{}\": {e}", output.display()))?;
+        }
+        fs::rename(&staging, output).map_err(|e| {
+            format!(
+                "could not rename \"{}\" to \"{}\": {e}",
+                staging.display(),
+                output.display()
+            )
+        })?;
+        if opts.sync {
+            if let Ok(d) = File::open(&parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&staging);
+        for d in &created_ts {
+            if let Ok(it) = fs::read_dir(d) {
+                for e in it.flatten() {
+                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
+                }
+            }
+        }
+        return Err(e);
+    }
+    Ok(w.summary)
+}
+
+fn mkdir(p: &Path) -> Result<(), CombineError> {
+    match fs::DirBuilder::new().mode(0o700).create(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
+        Err(e) => fail(format!(
+            "could not create directory \"{}\": {e}",
+            p.display()
+        )),
+    }
+}
+
+fn write_all(
+    inputs: &[Input],
+    w: &mut Writer<'_>,
+    staging: &Path,
+    ts_out: &BTreeMap<String, PathBuf>,
+    created_ts: &mut Vec<PathBuf>,
+) -> Result<(), CombineError> {
+    let newest = inputs.last().expect("at least one backup");
+    mkdir(staging)?;
+    // where a manifest-relative path lands
+    let target = |rel: &str| -> PathBuf {
+        if let Some(rest) = rel.strip_prefix("pg_tblspc/") {
+            let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if let Some(dest) = ts_out.get(oid) {
+                return if tail.is_empty() {
+                    dest.clone()
+                } else {
+                    dest.join(tail)
+                };
+            }
+        }
+        staging.join(rel)
+    };
+    for (oid, dest) in ts_out {
+        mkdir(dest)?;
+        created_ts.push(dest.clone());
+        mkdir(&staging.join("pg_tblspc"))?;
+        std::os::unix::fs::symlink(dest, staging.join("pg_tblspc").join(oid))
+            .map_err(|e| format!("could not create link for tablespace {oid}: {e}"))?;
+    }
+    for d in newest.src.dirs.keys() {
+        mkdir(&target(d))?;
+    }
+    for (rel, loc) in &newest.src.files {
+        if rel == "backup_manifest" || rel == "backup_label" || rel == "tablespace_map" {
+            continue;
+        }
+        if let Some(parent) = Path::new(rel).parent() {
+            if !parent.as_os_str().is_empty() {
+                let p = target(&parent.to_string_lossy());
+                if !p.is_dir() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&p)
+                        .map_err(|e| {
+                            format!("could not create directory \"{}\": {e}", p.display())
+                        })?;
+                }
+            }
+        }
+        match incremental::reconstructed_path(rel) {
+            Some(out_rel) => {
+                reconstruct(inputs, w, rel, loc, &out_rel, &target(&out_rel))?;
+            }
+            None => {
+                w.copy_file(rel, loc, newest.checksums.get(rel), &target(rel))?;
+            }
+        }
+    }
+    // the label of a full backup
+    let label = strip_incremental(&newest.label_text);
+    let p = staging.join("backup_label");
+    let mut f = open_out(&p)?;
+    f.write_all(label.as_bytes())
+        .map_err(|e| format!("could not write \"{}\": {e}", p.display()))?;
+    drop(f);
+    let mut h = FileHasher::new(w.kind);
+    h.update(label.as_bytes());
+    w.record("backup_label", &p, &h.finish())
+}
+
+fn reconstruct(
+    inputs: &[Input],
+    w: &mut Writer<'_>,
+    rel: &str,
+    loc: &FileLoc,
+    out_rel: &str,
+    out: &Path,
+) -> Result<(), CombineError> {
+    let n = inputs.len();
+    let newest = &inputs[n - 1];
+    let latest = read_header(&newest.src, rel, loc)?;
+    let inc_name = rel.to_owned();
+    // older versions, newest first, up to a full file
+    let mut headers: Vec<IncrementalHeader> = Vec::new();
+    let mut locs: Vec<(usize, &FileLoc, bool)> = Vec::new(); // (input index, where, full?)
+    for i in (0..n - 1).rev() {
+        let s = &inputs[i].src;
+        if let Some(l) = s.files.get(out_rel) {
+            locs.push((i, l, true));
+            break;
+        }
+        match s.files.get(&inc_name) {
+            Some(l) => {
+                headers.push(read_header(s, &inc_name, l)?);
+                locs.push((i, l, false));
+            }
+            None => {
+                return fail(format!(
+                    "could not open file \"{}\": No such file or directory (needed to reconstruct \"{out_rel}\")",
+                    s.describe(out_rel)
+                ))
+            }
+        }
+    }
+    let mut hi = headers.iter();
+    let versions: Vec<Version<'_>> = locs
+        .iter()
+        .map(|(_, l, full)| {
+            if *full {
+                Version::Full { size: l.size }
+            } else {
+                Version::Incremental(hi.next().expect("one header per incremental version"))
+            }
+        })
+        .collect();
+    let plan = incremental::plan(&latest, &versions).map_err(|e| {
+        format!(
+            "could not reconstruct \"{out_rel}\": {e} (the chain's oldest backup must hold the full file)"
+        )
+    })?;
+    w.summary.reconstructed += 1;
+    if let Some(b) = plan.whole_copy_of {
+        let (i, l, _) = locs[b - 1];
+        return w.copy_file(out_rel, l, inputs[i].checksums.get(out_rel), out);
+    }
+    // sources: 0 = newest incremental file, k = locs[k-1]
+    let mut files: Vec<Option<File>> = (0..=locs.len()).map(|_| None).collect();
+    let loc_of = |b: usize| -> &FileLoc {
+        if b == 0 {
+            loc
+        } else {
+            locs[b - 1].1
+        }
+    };
+    let mut hasher = w.needs_sum(out_rel).then(|| FileHasher::new(w.kind));
+    let mut dst = open_out(out)?;
+    let method = match w.opts.copy_method {
+        CopyMethod::Clone => CopyMethod::Copy,
+        m => m,
+    };
+    let wr = |e: std::io::Error| -> CombineError {
+        format!("could not write \"{}\": {e}", out.display()).into()
+    };
+    let mut i = 0usize;
+    while i < plan.blocks.len() {
+        // a run of blocks from one source at consecutive offsets, or of zeros
+        let first = plan.blocks[i];
+        let mut j = i + 1;
+        while j < plan.blocks.len() {
+            let next_ok = match (first, plan.blocks[j]) {
+                (BlockSource::Zero, BlockSource::Zero) => true,
+                (
+                    BlockSource::Backup {
+                        backup: a,
+                        offset: o,
+                    },
+                    BlockSource::Backup {
+                        backup: b,
+                        offset: p,
+                    },
+                ) => a == b && p == o + (j - i) as u64 * BLCKSZ,
+                _ => false,
+            };
+            if !next_ok {
+                break;
+            }
+            j += 1;
+        }
+        let len = (j - i) as u64 * BLCKSZ;
+        match first {
+            BlockSource::Zero => {
+                let mut left = len;
+                while left > 0 {
+                    let k = (left as usize).min(w.buf.len());
+                    w.buf[..k].fill(0);
+                    if let Some(h) = &mut hasher {
+                        h.update(&w.buf[..k]);
+                    }
+                    dst.write_all(&w.buf[..k]).map_err(wr)?;
+                    left -= k as u64;
+                }
+            }
+            BlockSource::Backup { backup, offset } => {
+                let l = loc_of(backup);
+                if files[backup].is_none() {
+                    files[backup] = Some(File::open(&l.path).map_err(|e| read_err(l, e))?);
+                }
+                let src = files[backup].as_ref().expect("opened above");
+                if offset + len > l.size {
+                    return fail(format!(
+                        "could not reconstruct \"{out_rel}\": \"{}\" is shorter than its blocks need",
+                        l.path.display()
+                    ));
+                }
+                w.copy_range(
+                    src,
+                    l.offset + offset,
+                    len,
+                    &mut dst,
+                    hasher.as_mut(),
+                    method,
+                )
+                .map_err(|e| format!("could not copy blocks into \"{}\": {e}", out.display()))?;
+            }
+        }
+        i = j;
+    }
+    drop(dst);
+    let sum = hasher.map(FileHasher::finish).unwrap_or_default();
+    w.record(out_rel, out, &sum)
+}

@@ -1,0 +1,361 @@
+//! A backup on disk as a set of files that can be read at any offset: a plain directory
+//! (tablespace links followed), or a tar backup (`base.tar`, `<oid>.tar`, `pg_wal.tar`, each
+//! optionally `.gz` / `.zst`) indexed in place. Compressed archives cannot be read at an offset,
+//! so they are decompressed once into a scratch tar that is indexed the same way and removed with
+//! the source.
+//!
+//! Paths are manifest-relative: `pg_tblspc/<oid>/...` for tablespaces, `pg_wal/...` for WAL.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::decompress::{ArchiveCompression, Decompressor};
+use crate::tar::{EntryKind, TarError, TarEvent, TarParser};
+
+static SCRATCH_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Where a file's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLoc {
+    /// The file holding them (the file itself, or an archive).
+    pub path: PathBuf,
+    /// Offset of the first byte in `path`.
+    pub offset: u64,
+    /// Length.
+    pub size: u64,
+    /// Modification time (Unix seconds).
+    pub mtime: i64,
+}
+
+impl FileLoc {
+    /// Whether the bytes are a whole file of their own (not inside an archive).
+    pub fn is_whole_file(&self) -> bool {
+        self.offset == 0 && !is_archive_name(&self.path)
+    }
+}
+
+fn is_archive_name(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains(".tar"))
+}
+
+/// A tablespace of the backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tablespace {
+    /// Its OID (the name under `pg_tblspc`).
+    pub oid: String,
+    /// Its location on the server when the backup was taken (the link target, or the path in
+    /// `tablespace_map`).
+    pub location: PathBuf,
+}
+
+/// An opened backup.
+#[derive(Debug)]
+pub struct BackupSource {
+    /// The backup's directory, as given.
+    pub root: PathBuf,
+    /// Whether it is a tar backup.
+    pub is_tar: bool,
+    /// Files by manifest-relative path.
+    pub files: BTreeMap<String, FileLoc>,
+    /// Directories by manifest-relative path (`pg_tblspc/<oid>` of linked tablespaces excluded).
+    pub dirs: BTreeMap<String, ()>,
+    /// Linked tablespaces by OID.
+    pub tablespaces: BTreeMap<String, Tablespace>,
+    scratch: Vec<PathBuf>,
+}
+
+impl Drop for BackupSource {
+    fn drop(&mut self) {
+        for p in &self.scratch {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+fn mtime_of(m: &fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime()
+}
+
+impl BackupSource {
+    /// Opens the backup at `root`. Compressed archives are decompressed into `scratch_dir`.
+    pub fn open(root: &Path, scratch_dir: &Path) -> Result<Self, String> {
+        let meta = fs::metadata(root)
+            .map_err(|e| format!("could not open backup \"{}\": {e}", root.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("backup \"{}\" is not a directory", root.display()));
+        }
+        let is_tar = ["base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4"]
+            .iter()
+            .any(|n| root.join(n).exists());
+        let mut s = BackupSource {
+            root: root.to_path_buf(),
+            is_tar,
+            files: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            tablespaces: BTreeMap::new(),
+            scratch: Vec::new(),
+        };
+        if is_tar {
+            s.index_tar(scratch_dir)?;
+        } else {
+            s.walk_plain(root, "")?;
+        }
+        Ok(s)
+    }
+
+    /// Reads a whole (small) file of the backup, if present.
+    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, String> {
+        let Some(loc) = self.files.get(rel) else {
+            return Ok(None);
+        };
+        let f = File::open(&loc.path)
+            .map_err(|e| format!("could not open file \"{}\": {e}", loc.path.display()))?;
+        let mut buf = vec![0u8; loc.size as usize];
+        f.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+            format!(
+                "could not read \"{rel}\" from \"{}\": {e}",
+                loc.path.display()
+            )
+        })?;
+        Ok(Some(buf))
+    }
+
+    /// A name for messages: the backup path and the file.
+    pub fn describe(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.root.display())
+    }
+
+    fn walk_plain(&mut self, dir: &Path, rel: &str) -> Result<(), String> {
+        let entries = fs::read_dir(dir)
+            .map_err(|e| format!("could not open directory \"{}\": {e}", dir.display()))?;
+        let mut names: Vec<(String, PathBuf)> = Vec::new();
+        for e in entries {
+            let e =
+                e.map_err(|e| format!("could not read directory \"{}\": {e}", dir.display()))?;
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                return Err(format!(
+                    "file name {:?} in \"{}\" is not UTF-8",
+                    e.file_name(),
+                    dir.display()
+                ));
+            };
+            names.push((name, e.path()));
+        }
+        names.sort();
+        for (name, path) in names {
+            let child = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let lmeta = fs::symlink_metadata(&path)
+                .map_err(|e| format!("could not stat \"{}\": {e}", path.display()))?;
+            if lmeta.file_type().is_symlink() {
+                let target = fs::read_link(&path)
+                    .map_err(|e| format!("could not read link \"{}\": {e}", path.display()))?;
+                if rel == "pg_tblspc" {
+                    self.tablespaces.insert(
+                        name.clone(),
+                        Tablespace {
+                            oid: name.clone(),
+                            location: target,
+                        },
+                    );
+                    self.walk_plain(&path, &child)?;
+                } else if child == "pg_wal" {
+                    self.dirs.insert(child.clone(), ());
+                    self.walk_plain(&path, &child)?;
+                }
+                // other links are not part of a backup; skipped as pg_combinebackup does
+                continue;
+            }
+            if lmeta.is_dir() {
+                self.dirs.insert(child.clone(), ());
+                self.walk_plain(&path, &child)?;
+            } else if lmeta.is_file() {
+                self.files.insert(
+                    child,
+                    FileLoc {
+                        path,
+                        offset: 0,
+                        size: lmeta.len(),
+                        mtime: mtime_of(&lmeta),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn index_tar(&mut self, scratch_dir: &Path) -> Result<(), String> {
+        let mut names: Vec<String> = fs::read_dir(&self.root)
+            .map_err(|e| format!("could not open directory \"{}\": {e}", self.root.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| n.contains(".tar"))
+            .collect();
+        names.sort();
+        let mut map_text: Option<String> = None;
+        for name in names {
+            let stem = name.split('.').next().unwrap_or_default().to_owned();
+            let prefix = match stem.as_str() {
+                "base" => String::new(),
+                "pg_wal" => "pg_wal/".to_owned(),
+                s if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("pg_tblspc/{s}/")
+                }
+                _ => continue,
+            };
+            let archive = self.root.join(&name);
+            let comp = ArchiveCompression::from_name(&name)
+                .ok_or_else(|| format!("\"{}\": not an archive", archive.display()))?;
+            let (readable, spill) = if comp == ArchiveCompression::None {
+                (archive.clone(), None)
+            } else {
+                let tmp = scratch_dir.join(format!(
+                    ".pgrepl-scratch-{}-{}-{stem}.tar",
+                    std::process::id(),
+                    SCRATCH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ));
+                self.scratch.push(tmp.clone());
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)
+                    .map_err(|e| format!("could not create \"{}\": {e}", tmp.display()))?;
+                (tmp, Some(f))
+            };
+            let mut found_map = None;
+            scan_archive(&archive, comp, spill, |h, data_offset| {
+                let p = format!("{prefix}{}", h.path);
+                match h.kind {
+                    EntryKind::Directory => {
+                        self.dirs.insert(p, ());
+                    }
+                    EntryKind::Symlink => {
+                        if let (Some(oid), Some(t)) = (p.strip_prefix("pg_tblspc/"), &h.link_target)
+                        {
+                            if !oid.contains('/') {
+                                self.tablespaces.insert(
+                                    oid.to_owned(),
+                                    Tablespace {
+                                        oid: oid.to_owned(),
+                                        location: PathBuf::from(t),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    EntryKind::File => {
+                        if p == "tablespace_map" {
+                            found_map = Some(());
+                        }
+                        self.files.insert(
+                            p,
+                            FileLoc {
+                                path: readable.clone(),
+                                offset: data_offset,
+                                size: h.size,
+                                mtime: h.mtime,
+                            },
+                        );
+                    }
+                }
+            })
+            .map_err(|e| format!("archive \"{}\": {e}", archive.display()))?;
+            if found_map.is_some() {
+                map_text = self
+                    .read("tablespace_map")?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+            }
+            if !prefix.is_empty() && prefix.starts_with("pg_tblspc/") {
+                let oid = stem.clone();
+                self.tablespaces.entry(oid.clone()).or_insert(Tablespace {
+                    oid,
+                    location: PathBuf::new(),
+                });
+            }
+        }
+        // tablespace_map: "<oid> <path>" per line (a path may contain spaces)
+        if let Some(text) = map_text {
+            for line in text.lines() {
+                if let Some((oid, path)) = line.split_once(' ') {
+                    self.tablespaces.insert(
+                        oid.to_owned(),
+                        Tablespace {
+                            oid: oid.to_owned(),
+                            location: PathBuf::from(path),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the archive at `path` through its decompressor, writing the plain tar to `spill` when
+/// given, and calls `on` for each entry with the offset of its data in the plain tar.
+fn scan_archive(
+    path: &Path,
+    comp: ArchiveCompression,
+    mut spill: Option<File>,
+    mut on: impl FnMut(&crate::tar::EntryHeader, u64),
+) -> Result<(), String> {
+    let mut dec = Decompressor::new(comp).map_err(|e| e.to_string())?;
+    let mut parser = TarParser::new();
+    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut plain_pos = 0u64;
+    let mut pending: Option<crate::tar::EntryHeader> = None;
+    let mut feed = |chunk: &[u8], plain_pos: &mut u64| -> Result<(), String> {
+        if let Some(s) = &mut spill {
+            s.write_all(chunk)
+                .map_err(|e| format!("could not write the scratch copy: {e}"))?;
+        }
+        let base = chunk.as_ptr() as usize;
+        let at = *plain_pos;
+        parser
+            .feed(chunk, |ev| -> Result<(), TarError> {
+                match ev {
+                    TarEvent::Entry(h) => {
+                        if h.size == 0 {
+                            on(&h, 0);
+                        } else {
+                            pending = Some(h);
+                        }
+                    }
+                    TarEvent::Data(d) => {
+                        if let Some(h) = pending.take() {
+                            on(&h, at + (d.as_ptr() as usize - base) as u64);
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })
+            .map_err(|e| e.to_string())?;
+        *plain_pos += chunk.len() as u64;
+        Ok(())
+    };
+    loop {
+        let k = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if k == 0 {
+            break;
+        }
+        match &mut dec {
+            None => feed(&buf[..k], &mut plain_pos)?,
+            Some(d) => d.push(&buf[..k], |plain| feed(plain, &mut plain_pos))?,
+        }
+    }
+    if let Some(d) = dec {
+        d.finish(|plain| feed(plain, &mut plain_pos))?;
+    }
+    parser.finish().map_err(|e| e.to_string())
+}
