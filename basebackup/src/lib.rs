@@ -12,6 +12,7 @@ pub mod decompress;
 pub mod incremental;
 pub mod manifest;
 pub mod reflink;
+pub mod restore;
 pub mod run;
 pub mod sink;
 pub mod source;

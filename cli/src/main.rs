@@ -6,6 +6,7 @@ mod combine;
 mod conn;
 mod identify;
 mod receivewal;
+mod restore;
 mod verify;
 mod walfetch;
 
@@ -34,6 +35,8 @@ enum Command {
     Basebackup(basebackup::BaseBackupArgs),
     /// Rebuild a data directory from a full backup and its incrementals (as pg_combinebackup)
     Combine(combine::CombineArgs),
+    /// Restore a backup chain into a data directory set up to recover to a point in time
+    Restore(restore::RestoreArgs),
     /// Verify a backup (plain or tar): manifest, files, system identifier and WAL
     Verify(verify::VerifyArgs),
     /// Serve a WAL file from an archive to recovery (restore_command); exit 1 if it is missing
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::WalFetch(a) => a.verbose,
         Command::Verify(a) => a.verbose,
         Command::Combine(a) => a.verbose,
+        Command::Restore(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
             Command::WalFetch(a) => walfetch::run(a),
             Command::Verify(a) => verify::run(a),
             Command::Combine(a) => combine::run(a),
+            Command::Restore(a) => restore::run(a),
         }
     });
     match result {

@@ -1,0 +1,535 @@
+//! Point-in-time restore: lay out a data directory from a backup chain (combined, or a single
+//! full backup copied), then configure archive recovery — `recovery.signal`, and in
+//! `postgresql.auto.conf` a `restore_command` that fetches from the WAL archive plus the
+//! recovery target — so that starting the server replays to the target.
+//!
+//! Before anything is written, the archive's WAL is decoded from the backup's start: a target
+//! that recovery would reach before the backup is consistent (PostgreSQL then stops with
+//! "requested recovery stop point is before consistent recovery point"), or never reach in the
+//! archive ("recovery ended before configured recovery target was reached"), is refused here
+//! with the positions that make it so.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use pgwal::timeline::{history_file_name, TimelineHistory};
+use pgwal::xact::decode_xact_end;
+use pgwal::xlog::{decode_xlog, XlogRecord};
+use pgwal::{DecoderOptions, Lsn, TimelineId, WalDecoder, WalDir, WalSegSize};
+
+use crate::combine::{combine, CombineError, CombineOptions, CombineSummary};
+use crate::control::ControlFile;
+use crate::manifest::parse_manifest;
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's timestamp epoch).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// `recovery_target = 'immediate'`: as soon as the backup is consistent.
+    Immediate,
+    /// `recovery_target_time`: the text given, and its value in µs since 2000-01-01 UTC.
+    Time(String, i64),
+    /// `recovery_target_lsn`.
+    Lsn(Lsn),
+    /// `recovery_target_xid`.
+    Xid(u32),
+    /// `recovery_target_name`: a restore point.
+    Name(String),
+}
+
+/// Parses a timestamp with an explicit zone — `YYYY-MM-DD HH:MM:SS[.frac]` followed by `Z`,
+/// `UTC`, `GMT` or a numeric offset `±HH[:MM]` — into µs since 2000-01-01 UTC.
+pub fn parse_timestamp(s: &str) -> Result<i64, String> {
+    let bad = || {
+        format!(
+            "invalid target time \"{s}\": expected YYYY-MM-DD HH:MM:SS[.ffffff] with a zone (Z, UTC or +HH:MM)"
+        )
+    };
+    let t = s.trim();
+    let (date, rest) = t.split_at(t.find([' ', 'T']).ok_or_else(bad)?);
+    let rest = &rest[1..];
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse::<i64>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    if d.len() != 3 {
+        return Err(bad());
+    }
+    // split the time from the zone
+    let zone_at = rest.find(['+', '-', 'Z', 'U', 'G', ' ']).ok_or_else(bad)?;
+    let (time, zone) = rest.split_at(zone_at);
+    let zone = zone.trim();
+    let offset_s: i64 = match zone {
+        "Z" | "UTC" | "GMT" | "+00" | "+00:00" => 0,
+        z if z.starts_with('+') || z.starts_with('-') => {
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            let body = &z[1..];
+            let (h, m) = match body.split_once(':') {
+                Some((h, m)) => (h, m),
+                None if body.len() == 4 => body.split_at(2),
+                None => (body, "0"),
+            };
+            let h: i64 = h.parse().map_err(|_| bad())?;
+            let m: i64 = m.parse().map_err(|_| bad())?;
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return Err(bad()),
+    };
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let tp: Vec<i64> = hms
+        .split(':')
+        .map(|p| p.parse::<i64>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    if tp.len() != 3
+        || !(0..24).contains(&tp[0])
+        || !(0..60).contains(&tp[1])
+        || !(0..61).contains(&tp[2])
+    {
+        return Err(bad());
+    }
+    if !(1..=12).contains(&d[1])
+        || !(1..=31).contains(&d[2])
+        || frac.len() > 9
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let mut us_frac = 0i64;
+    for (i, c) in frac.bytes().take(6).enumerate() {
+        us_frac += i64::from(c - b'0') * 10i64.pow(5 - i as u32);
+    }
+    // days from civil (proleptic Gregorian)
+    let (y, m, day) = (d[0] - i64::from(d[1] <= 2), d[1], d[2]);
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let unix_s = days * 86_400 + tp[0] * 3600 + tp[1] * 60 + tp[2] - offset_s;
+    Ok(unix_s * 1_000_000 + us_frac - PG_EPOCH_OFFSET_US)
+}
+
+/// Formats µs since 2000-01-01 as UTC text PostgreSQL accepts.
+pub fn format_timestamp(us: i64) -> String {
+    let unix_us = us + PG_EPOCH_OFFSET_US;
+    let secs = unix_us.div_euclid(1_000_000);
+    let frac = unix_us.rem_euclid(1_000_000);
+    let base = crate::manifest::format_gmt(secs);
+    format!("{}.{frac:06}+00", base.trim_end_matches(" GMT"))
+}
+
+/// Options of a restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The data directory to create (absent or empty).
+    pub data_dir: PathBuf,
+    /// The WAL archive (as `pgrepl receivewal` writes it).
+    pub wal_archive: PathBuf,
+    /// Where to stop; `None` replays to the end of the archive.
+    pub target: Option<RecoveryTarget>,
+    /// `recovery_target_action` (`pause`, `promote`, `shutdown`); `None` leaves PostgreSQL's
+    /// default (`pause`).
+    pub target_action: Option<String>,
+    /// The full restore_command, `%f` and `%p` included.
+    pub restore_command: String,
+    /// Everything else is as for combine (tablespace mappings, sync, copy method).
+    pub combine: CombineOptions,
+}
+
+/// What the archive and the backup say about the restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// What was written.
+    pub combine: CombineSummary,
+    /// Where the backup becomes consistent (its end LSN).
+    pub consistent_at: Lsn,
+    /// The last commit time (µs since 2000) before the backup is consistent, if any.
+    pub consistent_time: Option<i64>,
+    /// How far the archive's WAL goes.
+    pub archive_end: Lsn,
+    /// The last commit time (µs since 2000) in the archive.
+    pub last_commit_time: Option<i64>,
+}
+
+/// What a scan of the archive found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Latest commit/abort time before `end`.
+    max_time_before_end: Option<i64>,
+    /// The end of the second of the backup's start checkpoint (a checkpoint's time has whole
+    /// seconds; commits before the backup's start are no later than this).
+    start_time: Option<i64>,
+    /// Latest commit/abort time overall.
+    last_time: Option<i64>,
+    /// Where the xid target's commit/abort lies.
+    xid_at: Option<Lsn>,
+    /// Where the restore point lies.
+    name_at: Option<Lsn>,
+    /// The last record end decoded.
+    reached: Lsn,
+}
+
+fn err<T>(m: impl Into<String>) -> Result<T, CombineError> {
+    Err(CombineError { message: m.into() })
+}
+
+fn scan_archive(
+    archive: &Path,
+    seg: WalSegSize,
+    system_id: Option<u64>,
+    tli: TimelineId,
+    start: Lsn,
+    end: Lsn,
+    target: Option<&RecoveryTarget>,
+) -> Result<Scan, CombineError> {
+    // follow the newest timeline in the archive whose history includes ours, as recovery's
+    // default recovery_target_timeline = 'latest' does
+    let mut current = tli;
+    let mut history = TimelineHistory::default();
+    for t in (tli.0 + 1..tli.0 + 1000).rev() {
+        if let Ok(text) = fs::read_to_string(archive.join(history_file_name(TimelineId(t)))) {
+            if let Ok(h) = TimelineHistory::parse(&text) {
+                if h.timeline_of(TimelineId(t), start) == tli {
+                    current = TimelineId(t);
+                    history = h;
+                    break;
+                }
+            }
+        }
+    }
+    let wd = WalDir::new(archive, seg);
+    let mut opts = DecoderOptions::new(seg);
+    opts.system_id = system_id;
+    let mut decoder: Option<WalDecoder> = None;
+    let mut scan = Scan::default();
+    let mut failure: Option<String> = None;
+    let r = wd.read_range(current, &history, start, None, |seg_start, bytes, _| {
+        if failure.is_some() {
+            return;
+        }
+        let d = match &mut decoder {
+            Some(d) => d,
+            None => match WalDecoder::starting_at(seg_start, start, opts) {
+                Ok(d) => decoder.insert(d),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    return;
+                }
+            },
+        };
+        d.feed(bytes);
+        loop {
+            match d.next_record() {
+                Ok(Some(rec)) => {
+                    scan.reached = rec.end_lsn;
+                    if let Ok(Some(x)) = decode_xact_end(&rec) {
+                        if rec.lsn < end {
+                            scan.max_time_before_end = Some(
+                                scan.max_time_before_end
+                                    .map_or(x.time, |m: i64| m.max(x.time)),
+                            );
+                        }
+                        scan.last_time =
+                            Some(scan.last_time.map_or(x.time, |m: i64| m.max(x.time)));
+                        if matches!(target, Some(RecoveryTarget::Xid(t)) if *t == x.xid)
+                            && scan.xid_at.is_none()
+                        {
+                            scan.xid_at = Some(rec.lsn);
+                        }
+                    } else if let Ok(Some(x)) = decode_xlog(&rec) {
+                        match x {
+                            XlogRecord::Checkpoint(c)
+                                if scan.start_time.is_none() && rec.lsn < end =>
+                            {
+                                // whole seconds: commits before the start may lie anywhere
+                                // in that second, so the bound is the second's end
+                                scan.start_time =
+                                    Some((c.time + 1) * 1_000_000 - PG_EPOCH_OFFSET_US);
+                            }
+                            XlogRecord::RestorePoint { name, .. }
+                                if scan.name_at.is_none()
+                                    && matches!(target, Some(RecoveryTarget::Name(n)) if *n == name) =>
+                            {
+                                scan.name_at = Some(rec.lsn);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // the end of valid WAL (a partial segment's zeroed tail ends it normally)
+                    if scan.reached < end {
+                        failure = Some(e.to_string());
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    if let Err(e) = r {
+        return err(format!("WAL archive \"{}\": {e}", archive.display()));
+    }
+    if let Some(f) = failure {
+        return err(format!(
+            "WAL archive \"{}\": {f} (the backup needs WAL from {start} to {end})",
+            archive.display()
+        ));
+    }
+    if scan.reached < end {
+        return err(format!(
+            "WAL archive \"{}\" ends at {}, before the backup is consistent at {end}: the backup's WAL is missing",
+            archive.display(),
+            scan.reached
+        ));
+    }
+    Ok(scan)
+}
+
+/// Checks the target against what the archive holds; returns the summary's scan figures.
+fn check_target(
+    scan: &Scan,
+    target: Option<&RecoveryTarget>,
+    end: Lsn,
+) -> Result<(), CombineError> {
+    let before = "is before the backup's consistent point";
+    match target {
+        None | Some(RecoveryTarget::Immediate) => Ok(()),
+        Some(RecoveryTarget::Lsn(l)) => {
+            if *l < end {
+                return err(format!(
+                    "target LSN {l} {before} {end}: restore from an older backup, or choose a later target"
+                ));
+            }
+            if *l > scan.reached {
+                return err(format!(
+                    "target LSN {l} is beyond the end of the WAL archive ({}): recovery would end before reaching it",
+                    scan.reached
+                ));
+            }
+            Ok(())
+        }
+        Some(RecoveryTarget::Time(text, t)) => {
+            let floor = scan.max_time_before_end.into_iter().chain(scan.start_time).max();
+            if let Some(f) = floor {
+                if *t < f {
+                    return err(format!(
+                        "target time \"{text}\" {before} (the backup covers transactions up to {}): restore from an older backup, or choose a later target",
+                        format_timestamp(f)
+                    ));
+                }
+            }
+            match scan.last_time {
+                Some(last) if *t >= last => err(format!(
+                    "target time \"{text}\" is not before any commit in the WAL archive (the last is at {}): recovery would end before reaching it; restore without a target to replay everything",
+                    format_timestamp(last)
+                )),
+                None => err(format!(
+                    "target time \"{text}\": the WAL archive holds no commit after the backup, so recovery cannot reach it"
+                )),
+                _ => Ok(()),
+            }
+        }
+        Some(RecoveryTarget::Xid(x)) => match scan.xid_at {
+            None => err(format!(
+                "target xid {x} does not end in the WAL archive after the backup's start (archive ends at {})",
+                scan.reached
+            )),
+            Some(at) if at < end => err(format!(
+                "target xid {x} ends at {at}, which {before} {end}"
+            )),
+            _ => Ok(()),
+        },
+        Some(RecoveryTarget::Name(n)) => match scan.name_at {
+            None => err(format!(
+                "restore point \"{n}\" is not in the WAL archive after the backup's start (archive ends at {})",
+                scan.reached
+            )),
+            Some(at) if at < end => err(format!(
+                "restore point \"{n}\" at {at} {before} {end}"
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// A GUC string literal: single quotes doubled.
+fn guc_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A word for `sh -c`: left alone when it is plainly safe, single-quoted otherwise.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=,".contains(&b))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Restores `backups` (oldest first) into `opts.data_dir`, configured to recover from
+/// `opts.wal_archive` to `opts.target`.
+pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSummary, CombineError> {
+    let Some(newest) = backups.last() else {
+        return err("no backup given");
+    };
+    if !opts.wal_archive.is_dir() {
+        return err(format!(
+            "WAL archive \"{}\" is not a directory",
+            opts.wal_archive.display()
+        ));
+    }
+    let mpath = newest.join("backup_manifest");
+    let mbytes = fs::read(&mpath).map_err(|e| CombineError {
+        message: format!(
+            "could not read \"{}\": {e} (restore needs the newest backup's manifest for its WAL range)",
+            mpath.display()
+        ),
+    })?;
+    let m = parse_manifest(&mbytes).map_err(|e| CombineError {
+        message: format!("\"{}\": {e}", mpath.display()),
+    })?;
+    let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
+        return err(format!("\"{}\" lists no WAL range", mpath.display()));
+    };
+    let (start, end, tli) = (first.start, last.end, last.timeline);
+    let seg = fs::read(newest.join("global/pg_control"))
+        .ok()
+        .and_then(|b| ControlFile::parse(&b).ok())
+        .and_then(|c| WalSegSize::new(c.wal_segment_size as u64).ok())
+        .unwrap_or(WalSegSize::DEFAULT);
+    let scan = scan_archive(
+        &opts.wal_archive,
+        seg,
+        m.system_identifier,
+        first.timeline,
+        start,
+        end,
+        opts.target.as_ref(),
+    )?;
+    let _ = tli;
+    check_target(&scan, opts.target.as_ref(), end)?;
+    if let Some(a) = &opts.target_action {
+        if !["pause", "promote", "shutdown"].contains(&a.as_str()) {
+            return err(format!(
+                "invalid target action \"{a}\", must be \"pause\", \"promote\" or \"shutdown\""
+            ));
+        }
+    }
+
+    let mut copts = opts.combine.clone();
+    copts.output = opts.data_dir.clone();
+    let summary = combine(backups, &copts)?;
+    let finish = || -> Result<(), CombineError> {
+        let io = |what: &str, e: std::io::Error| CombineError {
+            message: format!(
+                "could not write {what} in \"{}\": {e}",
+                opts.data_dir.display()
+            ),
+        };
+        let mut conf = String::from("\n# recovery settings written by pgrepl restore\n");
+        conf.push_str(&format!(
+            "restore_command = {}\n",
+            guc_quote(&opts.restore_command)
+        ));
+        conf.push_str("recovery_target_timeline = 'latest'\n");
+        match &opts.target {
+            None => {}
+            Some(RecoveryTarget::Immediate) => conf.push_str("recovery_target = 'immediate'\n"),
+            Some(RecoveryTarget::Time(text, _)) => {
+                conf.push_str(&format!("recovery_target_time = {}\n", guc_quote(text)))
+            }
+            Some(RecoveryTarget::Lsn(l)) => {
+                conf.push_str(&format!("recovery_target_lsn = '{l}'\n"))
+            }
+            Some(RecoveryTarget::Xid(x)) => {
+                conf.push_str(&format!("recovery_target_xid = '{x}'\n"))
+            }
+            Some(RecoveryTarget::Name(n)) => {
+                conf.push_str(&format!("recovery_target_name = {}\n", guc_quote(n)))
+            }
+        }
+        if let Some(a) = &opts.target_action {
+            conf.push_str(&format!("recovery_target_action = '{a}'\n"));
+        }
+        let auto = opts.data_dir.join("postgresql.auto.conf");
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&auto)
+            .map_err(|e| io("postgresql.auto.conf", e))?;
+        f.write_all(conf.as_bytes())
+            .map_err(|e| io("postgresql.auto.conf", e))?;
+        if opts.combine.sync {
+            f.sync_all().map_err(|e| io("postgresql.auto.conf", e))?;
+        }
+        let sig = opts.data_dir.join("recovery.signal");
+        let s = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&sig)
+            .map_err(|e| io("recovery.signal", e))?;
+        if opts.combine.sync {
+            s.sync_all().map_err(|e| io("recovery.signal", e))?;
+            if let Ok(d) = fs::File::open(&opts.data_dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = finish() {
+        // a data directory without its recovery settings would start as the backup: remove it
+        let _ = fs::remove_dir_all(&opts.data_dir);
+        return Err(e);
+    }
+    Ok(RestoreSummary {
+        combine: summary,
+        consistent_at: end,
+        consistent_time: scan.max_time_before_end,
+        archive_end: scan.reached,
+        last_commit_time: scan.last_time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("2000-01-01 00:00:00+00").unwrap(), 0);
+        assert_eq!(
+            parse_timestamp("2000-01-01 01:00:00.5+01").unwrap(),
+            500_000
+        );
+        assert_eq!(parse_timestamp("2000-01-01T00:00:01Z").unwrap(), 1_000_000);
+        assert_eq!(parse_timestamp("1999-12-31 19:00:00-05:00").unwrap(), 0);
+        assert_eq!(
+            parse_timestamp("2026-11-24 23:30:00.123456 UTC").unwrap(),
+            parse_timestamp("2026-11-25 01:00:00.123456+01:30").unwrap()
+        );
+        assert!(parse_timestamp("2026-11-24 23:30:00").is_err());
+        assert!(parse_timestamp("yesterday").is_err());
+        let t = parse_timestamp("2026-02-28 12:34:56.000789+00").unwrap();
+        assert_eq!(format_timestamp(t), "2026-02-28 12:34:56.000789+00");
+        assert_eq!(parse_timestamp(&format_timestamp(t)).unwrap(), t);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("/usr/bin/pgrepl"), "/usr/bin/pgrepl");
+        assert_eq!(shell_quote("/a b/it's"), "'/a b/it'\\''s'");
+        assert_eq!(guc_quote("a'b"), "'a''b'");
+    }
+}
