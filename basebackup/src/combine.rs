@@ -546,7 +546,7 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
             system_identifier: system_id,
             ..Default::default()
         },
-        buf: vec![0u8; 1 << 20],
+        buf: vec![0u8; 256 * 1024],
     };
     let result = write_all(&inputs, &mut w, &staging, &ts_out, &mut created_ts);
     let result = result.and_then(|()| {

@@ -338,7 +338,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                         if p == "global/pg_control" {
                             if let Some(c) = &mut control {
                                 c.extend_from_slice(
-                                    &d[..d.len().min(64usize.saturating_sub(c.len()))],
+                                    &d[..d.len().min(8192usize.saturating_sub(c.len()))],
                                 );
                             }
                         }
@@ -435,7 +435,11 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     if opts.skip_wal {
         return ctx.report;
     }
-    let seg = WalSegSize::DEFAULT;
+    let seg = pg_control
+        .as_deref()
+        .and_then(|c| crate::control::ControlFile::parse(c).ok())
+        .and_then(|c| WalSegSize::new(u64::from(c.wal_segment_size)).ok())
+        .unwrap_or(WalSegSize::DEFAULT);
     if let Some(dir) = &opts.wal_archive {
         let wd = WalDir::new(dir, seg);
         let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {

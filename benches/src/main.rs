@@ -7,9 +7,11 @@
 //!   pgrepl-bench receivewal [--scale N] [--seconds S]    (needs target/release/pgrepl)
 //!   pgrepl-bench basebackup [--scale N] [--rounds R]     (needs target/release/pgrepl and zstd)
 //!
-//! Jobs for basebackup, receivewal, combine and verify join as those capabilities land.
+//!   pgrepl-bench combine [--scale N] [--rounds R]        (needs target/release/pgrepl)
+//!   pgrepl-bench verify [--scale N] [--rounds R]         (needs target/release/pgrepl)
 
 mod basebackup;
+mod combine;
 mod measure;
 mod receivewal;
 mod wal_decode;
@@ -17,7 +19,7 @@ mod wal_decode;
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup [--scale N] [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R]");
     std::process::exit(2);
 }
 
@@ -30,7 +32,7 @@ fn main() {
         println!("{records} records, {bytes} bytes read, end of WAL at {end}");
         return;
     }
-    let mut scale = 20u32;
+    let mut scale = 100u32;
     let mut rounds = 5usize;
     let mut seconds = 20u64;
     let mut it = args[1..].iter();
@@ -47,6 +49,8 @@ fn main() {
         "wal-decode" => wal_decode::bench(scale, rounds),
         "receivewal" => receivewal::bench(scale, seconds),
         "basebackup" => basebackup::bench(scale, rounds),
+        "combine" => combine::bench_combine(scale, rounds),
+        "verify" => combine::bench_verify(scale, rounds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");
