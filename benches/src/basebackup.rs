@@ -98,7 +98,8 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
     for mode in MODES {
         let mut ours: Vec<Sample> = Vec::new();
         let mut theirs: Vec<Sample> = Vec::new();
-        for round in 0..rounds {
+        // round 0 is an unmeasured warm-up of both sides (page cache, the server's writeback)
+        for round in 0..=rounds {
             if mode.incremental {
                 c.pgbench(&["-t", "2000", "-c", "2", "-n"]);
             }
@@ -115,7 +116,10 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                     if mode.incremental {
                         cmd.arg("-i").arg(&ours_full);
                     }
-                    ours.push(run(&mut cmd));
+                    let sample = run(&mut cmd);
+                    if round > 0 {
+                        ours.push(sample);
+                    }
                     let _ = std::fs::remove_dir_all(&target);
                 } else {
                     let target = root.join("theirs");
@@ -138,7 +142,9 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                         }
                         run(&mut cmd)
                     };
-                    theirs.push(sample);
+                    if round > 0 {
+                        theirs.push(sample);
+                    }
                     let _ = std::fs::remove_dir_all(&target);
                 }
             }

@@ -60,6 +60,10 @@ fn main() {
             print(&c);
             c.keep();
         }
+        ["hand-over", dir] => {
+            // give a directory (a WAL archive recovery reads) to the server user
+            pgrepl_testbed::hand_over(&PathBuf::from(dir));
+        }
         ["stop", root, rest @ ..] => {
             let root = PathBuf::from(root);
             let data = rest
@@ -78,7 +82,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: pg-testbed start 15|17|18 | start-on 17|18 DATADIR | stop ROOT [DATADIR]"
+                "usage: pg-testbed start 15|17|18 | start-on 17|18 DATADIR | hand-over DIR | stop ROOT [DATADIR]"
             );
             std::process::exit(2);
         }
