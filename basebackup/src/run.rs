@@ -80,6 +80,9 @@ pub enum BackupError {
     /// Streaming the backup's WAL failed.
     #[error("streaming WAL for the backup: {0}")]
     Wal(#[from] pgrepl::receivewal::ReceiveError),
+    /// The WAL stream of `-X stream` ended before the backup did.
+    #[error("background process terminated unexpectedly: {0}")]
+    WalTerminated(String),
     /// Something this version does not handle yet.
     #[error("{0}")]
     Unsupported(String),
@@ -219,8 +222,11 @@ pub enum WalMethod {
     None,
     /// Appended by the server to base.tar at the end (BASE_BACKUP WAL).
     Fetch,
-    /// Streamed on a second connection with a temporary slot while the backup runs.
+    /// Streamed on a second connection (with a temporary slot unless `slot` says otherwise)
+    /// while the backup runs.
     Stream {
+        /// The slot to stream from.
+        slot: crate::wal_stream::SlotChoice,
         /// How to open the second connection.
         config: Box<pgrepl::Config>,
         /// The server's system identifier (checked in every long page header).
@@ -273,7 +279,17 @@ async fn run(
     let mut locations: HashMap<String, u32> = HashMap::new();
     let mut estimate = None;
     let mut cur: Option<Current> = None;
-    while let Some(ev) = stream.next().await? {
+    loop {
+        // a WAL stream that dies (its walsender terminated) fails the backup at once, as
+        // pg_basebackup's background process does, instead of at the backup's end
+        let next = match streamer.as_mut() {
+            Some(s) => tokio::select! {
+                ev = stream.next() => ev?,
+                why = s.ended_early() => return Err(BackupError::WalTerminated(why)),
+            },
+            None => stream.next().await?,
+        };
+        let Some(ev) = next else { break };
         match ev {
             BaseBackupEvent::Started {
                 start_lsn,
@@ -285,13 +301,14 @@ async fn run(
                     config,
                     system_id,
                     sync,
+                    slot,
                 } = wal
                 {
                     let dir = sink.wal_dir()?.ok_or_else(|| {
                         BackupError::Unsupported("this sink cannot take streamed WAL".into())
                     })?;
                     *streamer = Some(
-                        start_wal_stream(config, dir, start_lsn, timeline, *system_id, *sync)
+                        start_wal_stream(config, dir, start_lsn, timeline, *system_id, *sync, slot)
                             .await?,
                     );
                 }

@@ -208,6 +208,6 @@ pub(crate) mod directory;
 mod tarfile;
 mod verify;
 
-pub use directory::{DirectorySink, TablespaceMapping};
-pub use tarfile::{TarSink, ZstdCompression};
+pub use directory::{DirectorySink, Finishing, TablespaceMapping};
+pub use tarfile::{ClientCompression, TarSink, ZstdCompression};
 pub use verify::VerifySink;

@@ -12,6 +12,20 @@ use pgrepl::{
 };
 use tokio::sync::watch;
 
+/// Which replication slot the stream uses (`-S`, `-C`, `--no-slot`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SlotChoice {
+    /// A temporary slot, dropped when the connection ends (the default).
+    #[default]
+    Temporary,
+    /// An existing slot.
+    Existing(String),
+    /// A permanent slot created (with WAL reserved) before streaming.
+    Create(String),
+    /// No slot: WAL may be recycled before it is streamed.
+    NoSlot,
+}
+
 /// A running WAL stream; [`WalStream::finish`] it at the backup's end position.
 #[derive(Debug)]
 pub struct WalStream {
@@ -28,18 +42,29 @@ pub async fn start_wal_stream(
     timeline: TimelineId,
     system_id: u64,
     sync: bool,
+    slot: &SlotChoice,
 ) -> Result<WalStream, ReceiveError> {
     let mut conn = Connection::connect(config).await?;
     let seg = conn.wal_segment_size().await?;
-    let slot = format!("pgrepl_{}", std::process::id());
-    conn.create_physical_slot(
-        &slot,
-        CreateSlotOptions {
-            temporary: true,
-            reserve_wal: true,
-        },
-    )
-    .await?;
+    let slot = match slot {
+        SlotChoice::Temporary | SlotChoice::Create(_) => {
+            let (name, temporary) = match slot {
+                SlotChoice::Create(n) => (n.clone(), false),
+                _ => (format!("pgrepl_{}", std::process::id()), true),
+            };
+            conn.create_physical_slot(
+                &name,
+                CreateSlotOptions {
+                    temporary,
+                    reserve_wal: true,
+                },
+            )
+            .await?;
+            Some(name)
+        }
+        SlotChoice::Existing(n) => Some(n.clone()),
+        SlotChoice::NoSlot => None,
+    };
     let (tx, mut rx) = watch::channel(None);
     let task = tokio::spawn(async move {
         let first = start.segment_start(seg);
@@ -47,7 +72,7 @@ pub async fn start_wal_stream(
         let mut checker = PageChecker::new(seg, system_id, timeline);
         let mut stream = conn
             .start_replication(&StartReplication {
-                slot: Some(slot),
+                slot,
                 start: first,
                 timeline: Some(timeline),
             })
@@ -105,6 +130,16 @@ impl WalStream {
             Err(e) => Err(ReceiveError::Timeline(format!(
                 "the WAL streaming task failed: {e}"
             ))),
+        }
+    }
+
+    /// Resolves only if the stream ends before it was told to (the connection failed, the
+    /// walsender was terminated): what ended it.
+    pub async fn ended_early(&mut self) -> String {
+        match (&mut self.task).await {
+            Ok(Ok(())) => "the WAL stream ended before the backup did".into(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the WAL streaming task failed: {e}"),
         }
     }
 

@@ -40,7 +40,15 @@ const MODES: &[Mode] = &[
     },
     Mode {
         name: "tar + zstd:5",
-        ours: &["-F", "t", "-N", "-X", "none", "-Z", "zstd:5,workers=2"],
+        ours: &[
+            "-F",
+            "t",
+            "-N",
+            "-X",
+            "none",
+            "-Z",
+            "zstd:level=5,workers=2",
+        ],
         theirs: &["-F", "t", "-X", "none"],
         pipe_zstd: true,
         incremental: false,

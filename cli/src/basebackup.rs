@@ -8,11 +8,14 @@ use anyhow::{bail, Context};
 use basebackup::checksum::ChecksumKind;
 use basebackup::run::{take_backup, BackupEvent, WalMethod};
 use basebackup::sink::{
-    BackupSink, DirectorySink, TablespaceMapping, TarSink, Tee, VerifySink, ZstdCompression,
+    BackupSink, ClientCompression, DirectorySink, TablespaceMapping, TarSink, Tee, VerifySink,
+    ZstdCompression,
 };
+use basebackup::wal_stream::SlotChoice;
 use clap::Args;
 use pgrepl::{BaseBackupOptions, CheckpointMode, ServerCompression};
 
+use crate::compress_spec::{self, Algorithm, Location};
 use crate::conn::ConnArgs;
 
 #[derive(Args, Debug)]
@@ -68,10 +71,31 @@ pub struct BaseBackupArgs {
     /// Do not verify page checksums on the server
     #[arg(long = "no-verify-checksums")]
     no_verify_checksums: bool,
-    /// Compress: [client-]zstd[:LEVEL|:level=N,workers=N] (tar format), server-zstd[:...],
-    /// server-gzip[:LEVEL], or none
+    /// Compress: [client-|server-]METHOD[:DETAIL] with METHOD gzip, zstd (lz4 on the server)
+    /// or none, DETAIL a level or level=N,workers=N; a bare number is a gzip level
     #[arg(short = 'Z', long = "compress", value_name = "[WHERE-]METHOD[:DETAIL]")]
     compress: Option<String>,
+    /// Compress tar output with gzip (as --compress=gzip)
+    #[arg(short = 'z', long = "gzip")]
+    gzip: bool,
+    /// Write standby.signal and primary_conninfo (plain format), as pg_basebackup -R
+    #[arg(short = 'R', long = "write-recovery-conf")]
+    write_recovery_conf: bool,
+    /// Stream WAL from this replication slot
+    #[arg(short = 'S', long = "slot", value_name = "SLOTNAME")]
+    slot: Option<String>,
+    /// Create the slot named by --slot (it stays after the backup)
+    #[arg(short = 'C', long = "create-slot")]
+    create_slot: bool,
+    /// Stream WAL without a replication slot
+    #[arg(long = "no-slot")]
+    no_slot: bool,
+    /// Do not remove the partial backup after an error
+    #[arg(short = 'n', long = "no-clean")]
+    no_clean: bool,
+    /// Location of the backup's WAL directory (plain format; pg_wal becomes a link to it)
+    #[arg(long = "waldir", value_name = "WALDIR")]
+    waldir: Option<PathBuf>,
     /// Take an incremental backup relative to this earlier backup (its directory, tar
     /// directory, or backup_manifest file); PostgreSQL 17+ with summarize_wal=on
     #[arg(short = 'i', long = "incremental", value_name = "OLDMANIFEST")]
@@ -93,84 +117,146 @@ pub struct BaseBackupArgs {
 /// Where compression happens.
 enum Compression {
     None,
-    Client(ZstdCompression),
+    Client(ClientCompression),
     Server(ServerCompression),
 }
 
-/// `-Z`: `none`, `[client-]zstd[:DETAIL]`, `server-zstd[:DETAIL]`, `server-gzip[:LEVEL]`, where
-/// DETAIL is a level or `level=N,workers=N`.
-fn parse_compress(spec: &str) -> anyhow::Result<Compression> {
-    let (place, rest) = if let Some(r) = spec.strip_prefix("server-") {
-        ("server", r)
-    } else if let Some(r) = spec.strip_prefix("client-") {
-        ("client", r)
-    } else {
-        ("client", spec)
+/// `-Z`, as pg_basebackup parses it: client specifications are parsed and validated here with
+/// PostgreSQL's messages, server ones are passed to the server for it to validate.
+fn parse_compress(option: &str) -> anyhow::Result<Compression> {
+    let (loc, algorithm, detail) = compress_spec::split(option);
+    if loc == Location::Server {
+        return Ok(Compression::Server(ServerCompression::Raw {
+            algorithm,
+            detail,
+        }));
+    }
+    let Some(alg) = Algorithm::parse(&algorithm) else {
+        bail!("unrecognized compression algorithm: \"{algorithm}\"");
     };
-    let (method, detail) = match rest.split_once(':') {
-        Some((m, d)) => (m, Some(d)),
-        None => (rest, None),
-    };
-    let mut level = None;
-    let mut workers = None;
-    if let Some(d) = detail {
-        for item in d.split(',') {
-            match item.split_once('=') {
-                None => {
-                    level = Some(
-                        item.parse::<i32>()
-                            .with_context(|| format!("invalid compression level \"{item}\""))?,
-                    )
-                }
-                Some(("level", v)) => {
-                    level = Some(
-                        v.parse::<i32>()
-                            .with_context(|| format!("invalid compression level \"{v}\""))?,
-                    )
-                }
-                Some(("workers", v)) => {
-                    workers = Some(
-                        v.parse::<u32>()
-                            .with_context(|| format!("invalid worker count \"{v}\""))?,
-                    )
-                }
-                Some((k, _)) => bail!(
-                    "invalid compression specification: unrecognized compression option \"{k}\""
-                ),
+    let spec = compress_spec::parse(alg, detail.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid compression specification: {e}"))?;
+    Ok(match spec.algorithm {
+        Algorithm::None => Compression::None,
+        Algorithm::Gzip => Compression::Client(ClientCompression::Gzip(spec.level)),
+        Algorithm::Zstd => {
+            if spec.long_distance == Some(true) {
+                bail!("zstd long-distance mode is not supported by pgrepl on the client (use server-zstd:long)");
             }
+            if !(1..=22).contains(&spec.level) {
+                bail!(
+                    "zstd compression level {} is not supported by pgrepl on the client (1 to 22)",
+                    spec.level
+                );
+            }
+            Compression::Client(ClientCompression::Zstd(ZstdCompression {
+                level: spec.level,
+                workers: spec.workers.unwrap_or(0).max(0) as u32,
+            }))
+        }
+        Algorithm::Lz4 => bail!("this build does not support compression with lz4"),
+    })
+}
+
+/// `primary_conninfo` for `-R`: the connection's parameters as a conninfo string (the password
+/// is left out: a standby should read it from a password file).
+fn primary_conninfo(c: &pgrepl::Config) -> String {
+    let q = |v: &str| -> String {
+        if !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._-:".contains(&b))
+        {
+            v.to_owned()
+        } else {
+            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+    };
+    let mut parts = vec![format!("user={}", q(&c.user))];
+    match &c.host {
+        pgrepl::Host::Tcp(h) => parts.push(format!("host={}", q(h))),
+        pgrepl::Host::Unix(d) => parts.push(format!("host={}", q(&d.to_string_lossy()))),
+    }
+    parts.push(format!("port={}", c.port));
+    parts.push(format!(
+        "sslmode={}",
+        format!("{:?}", c.sslmode)
+            .to_ascii_lowercase()
+            .replace("verify", "verify-")
+            .replace("verify--", "verify-")
+    ));
+    if let Some(db) = &c.dbname {
+        parts.push(format!("dbname={}", q(db)));
+    }
+    if let Some(a) = &c.application_name {
+        parts.push(format!("application_name={}", q(a)));
+    }
+    parts.join(" ")
+}
+
+/// What happens to the finished plain backup before it is renamed into place: `-R`, `--waldir`
+/// and group-readable modes.
+fn finishing(
+    recovery: Option<String>,
+    waldir: Option<PathBuf>,
+    group: bool,
+) -> impl FnMut(&std::path::Path) -> Result<(), basebackup::sink::SinkError> + Send {
+    use basebackup::sink::SinkError;
+    move |root: &std::path::Path| {
+        if let Some(conf) = &recovery {
+            let auto = root.join("postgresql.auto.conf");
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&auto)
+                .map_err(|e| SinkError::io("could not open", &auto, e))?;
+            use std::io::Write;
+            f.write_all(conf.as_bytes())
+                .map_err(|e| SinkError::io("could not write", &auto, e))?;
+            let sig = root.join("standby.signal");
+            std::fs::write(&sig, b"").map_err(|e| SinkError::io("could not create", &sig, e))?;
+        }
+        if let Some(w) = &waldir {
+            let pg_wal = root.join("pg_wal");
+            for e in std::fs::read_dir(&pg_wal)
+                .map_err(|e| SinkError::io("could not read", &pg_wal, e))?
+                .flatten()
+            {
+                let to = w.join(e.file_name());
+                std::fs::rename(e.path(), &to)
+                    .map_err(|err| SinkError::io("could not move WAL to", &to, err))?;
+            }
+            std::fs::remove_dir(&pg_wal)
+                .map_err(|e| SinkError::io("could not remove", &pg_wal, e))?;
+            std::os::unix::fs::symlink(w, &pg_wal)
+                .map_err(|e| SinkError::io("could not create the link", &pg_wal, e))?;
+        }
+        if group {
+            group_modes(root)
+                .map_err(|e| SinkError::io("could not set group permissions under", root, e))?;
+            if let Some(w) = &waldir {
+                group_modes(w)
+                    .map_err(|e| SinkError::io("could not set group permissions under", w, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Directories 0750 and files 0640 (a cluster initialised with group access), links followed
+/// into tablespaces.
+fn group_modes(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = std::fs::metadata(e.path())?;
+        if m.is_dir() {
+            group_modes(&e.path())?;
+        } else {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o640))?;
         }
     }
-    Ok(match (place, method) {
-        (_, "none") => {
-            if detail.is_some() {
-                bail!("invalid compression specification: compression algorithm \"none\" does not accept a compression level");
-            }
-            Compression::None
-        }
-        ("client", "zstd") => {
-            let level = level.unwrap_or(3);
-            if !(1..=22).contains(&level) {
-                bail!("zstd compression level {level} is out of range (1 to 22)");
-            }
-            Compression::Client(ZstdCompression {
-                level,
-                workers: workers.unwrap_or(0),
-            })
-        }
-        ("server", "zstd") => Compression::Server(ServerCompression::Zstd { level, workers }),
-        ("server", "gzip") => {
-            if workers.is_some() {
-                bail!("invalid compression specification: compression algorithm \"gzip\" does not accept a worker count");
-            }
-            Compression::Server(ServerCompression::Gzip(level))
-        }
-        ("client", "gzip") | ("client", "lz4") | ("server", "lz4") => {
-            bail!("compression \"{spec}\" is not supported by pgrepl; use zstd, server-zstd or server-gzip")
-        }
-        (_, m) => {
-            bail!("invalid compression specification: unrecognized compression algorithm: \"{m}\"")
-        }
-    })
+    Ok(())
 }
 
 /// `-r`: kB/s, with an optional k or M suffix; PostgreSQL accepts 32 kB/s to 1 GB/s.
@@ -214,12 +300,52 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         "spread" => CheckpointMode::Spread,
         c => bail!("invalid checkpoint argument \"{c}\", must be \"fast\" or \"spread\""),
     };
-    let compression = match &args.compress {
-        Some(c) => parse_compress(c)?,
-        None => Compression::None,
+    let compression = match (&args.compress, args.gzip) {
+        (Some(_), true) => bail!("--compress and --gzip cannot be used together"),
+        (Some(c), false) => parse_compress(c)?,
+        (None, true) => parse_compress("gzip")?,
+        (None, false) => Compression::None,
     };
     if plain && matches!(compression, Compression::Client(_)) {
-        bail!("client-side compression can only be used with tar format (-F t); use server-zstd or server-gzip with plain format");
+        bail!("only tar mode backups can be compressed (use server-side compression with plain format)");
+    }
+    // slots, as pg_basebackup checks them
+    if args.no_slot && (args.slot.is_some() || args.create_slot) {
+        bail!(if args.create_slot {
+            "--create-slot and --no-slot are incompatible options"
+        } else {
+            "--slot and --no-slot are incompatible options"
+        });
+    }
+    if args.create_slot && args.slot.is_none() {
+        bail!("--create-slot needs a slot to be specified using --slot");
+    }
+    if (args.slot.is_some() || args.no_slot) && wal_method != Wal::Stream {
+        bail!("replication slots can only be used with WAL streaming");
+    }
+    let slot = match (&args.slot, args.create_slot, args.no_slot) {
+        (Some(n), true, _) => SlotChoice::Create(n.clone()),
+        (Some(n), false, _) => SlotChoice::Existing(n.clone()),
+        (None, _, true) => SlotChoice::NoSlot,
+        _ => SlotChoice::Temporary,
+    };
+    if let Some(w) = &args.waldir {
+        if !plain {
+            bail!("WAL directory location can only be specified in plain mode");
+        }
+        if !w.is_absolute() {
+            bail!("WAL directory location must be an absolute path");
+        }
+        if w.exists()
+            && std::fs::read_dir(w)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            bail!("directory \"{}\" exists but is not empty", w.display());
+        }
+    }
+    if args.write_recovery_conf && !plain {
+        bail!("--write-recovery-conf is only supported in plain format by pgrepl");
     }
     // The parent's manifest, read up front so a bad path fails before anything is written.
     let parent_manifest = match &args.incremental {
@@ -266,8 +392,8 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         // as pg_basebackup: a tar backup carries tablespace_map, so a restore from it can
         // recreate the pg_tblspc links (a plain backup has the links themselves)
         tablespace_map: !plain,
-        compression: match compression {
-            Compression::Server(s) => Some(s),
+        compression: match &compression {
+            Compression::Server(s) => Some(s.clone()),
             _ => None,
         },
         ..Default::default()
@@ -279,8 +405,39 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = &parent_manifest {
         conn.upload_manifest(&m[..]).await?;
     }
+    // a cluster initialised with group access gets group-readable backups, as pg_basebackup
+    // gives (SHOW data_directory_mode)
+    let group = conn
+        .show("data_directory_mode")
+        .await
+        .map(|m| m.trim() == "0750")
+        .unwrap_or(false);
     let writer: Box<dyn BackupSink> = if plain {
-        Box::new(DirectorySink::new(&args.pgdata, mappings, !args.no_sync)?)
+        let mut d = DirectorySink::new(&args.pgdata, mappings, !args.no_sync)?;
+        if let Some(w) = &args.waldir {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(w)
+                .with_context(|| format!("could not create directory \"{}\"", w.display()))?;
+        }
+        let recovery = args.write_recovery_conf.then(|| {
+            let mut conf = format!(
+                "primary_conninfo = '{}'\n",
+                primary_conninfo(&config).replace('\'', "''")
+            );
+            if let Some(n) = &args.slot {
+                conf.push_str(&format!(
+                    "primary_slot_name = '{}'\n",
+                    n.replace('\'', "''")
+                ));
+            }
+            conf
+        });
+        if recovery.is_some() || args.waldir.is_some() || group {
+            d.set_finishing(Box::new(finishing(recovery, args.waldir.clone(), group)));
+        }
+        d.set_keep_on_abort(args.no_clean);
+        Box::new(d)
     } else {
         let zstd = match compression {
             Compression::Client(z) => Some(z),
@@ -300,11 +457,15 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             config: Box::new(config.clone()),
             system_id: id.system_id,
             sync: !args.no_sync,
+            slot,
         },
     };
     let show_progress = args.progress && (std::io::stderr().is_terminal() || args.verbose > 0);
+    let started = std::cell::Cell::new(false);
     let summary = take_backup(&mut conn, &options, &wal_plan, &mut sink, |ev| match ev {
-        BackupEvent::Notice(n) => eprintln!("pgrepl: {}: {}", n.severity, n.message),
+        BackupEvent::Started { .. } if args.verbose == 0 => started.set(true),
+        // relayed verbatim, as libpq prints a server's notices
+        BackupEvent::Notice(n) => eprintln!("{}:  {}", n.severity, n.message),
         BackupEvent::Progress { done, total } if show_progress => match total {
             Some(t) if *t > 0 => eprint!(
                 "\r{}/{} kB ({}%)   ",
@@ -314,7 +475,8 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             ),
             _ => eprint!("\r{} kB   ", done / 1024),
         },
-        BackupEvent::Started { start_lsn, timeline, .. } if args.verbose > 0 => {
+        BackupEvent::Started { start_lsn, timeline, .. } => {
+            started.set(true);
             eprintln!("pgrepl: checkpoint completed; write-ahead log start point: {start_lsn} on timeline {timeline}")
         }
         _ => {}
@@ -323,7 +485,16 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     if show_progress {
         eprintln!();
     }
-    let summary = summary?;
+    let summary = match summary {
+        Ok(s) => s,
+        // as pg_basebackup words a refusal of the BASE_BACKUP command itself
+        Err(basebackup::run::BackupError::Server(pgrepl::Error::Db { error, .. }))
+            if !started.get() =>
+        {
+            bail!("could not initiate base backup: {error}")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let _ = conn.close().await;
     if args.verbose > 0 {
         eprintln!(

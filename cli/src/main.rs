@@ -3,6 +3,7 @@
 
 mod basebackup;
 mod combine;
+mod compress_spec;
 mod conn;
 mod identify;
 mod receivewal;

@@ -172,7 +172,12 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
     let child = pgrepl()
         .args(["basebackup", "-d", &conninfo(&c), "-D"])
         .arg(work.join("slow"))
-        .args(["-c", "fast", "-r", "32k"])
+        .args(["-c", "fast", "-r", "32k", "-T"])
+        .arg(format!(
+            "{}={}",
+            c.root.join("ts_ts1").display(),
+            work.join("ts").display()
+        ))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -191,7 +196,47 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("pgrepl: error: "), "{err}");
+    // the server's own warning may come first; the error is the last line
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("pgrepl: error: ") && last.contains("terminating connection"),
+        "{err}"
+    );
+    nothing_complete(&work, "slow");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The WAL streamer's walsender killed while a throttled backup runs: the backup fails at once
+/// with pg_basebackup's words, not when the (slow) backup would have ended.
+#[test]
+fn pg17_a_killed_wal_stream_fails_the_backup_at_once() {
+    let c = Cluster::start(PgVersion::V17);
+    c.pgbench_init(1);
+    let work = temp_dir("bb");
+    let started = Instant::now();
+    let child = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-D"])
+        .arg(work.join("slow"))
+        .args(["-c", "fast", "-r", "32k"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let q = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'walsender' AND query ~ 'START_REPLICATION'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.psql(q) != "1" {
+        assert!(Instant::now() < deadline, "the WAL stream never started: {}", c.psql("SELECT string_agg(backend_type || ':' || query, ' | ') FROM pg_stat_activity WHERE backend_type = 'walsender'"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("background process terminated unexpectedly"),
+        "{err}"
+    );
+    // the backup of ~30 MB at 32 kB/s would take minutes
+    assert!(started.elapsed() < Duration::from_secs(60));
     nothing_complete(&work, "slow");
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -426,7 +471,7 @@ fn pg18_a_corrupt_page_fails_the_backup_with_the_server_warning() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("WARNING") && err.contains("checksum verification failed in file"),
+        err.starts_with("WARNING:  ") && err.contains("checksum verification failed in file"),
         "the server's WARNING must be relayed: {err}"
     );
     assert!(
@@ -561,7 +606,12 @@ fn pg18_server_gzip_and_client_zstd() {
         String::from_utf8_lossy(&out.stderr)
     );
     // client-side zstd with worker threads: every archive .tar.zst, WAL included
-    let z = compressed(&c, &work, "czst", &["-F", "t", "-Z", "zstd:5,workers=2"]);
+    let z = compressed(
+        &c,
+        &work,
+        "czst",
+        &["-F", "t", "-Z", "zstd:level=5,workers=2"],
+    );
     let names = tar_backup_matches_manifest(&z);
     assert!(names.iter().all(|n| n.ends_with(".tar.zst")), "{names:?}");
     assert!(names.contains(&"pg_wal.tar.zst".to_owned()), "{names:?}");
@@ -603,5 +653,159 @@ fn pg15_server_zstd() {
         "pg15 restored",
     );
     drop(restored);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Every mode under `dir` (links followed): (directories, files).
+fn modes(dir: &Path, out: &mut (Vec<u32>, Vec<u32>)) {
+    use std::os::unix::fs::PermissionsExt;
+    out.0
+        .push(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777);
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::metadata(&p).unwrap();
+        if m.is_dir() {
+            modes(&p, out);
+        } else {
+            out.1.push(m.permissions().mode() & 0o777);
+        }
+    }
+}
+
+/// pg_basebackup's flags beyond the basics, as PostgreSQL's own 010_pg_basebackup.pl uses them.
+#[test]
+fn pg18_pg_basebackup_flags() {
+    let mut c = Cluster::start(PgVersion::V18);
+    let work = temp_dir("bbflags");
+    let ci = conninfo(&c);
+    let run = |args: &[&str]| -> Output {
+        pgrepl()
+            .args(["basebackup", "-d", &ci, "-c", "fast", "-N"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let t = |n: &str| work.join(n).to_string_lossy().into_owned();
+    let fails = |out: Output, want: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "succeeded, expected {want}");
+        assert!(err.contains(want), "expected {want:?} in {err}");
+    };
+    // compression specifications: ours checked here, the server's relayed as it words them
+    fails(run(&["-D", &t("x"), "--compress", "gzip:level=236"]),
+        "pgrepl: error: invalid compression specification: compression algorithm \"gzip\" expects a compression level between 1 and 9");
+    fails(
+        run(&["-D", &t("x"), "--compress", "extrasquishy"]),
+        "pgrepl: error: unrecognized compression algorithm: \"extrasquishy\"",
+    );
+    fails(run(&["-D", &t("x"), "--compress", "server-gzip:workers=3"]),
+        "pgrepl: error: could not initiate base backup: ERROR:  invalid compression specification: compression algorithm \"gzip\" does not accept a worker count");
+    fails(
+        run(&["-D", &t("x"), "--compress", "gzip"]),
+        "only tar mode backups can be compressed",
+    );
+    assert!(!work.join("x").exists());
+    // client gzip: --gzip and a bare level, base.tar.gz and pg_wal.tar.gz that verify
+    for (name, flag) in [("gz1", vec!["-z"]), ("gz2", vec!["--compress", "1"])] {
+        let dir = t(name);
+        let mut a = vec!["-D", dir.as_str(), "-F", "t"];
+        a.extend(flag);
+        ok(run(&a));
+        let mut names: Vec<String> = std::fs::read_dir(work.join(name))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["backup_manifest", "base.tar.gz", "pg_wal.tar.gz"]);
+        ok(pgrepl()
+            .arg("verify")
+            .arg(work.join(name))
+            .output()
+            .unwrap());
+    }
+    // slots
+    fails(
+        run(&["-D", &t("s"), "-S", "slot0"]),
+        "replication slot \"slot0\" does not exist",
+    );
+    fails(
+        run(&["-D", &t("s"), "-C"]),
+        "--create-slot needs a slot to be specified using --slot",
+    );
+    fails(
+        run(&["-D", &t("s"), "-C", "-S", "slot0", "--no-slot"]),
+        "incompatible",
+    );
+    ok(run(&["-D", &t("s"), "-C", "-S", "slot0"]));
+    assert_ne!(c.psql("SELECT coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_name = 'slot0'"), "");
+    fails(
+        run(&["-D", &t("s2"), "-C", "-S", "slot0"]),
+        "already exists",
+    );
+    fails(
+        run(&["-D", &t("s3"), "-S", "slot0", "-X", "none"]),
+        "replication slots can only be used with WAL streaming",
+    );
+    ok(run(&["-D", &t("noslot"), "--no-slot"]));
+    // -R: standby.signal and primary_conninfo / primary_slot_name
+    ok(run(&["-D", &t("r"), "-S", "slot0", "-R"]));
+    let auto = std::fs::read_to_string(work.join("r/postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains(&format!(
+            "primary_conninfo = 'user=postgres host=127.0.0.1 port={} ",
+            c.port
+        )),
+        "{auto}"
+    );
+    assert!(auto.contains("\nprimary_slot_name = 'slot0'\n"), "{auto}");
+    assert!(work.join("r/standby.signal").exists());
+    // --waldir: pg_wal is a link to it and holds the WAL
+    ok(run(&[
+        "-D",
+        &t("w"),
+        "--waldir",
+        &t("xlog2"),
+        "--no-manifest",
+    ]));
+    assert_eq!(
+        std::fs::read_link(work.join("w/pg_wal")).unwrap(),
+        work.join("xlog2")
+    );
+    assert!(std::fs::read_dir(work.join("xlog2"))
+        .unwrap()
+        .any(|e| e.unwrap().file_name().len() == 24));
+    assert!(!work.join("w/backup_manifest").exists());
+    // default modes: 0700 / 0600
+    let mut m = (Vec::new(), Vec::new());
+    modes(&work.join("s"), &mut m);
+    assert!(
+        m.0.iter().all(|&d| d == 0o700) && m.1.iter().all(|&f| f == 0o600),
+        "{m:?}"
+    );
+    // a cluster with group access gets group-readable backups, as with pg_basebackup
+    c.stop_server("fast");
+    Command::new("chmod")
+        .args(["-R", "g+rX"])
+        .arg(&c.data)
+        .status()
+        .unwrap();
+    // the server refuses a private key others can read
+    let key = c.data.join("server.key");
+    if key.exists() {
+        Command::new("chmod")
+            .arg("0600")
+            .arg(&key)
+            .status()
+            .unwrap();
+    }
+    c.start_stopped();
+    assert_eq!(c.psql("SHOW data_directory_mode"), "0750");
+    ok(run(&["-D", &t("grp")]));
+    let mut m = (Vec::new(), Vec::new());
+    modes(&work.join("grp"), &mut m);
+    assert!(
+        m.0.iter().all(|&d| d == 0o750) && m.1.iter().all(|&f| f == 0o640),
+        "{m:?}"
+    );
     let _ = std::fs::remove_dir_all(&work);
 }

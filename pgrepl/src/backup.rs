@@ -22,7 +22,7 @@ pub enum CheckpointMode {
 }
 
 /// Server-side compression of the archives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerCompression {
     /// gzip, optional level.
@@ -35,6 +35,14 @@ pub enum ServerCompression {
         level: Option<i32>,
         /// Worker threads.
         workers: Option<u32>,
+    },
+    /// An algorithm and detail passed to the server as given, for the server to validate (as
+    /// pg_basebackup does with `--compress server-...`).
+    Raw {
+        /// `COMPRESSION`.
+        algorithm: String,
+        /// `COMPRESSION_DETAIL`.
+        detail: Option<String>,
     },
 }
 
@@ -165,11 +173,14 @@ impl BaseBackupOptions {
         ));
         opts.push(format!("WAL {}", b(self.wal)));
         opts.push(format!("WAIT {}", b(self.wait)));
-        if let Some(c) = self.compression {
+        if let Some(c) = &self.compression {
             let (method, detail) = match c {
+                ServerCompression::Raw { algorithm, detail } => {
+                    (algorithm.as_str(), detail.clone())
+                }
                 ServerCompression::Gzip(l) => ("gzip", l.map(|l| l.to_string())),
                 ServerCompression::Lz4(l) => ("lz4", l.map(|l| l.to_string())),
-                ServerCompression::Zstd { level, workers } => {
+                &ServerCompression::Zstd { level, workers } => {
                     let mut d = String::new();
                     if let Some(l) = level {
                         let _ = write!(d, "level={l}");

@@ -68,8 +68,10 @@ impl TablespaceMapping {
     }
 }
 
+/// A step run on a finished plain backup before it is renamed into place.
+pub type Finishing = Box<dyn FnMut(&Path) -> Result<(), SinkError> + Send>;
+
 /// Writes a plain data directory.
-#[derive(Debug)]
 pub struct DirectorySink {
     target: PathBuf,
     staging: PathBuf,
@@ -78,6 +80,17 @@ pub struct DirectorySink {
     root: PathBuf,
     file: Option<(BufWriter<File>, PathBuf)>,
     tablespace_dirs: Vec<PathBuf>,
+    finishing: Option<Finishing>,
+    keep_on_abort: bool,
+}
+
+impl std::fmt::Debug for DirectorySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectorySink")
+            .field("target", &self.target)
+            .field("staging", &self.staging)
+            .finish_non_exhaustive()
+    }
 }
 
 fn mkdir_private(p: &Path) -> Result<(), SinkError> {
@@ -148,7 +161,20 @@ impl DirectorySink {
             sync,
             file: None,
             tablespace_dirs: Vec::new(),
+            finishing: None,
+            keep_on_abort: false,
         })
+    }
+
+    /// Runs `f` on the finished directory (still under its temporary name) before it is
+    /// synced and renamed: for recovery settings, a separate WAL directory, permissions.
+    pub fn set_finishing(&mut self, f: Finishing) {
+        self.finishing = Some(f);
+    }
+
+    /// Leaves the partial directory in place when the backup fails (`--no-clean`).
+    pub fn set_keep_on_abort(&mut self, keep: bool) {
+        self.keep_on_abort = keep;
     }
 
     fn map(&self, location: &str) -> PathBuf {
@@ -255,6 +281,9 @@ impl BackupSink for DirectorySink {
     }
 
     fn finish(&mut self, _end: &BackupEnd) -> Result<(), SinkError> {
+        if let Some(f) = &mut self.finishing {
+            f(&self.staging)?;
+        }
         if self.sync {
             for d in &self.tablespace_dirs {
                 fsync_tree(d)?;
@@ -281,6 +310,9 @@ impl BackupSink for DirectorySink {
 
     fn abort(&mut self) {
         self.file = None;
+        if self.keep_on_abort {
+            return;
+        }
         let _ = fs::remove_dir_all(&self.staging);
         for d in &self.tablespace_dirs {
             if let Ok(entries) = fs::read_dir(d) {

@@ -20,9 +20,35 @@ pub struct ZstdCompression {
     pub workers: u32,
 }
 
+/// Client-side compression of the archives: zstd or gzip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCompression {
+    /// zstd (`.zst`).
+    Zstd(ZstdCompression),
+    /// gzip (`.gz`) at a level from 1 to 9, or -1 for zlib's default.
+    Gzip(i32),
+}
+
+impl ClientCompression {
+    /// The file name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ClientCompression::Zstd(_) => ".zst",
+            ClientCompression::Gzip(_) => ".gz",
+        }
+    }
+}
+
+impl From<ZstdCompression> for ClientCompression {
+    fn from(z: ZstdCompression) -> Self {
+        ClientCompression::Zstd(z)
+    }
+}
+
 enum Out {
     Plain(BufWriter<File>),
     Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
+    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
 }
 
 impl std::fmt::Debug for Out {
@@ -30,12 +56,13 @@ impl std::fmt::Debug for Out {
         f.write_str(match self {
             Out::Plain(_) => "Plain",
             Out::Zstd(_) => "Zstd",
+            Out::Gzip(_) => "Gzip",
         })
     }
 }
 
 impl Out {
-    fn create(path: &Path, zstd: Option<ZstdCompression>) -> Result<Out, SinkError> {
+    fn create(path: &Path, comp: Option<ClientCompression>) -> Result<Out, SinkError> {
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -43,9 +70,20 @@ impl Out {
             .open(path)
             .map_err(|e| SinkError::io("could not create file", path, e))?;
         let w = BufWriter::with_capacity(1 << 20, f);
-        Ok(match zstd {
+        Ok(match comp {
             None => Out::Plain(w),
-            Some(z) => {
+            Some(ClientCompression::Gzip(level)) => {
+                let l = if level < 0 {
+                    6
+                } else {
+                    level.clamp(1, 9) as u32
+                };
+                Out::Gzip(flate2::write::GzEncoder::new(
+                    w,
+                    flate2::Compression::new(l),
+                ))
+            }
+            Some(ClientCompression::Zstd(z)) => {
                 let mut e = zstd::stream::write::Encoder::new(w, z.level)
                     .map_err(|e| SinkError::io("could not start compression for", path, e))?;
                 if z.workers > 0 {
@@ -62,6 +100,7 @@ impl Out {
         match self {
             Out::Plain(w) => w.write_all(b),
             Out::Zstd(w) => w.write_all(b),
+            Out::Gzip(w) => w.write_all(b),
         }
     }
 
@@ -69,6 +108,7 @@ impl Out {
         match self {
             Out::Plain(mut w) => w.flush(),
             Out::Zstd(e) => e.finish()?.flush(),
+            Out::Gzip(e) => e.finish()?.flush(),
         }
     }
 }
@@ -81,7 +121,7 @@ pub struct TarSink {
     dir: DirectorySink,
     staging: PathBuf,
     sync: bool,
-    zstd: Option<ZstdCompression>,
+    zstd: Option<ClientCompression>,
     current: Option<(Out, PathBuf)>,
 }
 
@@ -91,11 +131,12 @@ impl TarSink {
         Self::with_compression(target, sync, None)
     }
 
-    /// As [`TarSink::new`], compressing the archives the server sent uncompressed with zstd.
+    /// As [`TarSink::new`], compressing the archives the server sent uncompressed (zstd or
+    /// gzip).
     pub fn with_compression(
         target: &Path,
         sync: bool,
-        zstd: Option<ZstdCompression>,
+        zstd: Option<ClientCompression>,
     ) -> Result<Self, SinkError> {
         let dir = DirectorySink::new(target, Vec::new(), sync)?;
         let name = target
@@ -121,7 +162,7 @@ impl BackupSink for TarSink {
         // Archives the server compressed are kept as they came: no second compression.
         let zstd = self.zstd.filter(|_| a.name.ends_with(".tar"));
         let name = match zstd {
-            Some(_) => format!("{}.zst", a.name),
+            Some(c) => format!("{}{}", a.name, c.suffix()),
             None => a.name.clone(),
         };
         let path = self.staging.join(name);
@@ -163,10 +204,9 @@ impl BackupSink for TarSink {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
         names.sort();
-        let path = self.staging.join(if self.zstd.is_some() {
-            "pg_wal.tar.zst"
-        } else {
-            "pg_wal.tar"
+        let path = self.staging.join(match self.zstd {
+            Some(c) => format!("pg_wal.tar{}", c.suffix()),
+            None => "pg_wal.tar".to_owned(),
         });
         let mut out = Out::create(&path, self.zstd)?;
         let werr = |e| SinkError::io("could not write to file", &path, e);
