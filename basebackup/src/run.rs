@@ -330,6 +330,8 @@ async fn run(
                     estimate,
                 });
             }
+            // with a TARGET the server keeps the archives: it names them but sends no data
+            BaseBackupEvent::ArchiveStart { .. } if options.target.is_some() => {}
             BaseBackupEvent::ArchiveStart {
                 name,
                 tablespace_location,

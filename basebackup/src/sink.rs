@@ -204,6 +204,22 @@ impl<A: BackupSink, B: BackupSink> BackupSink for Tee<A, B> {
     }
 }
 
+/// A sink that keeps nothing: for `--target` backups, whose archives stay on the server.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullSink;
+
+impl BackupSink for NullSink {
+    fn archive_begin(&mut self, _archive: &ArchiveInfo) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn archive_end(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn finish(&mut self, _end: &BackupEnd) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
 pub(crate) mod directory;
 mod tarfile;
 mod verify;

@@ -24,10 +24,13 @@ pub struct BaseBackupArgs {
     conn: ConnArgs,
     /// Receive the base backup into this directory
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
-    pgdata: PathBuf,
-    /// Output format: p (plain) or t (tar)
-    #[arg(short = 'F', long = "format", value_name = "p|t", default_value = "p")]
-    format: String,
+    pgdata: Option<PathBuf>,
+    /// Output format: p (plain, the default) or t (tar)
+    #[arg(short = 'F', long = "format", value_name = "p|t")]
+    format: Option<String>,
+    /// Have the server keep the backup: blackhole, or server:DIRECTORY (on the server)
+    #[arg(short = 't', long = "target", value_name = "TARGET[:DETAIL]")]
+    target: Option<String>,
     /// WAL method: stream (on a second connection while the backup runs), fetch, or none
     #[arg(
         short = 'X',
@@ -277,7 +280,13 @@ fn parse_rate(s: &str) -> anyhow::Result<u32> {
 }
 
 pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
-    let plain = match args.format.as_str() {
+    if let Some(t) = &args.target {
+        return run_target(&args, t).await;
+    }
+    let Some(pgdata) = args.pgdata.clone() else {
+        bail!("no target directory specified");
+    };
+    let plain = match args.format.as_deref().unwrap_or("p") {
         "p" | "plain" => true,
         "t" | "tar" => false,
         f => bail!("invalid output format \"{f}\", must be \"plain\" or \"tar\""),
@@ -413,7 +422,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         .map(|m| m.trim() == "0750")
         .unwrap_or(false);
     let writer: Box<dyn BackupSink> = if plain {
-        let mut d = DirectorySink::new(&args.pgdata, mappings, !args.no_sync)?;
+        let mut d = DirectorySink::new(&pgdata, mappings, !args.no_sync)?;
         if let Some(w) = &args.waldir {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -443,11 +452,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             Compression::Client(z) => Some(z),
             _ => None,
         };
-        Box::new(TarSink::with_compression(
-            &args.pgdata,
-            !args.no_sync,
-            zstd,
-        )?)
+        Box::new(TarSink::with_compression(&pgdata, !args.no_sync, zstd)?)
     };
     let mut sink = Tee(VerifySink::new(kind, Some(id.system_id)), writer);
     let wal_plan = match wal_method {
@@ -505,7 +510,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let v = serde_json::json!({
             "label": args.label,
-            "directory": args.pgdata.display().to_string(),
+            "directory": pgdata.display().to_string(),
             "format": if plain { "plain" } else { "tar" },
             "start_lsn": summary.start_lsn.to_string(),
             "end_lsn": summary.end_lsn.to_string(),
@@ -523,4 +528,83 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--target`: the server keeps the backup (`blackhole` discards it, `server:DIR` writes it on
+/// the server); no WAL streaming, no local output, as pg_basebackup allows it.
+async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitCode> {
+    if args.pgdata.is_some() {
+        bail!("cannot specify both output directory and backup target");
+    }
+    if args.format.is_some() {
+        bail!("cannot specify both format and backup target");
+    }
+    if !matches!(args.wal_method.as_str(), "none" | "n" | "fetch" | "f") {
+        bail!("WAL cannot be streamed when a backup target is specified");
+    }
+    if matches!(args.wal_method.as_str(), "fetch" | "f") {
+        bail!("WAL cannot be fetched when a backup target is specified (use --wal-method=none)");
+    }
+    let (name, detail) = match target.split_once(':') {
+        Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    let compression = match &args.compress {
+        None => None,
+        Some(c) => match parse_compress(&format!("server-{}", c.trim_start_matches("server-")))? {
+            Compression::Server(s) => Some(s),
+            _ => None,
+        },
+    };
+    let checkpoint = match args.checkpoint.to_ascii_lowercase().as_str() {
+        "fast" => CheckpointMode::Fast,
+        "spread" => CheckpointMode::Spread,
+        c => bail!("invalid checkpoint argument \"{c}\", must be \"fast\" or \"spread\""),
+    };
+    let kind = ChecksumKind::parse(&args.manifest_checksums).with_context(|| {
+        format!(
+            "unrecognized manifest checksum algorithm: \"{}\"",
+            args.manifest_checksums
+        )
+    })?;
+    let options = BaseBackupOptions {
+        label: args.label.clone(),
+        checkpoint,
+        wait: true,
+        max_rate_kb: args.max_rate.as_deref().map(parse_rate).transpose()?,
+        verify_checksums: !args.no_verify_checksums,
+        manifest: !args.no_manifest,
+        manifest_checksums: kind,
+        compression,
+        target: Some((name, detail)),
+        ..Default::default()
+    };
+    let config = args.conn.config()?;
+    let mut conn = pgrepl::Connection::connect(&config).await?;
+    let mut sink = basebackup::sink::NullSink;
+    let summary = take_backup(&mut conn, &options, &WalMethod::None, &mut sink, |ev| {
+        if let BackupEvent::Notice(n) = ev {
+            eprintln!("{}:  {}", n.severity, n.message)
+        }
+    })
+    .await;
+    let summary = match summary {
+        Ok(s) => s,
+        Err(basebackup::run::BackupError::Server(pgrepl::Error::Db { error, .. })) => {
+            bail!("could not initiate base backup: {error}")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let _ = conn.close().await;
+    if args.verbose > 0 {
+        eprintln!(
+            "pgrepl: the server kept the backup ({target}); write-ahead log end point: {}",
+            summary.end_lsn
+        );
+    }
+    Ok(if summary.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

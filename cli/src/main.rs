@@ -17,7 +17,13 @@ use clap::{Parser, Subcommand};
 
 /// Physical backups of PostgreSQL over the streaming-replication protocol.
 #[derive(Parser, Debug)]
-#[command(name = "pgrepl", version, about, disable_help_flag = true)]
+#[command(
+    name = "pgrepl",
+    version,
+    about,
+    disable_help_flag = true,
+    propagate_version = true
+)]
 struct Cli {
     /// Print help
     #[arg(long, action = clap::ArgAction::Help, global = true)]

@@ -775,6 +775,40 @@ fn pg18_pg_basebackup_flags() {
         .unwrap()
         .any(|e| e.unwrap().file_name().len() == 24));
     assert!(!work.join("w/backup_manifest").exists());
+    // --target: the server keeps the backup
+    fails(
+        run(&["--target", "blackhole"]),
+        "WAL cannot be streamed when a backup target is specified",
+    );
+    fails(
+        run(&["--target", "blackhole", "-X", "none", "-D", &t("bh")]),
+        "cannot specify both output directory and backup target",
+    );
+    fails(
+        run(&["--target", "blackhole", "-X", "none", "-F", "t"]),
+        "cannot specify both format and backup target",
+    );
+    fails(
+        run(&["--target", "bogus", "-X", "none"]),
+        "unrecognized target",
+    );
+    ok(run(&["--target", "blackhole", "-X", "none"]));
+    let shared = work.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    Command::new("chmod")
+        .arg("0777")
+        .arg(&shared)
+        .status()
+        .unwrap();
+    let on_server = shared.join("onserver");
+    ok(run(&[
+        "--target",
+        &format!("server:{}", on_server.display()),
+        "-X",
+        "none",
+    ]));
+    assert!(on_server.join("base.tar").exists() && on_server.join("backup_manifest").exists());
+    fails(run(&[]), "no target directory specified");
     // default modes: 0700 / 0600
     let mut m = (Vec::new(), Vec::new());
     modes(&work.join("s"), &mut m);

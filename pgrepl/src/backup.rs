@@ -134,6 +134,9 @@ pub struct BaseBackupOptions {
     pub manifest_checksums: ManifestChecksums,
     /// `INCREMENTAL` (needs a prior UPLOAD_MANIFEST on the same connection; PG 17+).
     pub incremental: bool,
+    /// `TARGET` and `TARGET_DETAIL` (`blackhole`, `server` with a directory on the server):
+    /// the server keeps the archives and sends none.
+    pub target: Option<(String, Option<String>)>,
 }
 
 impl Default for BaseBackupOptions {
@@ -152,6 +155,7 @@ impl Default for BaseBackupOptions {
             manifest_force_encode: false,
             manifest_checksums: ManifestChecksums::Crc32c,
             incremental: false,
+            target: None,
         }
     }
 }
@@ -220,6 +224,12 @@ impl BaseBackupOptions {
         }
         if self.incremental {
             opts.push("INCREMENTAL".into());
+        }
+        if let Some((t, detail)) = &self.target {
+            opts.push(format!("TARGET {}", quote_literal(t)));
+            if let Some(d) = detail {
+                opts.push(format!("TARGET_DETAIL {}", quote_literal(d)));
+            }
         }
         format!("BASE_BACKUP ( {} )", opts.join(", "))
     }
