@@ -353,9 +353,6 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             bail!("directory \"{}\" exists but is not empty", w.display());
         }
     }
-    if args.write_recovery_conf && !plain {
-        bail!("--write-recovery-conf is only supported in plain format by pgrepl");
-    }
     // The parent's manifest, read up front so a bad path fails before anything is written.
     let parent_manifest = match &args.incremental {
         None => None,
@@ -421,6 +418,19 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         .await
         .map(|m| m.trim() == "0750")
         .unwrap_or(false);
+    let recovery = args.write_recovery_conf.then(|| {
+        let mut conf = format!(
+            "primary_conninfo = '{}'\n",
+            primary_conninfo(&config).replace('\'', "''")
+        );
+        if let Some(n) = &args.slot {
+            conf.push_str(&format!(
+                "primary_slot_name = '{}'\n",
+                n.replace('\'', "''")
+            ));
+        }
+        conf
+    });
     let writer: Box<dyn BackupSink> = if plain {
         let mut d = DirectorySink::new(&pgdata, mappings, !args.no_sync)?;
         if let Some(w) = &args.waldir {
@@ -429,21 +439,12 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
                 .create(w)
                 .with_context(|| format!("could not create directory \"{}\"", w.display()))?;
         }
-        let recovery = args.write_recovery_conf.then(|| {
-            let mut conf = format!(
-                "primary_conninfo = '{}'\n",
-                primary_conninfo(&config).replace('\'', "''")
-            );
-            if let Some(n) = &args.slot {
-                conf.push_str(&format!(
-                    "primary_slot_name = '{}'\n",
-                    n.replace('\'', "''")
-                ));
-            }
-            conf
-        });
         if recovery.is_some() || args.waldir.is_some() || group {
-            d.set_finishing(Box::new(finishing(recovery, args.waldir.clone(), group)));
+            d.set_finishing(Box::new(finishing(
+                recovery.clone(),
+                args.waldir.clone(),
+                group,
+            )));
         }
         d.set_keep_on_abort(args.no_clean);
         Box::new(d)
@@ -452,7 +453,11 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             Compression::Client(z) => Some(z),
             _ => None,
         };
-        Box::new(TarSink::with_compression(&pgdata, !args.no_sync, zstd)?)
+        let mut t = TarSink::with_compression(&pgdata, !args.no_sync, zstd)?;
+        if let Some(r) = recovery {
+            t.set_recovery_conf(r);
+        }
+        Box::new(t)
     };
     let mut sink = Tee(VerifySink::new(kind, Some(id.system_id)), writer);
     let wal_plan = match wal_method {

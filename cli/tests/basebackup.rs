@@ -759,6 +759,41 @@ fn pg18_pg_basebackup_flags() {
     );
     assert!(auto.contains("\nprimary_slot_name = 'slot0'\n"), "{auto}");
     assert!(work.join("r/standby.signal").exists());
+    // -R in tar format: base.tar carries the settings and standby.signal, and still verifies
+    ok(run(&["-D", &t("rt"), "-F", "t", "-R"]));
+    let mut names = Vec::new();
+    let mut conf = Vec::new();
+    let mut parser = basebackup::tar::TarParser::new();
+    let bytes = std::fs::read(work.join("rt/base.tar")).unwrap();
+    let mut in_conf = false;
+    parser
+        .feed(&bytes, |ev| -> Result<(), basebackup::tar::TarError> {
+            match ev {
+                basebackup::tar::TarEvent::Entry(h) => {
+                    in_conf = h.path == "postgresql.auto.conf";
+                    names.push(h.path);
+                }
+                basebackup::tar::TarEvent::Data(d) if in_conf => conf.extend_from_slice(d),
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+    parser.finish().unwrap();
+    assert!(names.iter().any(|n| n == "standby.signal"));
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| *n == "postgresql.auto.conf")
+            .count(),
+        1
+    );
+    assert!(String::from_utf8_lossy(&conf).contains("primary_conninfo = 'user=postgres"));
+    ok(pgrepl()
+        .arg("verify")
+        .arg(work.join("rt"))
+        .output()
+        .unwrap());
     // --waldir: pg_wal is a link to it and holds the WAL
     ok(run(&[
         "-D",

@@ -123,6 +123,18 @@ pub struct TarSink {
     sync: bool,
     zstd: Option<ClientCompression>,
     current: Option<(Out, PathBuf)>,
+    /// `-R`: lines appended to postgresql.auto.conf, and standby.signal, in base.tar.
+    recovery: Option<String>,
+    /// Rewriting the current archive from its entries (base.tar with `-R`).
+    rewrite: Option<Rewrite>,
+}
+
+#[derive(Debug, Default)]
+struct Rewrite {
+    /// postgresql.auto.conf, held back to be written with the recovery settings at the end.
+    auto_conf: Option<(crate::tar::EntryHeader, Vec<u8>)>,
+    in_auto_conf: bool,
+    size: u64,
 }
 
 impl TarSink {
@@ -153,7 +165,28 @@ impl TarSink {
             sync,
             zstd,
             current: None,
+            recovery: None,
+            rewrite: None,
         })
+    }
+
+    /// Writes standby settings into base.tar as pg_basebackup -R does: `lines` appended to
+    /// postgresql.auto.conf, and an empty standby.signal. Archives the server compressed cannot
+    /// be rewritten; base.tar is then left as it came and this fails the backup.
+    pub fn set_recovery_conf(&mut self, lines: String) {
+        self.recovery = Some(lines);
+    }
+
+    fn write_entry(&mut self, h: &crate::tar::EntryHeader, data: &[u8]) -> Result<(), SinkError> {
+        let header = crate::tar::encode_header(h).map_err(SinkError::new)?;
+        if let Some((f, p)) = &mut self.current {
+            let pad = (512 - data.len() % 512) % 512;
+            f.write_all(&header)
+                .and_then(|()| f.write_all(data))
+                .and_then(|()| f.write_all(&[0u8; 512][..pad]))
+                .map_err(|e| SinkError::io("could not write to file", p, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -167,10 +200,73 @@ impl BackupSink for TarSink {
         };
         let path = self.staging.join(name);
         self.current = Some((Out::create(&path, zstd)?, path));
+        if self.recovery.is_some() && a.tablespace_oid.is_none() {
+            if !a.name.ends_with(".tar") {
+                return Err(SinkError::new(
+                    "recovery settings (-R) cannot be written into an archive the server compressed; use client-side compression",
+                ));
+            }
+            self.rewrite = Some(Rewrite::default());
+        }
+        Ok(())
+    }
+
+    fn entry_begin(&mut self, e: &crate::tar::EntryHeader) -> Result<(), SinkError> {
+        let Some(rw) = &mut self.rewrite else {
+            return Ok(());
+        };
+        if e.path == "postgresql.auto.conf" && e.kind == crate::tar::EntryKind::File {
+            rw.auto_conf = Some((e.clone(), Vec::new()));
+            rw.in_auto_conf = true;
+            return Ok(());
+        }
+        rw.in_auto_conf = false;
+        rw.size = e.size;
+        let header = crate::tar::encode_header(e).map_err(SinkError::new)?;
+        if let Some((f, p)) = &mut self.current {
+            f.write_all(&header)
+                .map_err(|err| SinkError::io("could not write to file", p, err))?;
+        }
+        Ok(())
+    }
+
+    fn entry_data(&mut self, d: &[u8]) -> Result<(), SinkError> {
+        let Some(rw) = &mut self.rewrite else {
+            return Ok(());
+        };
+        if rw.in_auto_conf {
+            if let Some((_, buf)) = &mut rw.auto_conf {
+                buf.extend_from_slice(d);
+            }
+            return Ok(());
+        }
+        if let Some((f, p)) = &mut self.current {
+            f.write_all(d)
+                .map_err(|e| SinkError::io("could not write to file", p, e))?;
+        }
+        Ok(())
+    }
+
+    fn entry_end(&mut self) -> Result<(), SinkError> {
+        let Some(rw) = &mut self.rewrite else {
+            return Ok(());
+        };
+        if rw.in_auto_conf {
+            rw.in_auto_conf = false;
+            return Ok(());
+        }
+        let pad = ((512 - rw.size % 512) % 512) as usize;
+        if let Some((f, p)) = &mut self.current {
+            f.write_all(&[0u8; 512][..pad])
+                .map_err(|e| SinkError::io("could not write to file", p, e))?;
+        }
         Ok(())
     }
 
     fn archive_raw(&mut self, raw: &[u8]) -> Result<(), SinkError> {
+        if self.rewrite.is_some() {
+            return Ok(());
+        }
         if let Some((f, p)) = &mut self.current {
             f.write_all(raw)
                 .map_err(|e| SinkError::io("could not write to file", p, e))?;
@@ -179,6 +275,41 @@ impl BackupSink for TarSink {
     }
 
     fn archive_end(&mut self) -> Result<(), SinkError> {
+        if let Some(rw) = self.rewrite.take() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let (mut h, mut conf) = rw.auto_conf.unwrap_or_else(|| {
+                (
+                    crate::tar::EntryHeader {
+                        path: "postgresql.auto.conf".into(),
+                        kind: crate::tar::EntryKind::File,
+                        mode: 0o600,
+                        size: 0,
+                        mtime: now,
+                        link_target: None,
+                    },
+                    Vec::new(),
+                )
+            });
+            conf.extend_from_slice(self.recovery.as_deref().unwrap_or("").as_bytes());
+            h.size = conf.len() as u64;
+            self.write_entry(&h, &conf)?;
+            let signal = crate::tar::EntryHeader {
+                path: "standby.signal".into(),
+                kind: crate::tar::EntryKind::File,
+                mode: 0o600,
+                size: 0,
+                mtime: now,
+                link_target: None,
+            };
+            self.write_entry(&signal, &[])?;
+            if let Some((f, p)) = &mut self.current {
+                f.write_all(&[0u8; 1024])
+                    .map_err(|e| SinkError::io("could not write to file", p, e))?;
+            }
+        }
         if let Some((f, p)) = self.current.take() {
             f.finish()
                 .map_err(|e| SinkError::io("could not write to file", &p, e))?;
