@@ -9,17 +9,19 @@
 //!
 //!   pgrepl-bench combine [--scale N] [--rounds R]        (needs target/release/pgrepl)
 //!   pgrepl-bench verify [--scale N] [--rounds R]         (needs target/release/pgrepl)
+//!   pgrepl-bench micro [--rounds R]                      (no server: tar, WAL, checksums in MB/s)
 
 mod basebackup;
 mod combine;
 mod measure;
+mod micro;
 mod receivewal;
 mod wal_decode;
 
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R]");
     std::process::exit(2);
 }
 
@@ -51,6 +53,7 @@ fn main() {
         "basebackup" => basebackup::bench(scale, rounds),
         "combine" => combine::bench_combine(scale, rounds),
         "verify" => combine::bench_verify(scale, rounds),
+        "micro" => micro::bench(rounds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");
