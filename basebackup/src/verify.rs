@@ -35,6 +35,22 @@ pub struct VerifyOptions {
     pub skip_wal: bool,
     /// Stop at the first problem.
     pub exit_on_error: bool,
+    /// Read the manifest from here instead of `BACKUP/backup_manifest`.
+    pub manifest_path: Option<PathBuf>,
+    /// Check sizes but not checksums.
+    pub skip_checksums: bool,
+    /// Paths (relative to the backup) to leave out, with everything under them.
+    pub ignore: Vec<String>,
+}
+
+impl VerifyOptions {
+    /// Whether `path` is, or lies under, an ignored path.
+    pub fn is_ignored(&self, path: &str) -> bool {
+        self.ignore.iter().any(|i| {
+            let i = i.trim_end_matches('/');
+            path == i || path.strip_prefix(i).is_some_and(|r| r.starts_with('/'))
+        })
+    }
 }
 
 /// A problem found.
@@ -48,7 +64,12 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.subject, self.message)
+        // messages that quote their file (as pg_verifybackup's do) need no prefix
+        if self.message.contains(&format!("\"{}\"", self.subject)) {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.subject, self.message)
+        }
     }
 }
 
@@ -61,6 +82,8 @@ pub struct VerifyReport {
     pub files_checked: usize,
     /// WAL records decoded.
     pub wal_records: u64,
+    /// Bytes of the files checked.
+    pub bytes_checked: u64,
 }
 
 struct Ctx<'a> {
@@ -118,7 +141,7 @@ fn walk_plain(
         Err(e) => {
             errs.push(Problem {
                 subject: rel.to_owned(),
-                message: format!("could not read directory: {e}"),
+                message: format!("could not open directory \"{}\": {e}", dir.display()),
             });
             return;
         }
@@ -139,7 +162,10 @@ fn walk_plain(
             Err(err) => {
                 errs.push(Problem {
                     subject: path,
-                    message: format!("could not stat: {err}"),
+                    message: format!(
+                        "could not stat file or directory \"{}\": {err}",
+                        e.path().display()
+                    ),
                 });
                 continue;
             }
@@ -154,7 +180,7 @@ fn walk_plain(
                 }
                 Err(err) => errs.push(Problem {
                     subject: path,
-                    message: format!("could not read: {err}"),
+                    message: format!("could not open file \"{}\": {err}", e.path().display()),
                 }),
             }
         }
@@ -272,10 +298,17 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         report: VerifyReport::default(),
         opts,
     };
-    let manifest_bytes = match fs::read(path.join("backup_manifest")) {
+    let manifest_path = opts
+        .manifest_path
+        .clone()
+        .unwrap_or_else(|| path.join("backup_manifest"));
+    let manifest_bytes = match fs::read(&manifest_path) {
         Ok(b) => b,
         Err(e) => {
-            ctx.problem("backup_manifest", format!("could not read: {e}"));
+            ctx.problem(
+                "backup_manifest",
+                format!("could not open file \"{}\": {e}", manifest_path.display()),
+            );
             return ctx.report;
         }
     };
@@ -289,7 +322,14 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     let kinds: BTreeMap<String, ChecksumKind> = m
         .files
         .iter()
-        .map(|f| (f.path.clone(), f.checksum_kind))
+        .map(|f| {
+            let k = if opts.skip_checksums || opts.is_ignored(&f.path) {
+                ChecksumKind::None
+            } else {
+                f.checksum_kind
+            };
+            (f.path.clone(), k)
+        })
         .collect();
     let is_tar = ["base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4"]
         .iter()
@@ -394,39 +434,55 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         _ => {}
     }
 
-    // files
+    // files, reported in pg_verifybackup's order: what is on disk (extra files, sizes), then
+    // what is missing, then checksums
     let listed: HashSet<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
-    for f in m.files.iter().filter(|f| !ignored(&f.path)) {
-        match seen.get(&f.path) {
-            None => {
-                if ctx.problem(&f.path, "present in the manifest but not on disk") {
+    let skip = |p: &str| ignored(p) || opts.is_ignored(p);
+    for p in seen.keys().filter(|p| !skip(p)) {
+        if !listed.contains(p.as_str())
+            && ctx.problem(
+                p,
+                format!("\"{p}\" is present on disk but not in the manifest"),
+            )
+        {
+            return ctx.report;
+        }
+    }
+    let mut mismatched = Vec::new();
+    for f in m.files.iter().filter(|f| !skip(&f.path)) {
+        if let Some((size, sum)) = seen.get(&f.path) {
+            ctx.report.files_checked += 1;
+            ctx.report.bytes_checked += *size;
+            if *size != f.size {
+                if ctx.problem(
+                    &f.path,
+                    format!(
+                        "\"{}\" has size {size} on disk but size {} in the manifest",
+                        f.path, f.size
+                    ),
+                ) {
                     return ctx.report;
                 }
-            }
-            Some((size, sum)) => {
-                ctx.report.files_checked += 1;
-                if *size != f.size {
-                    if ctx.problem(
-                        &f.path,
-                        format!(
-                            "has size {size} on disk but size {} in the manifest",
-                            f.size
-                        ),
-                    ) {
-                        return ctx.report;
-                    }
-                } else if f.checksum_kind != ChecksumKind::None
-                    && *sum != f.checksum
-                    && ctx.problem(&f.path, "checksum mismatch")
-                {
-                    return ctx.report;
-                }
+            } else if !opts.skip_checksums
+                && f.checksum_kind != ChecksumKind::None
+                && *sum != f.checksum
+            {
+                mismatched.push(f.path.clone());
             }
         }
     }
-    for p in seen.keys() {
-        if !listed.contains(p.as_str()) && ctx.problem(p, "present on disk but not in the manifest")
+    for f in m.files.iter().filter(|f| !skip(&f.path)) {
+        if !seen.contains_key(&f.path)
+            && ctx.problem(
+                &f.path,
+                format!("\"{}\" is present in the manifest but not on disk", f.path),
+            )
         {
+            return ctx.report;
+        }
+    }
+    for p in mismatched {
+        if ctx.problem(&p, format!("checksum mismatch for file \"{p}\"")) {
             return ctx.report;
         }
     }

@@ -22,6 +22,18 @@ pub struct VerifyArgs {
     /// Print nothing when the backup is fine
     #[arg(short = 'q', long = "quiet")]
     quiet: bool,
+    /// Read the manifest from this file
+    #[arg(short = 'm', long = "manifest-path", value_name = "PATH")]
+    manifest_path: Option<PathBuf>,
+    /// Check sizes but not checksums
+    #[arg(short = 's', long = "skip-checksums")]
+    skip_checksums: bool,
+    /// Ignore this path (relative to the backup) and everything under it; repeatable
+    #[arg(short = 'i', long = "ignore", value_name = "RELATIVE_PATH")]
+    ignore: Vec<String>,
+    /// Show how much was checked
+    #[arg(short = 'P', long = "progress")]
+    progress: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -31,14 +43,24 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    if args.progress && args.quiet {
+        anyhow::bail!("cannot specify both -P/--progress and -q/--quiet");
+    }
     let report = verify_backup(
         &args.backup,
         &VerifyOptions {
             wal_archive: args.wal_archive.clone(),
             skip_wal: args.no_parse_wal,
             exit_on_error: args.exit_on_error,
+            manifest_path: args.manifest_path.clone(),
+            skip_checksums: args.skip_checksums,
+            ignore: args.ignore.clone(),
         },
     );
+    if args.progress {
+        let kb = report.bytes_checked / 1024;
+        eprintln!("{kb}/{kb} kB (100%) verified");
+    }
     for p in &report.problems {
         eprintln!("pgrepl: error: {}", p.to_string().replace('\n', " "));
     }

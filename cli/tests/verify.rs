@@ -124,7 +124,7 @@ fn pg18_every_kind_of_damage_is_named() {
     fails_naming(
         &d,
         &[],
-        "base/extra_file: present on disk but not in the manifest",
+        "\"base/extra_file\" is present on disk but not in the manifest",
     );
 
     let d = case("missing");
@@ -132,7 +132,7 @@ fn pg18_every_kind_of_damage_is_named() {
     fails_naming(
         &d,
         &[],
-        "global/pg_filenode.map: present in the manifest but not on disk",
+        "\"global/pg_filenode.map\" is present in the manifest but not on disk",
     );
 
     let d = case("size");
@@ -141,14 +141,14 @@ fn pg18_every_kind_of_damage_is_named() {
         .open(d.join("PG_VERSION"))
         .unwrap();
     std::io::Write::write_all(&mut f, b"\n").unwrap();
-    fails_naming(&d, &[], "PG_VERSION: has size");
+    fails_naming(&d, &[], "\"PG_VERSION\" has size");
 
     let d = case("byte");
     let p = d.join(&rel);
     let mut bytes = std::fs::read(&p).unwrap();
     bytes[9000] ^= 1;
     std::fs::write(&p, bytes).unwrap();
-    fails_naming(&d, &[], &format!("{rel}: checksum mismatch"));
+    fails_naming(&d, &[], &format!("checksum mismatch for file \"{rel}\""));
 
     let d = case("other_manifest");
     std::fs::copy(foreign.join("backup_manifest"), d.join("backup_manifest")).unwrap();
@@ -195,5 +195,69 @@ fn pg18_every_kind_of_damage_is_named() {
         .lines()
         .count();
     assert_eq!((all, first), (2, 1));
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// pg_verifybackup's options and its order of reporting (PostgreSQL's 004_options.pl).
+#[test]
+fn pg17_options_as_pg_verifybackup() {
+    let c = Cluster::start(PgVersion::V17);
+    let work = temp_dir("vopt");
+    let b = work.join("b");
+    backup(&c, &b, &[]);
+    let out = verify(&b, &["-q"]);
+    assert!(out.status.success() && out.stdout.is_empty() && out.stderr.is_empty());
+    fails_naming(
+        &b,
+        &["-P", "-q"],
+        "cannot specify both -P/--progress and -q/--quiet",
+    );
+    // PG_VERSION changed without changing its length
+    let v = b.join("PG_VERSION");
+    let len = std::fs::metadata(&v).unwrap().len() as usize;
+    std::fs::write(&v, "q".repeat(len)).unwrap();
+    fails_naming(&b, &["-q"], "checksum mismatch for file \"PG_VERSION\"");
+    let ok_with = |extra: &[&str]| {
+        let out = verify(&b, extra);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("backup successfully verified"));
+        out
+    };
+    ok_with(&["-s"]);
+    let out = ok_with(&["-P", "-i", "PG_VERSION"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(" kB (100%) verified"));
+    std::fs::remove_dir_all(b.join("pg_xact")).unwrap();
+    fails_naming(
+        &b,
+        &["-i", "PG_VERSION"],
+        "is present in the manifest but not on disk",
+    );
+    ok_with(&["-i", "PG_VERSION", "-i", "pg_xact"]);
+    // both reported; with -e only the first, the missing file (checksums come last)
+    let err = String::from_utf8_lossy(&verify(&b, &[]).stderr).into_owned();
+    assert!(
+        err.contains("\"pg_xact/0000\" is present in the manifest but not on disk"),
+        "{err}"
+    );
+    assert!(
+        err.contains("checksum mismatch for file \"PG_VERSION\""),
+        "{err}"
+    );
+    let err = String::from_utf8_lossy(&verify(&b, &["-e"]).stderr).into_owned();
+    assert!(
+        err.contains("is present in the manifest but not on disk")
+            && !err.contains("checksum mismatch"),
+        "{err}"
+    );
+    // a manifest elsewhere, and a backup directory that does not exist
+    fails_naming(
+        &work.join("fake"),
+        &["-m", b.join("backup_manifest").to_str().unwrap()],
+        "could not open directory",
+    );
     let _ = std::fs::remove_dir_all(&work);
 }
