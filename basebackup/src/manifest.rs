@@ -274,47 +274,61 @@ impl ManifestWriter {
     }
 }
 
-fn field<'a>(
-    obj: &'a serde_json::Map<String, Value>,
-    key: &str,
-    what: &str,
-) -> Result<&'a Value, ManifestError> {
-    obj.get(key)
-        .ok_or_else(|| bad(format!("{what}: missing \"{key}\"")))
+/// A structural error, worded as pg_verifybackup's manifest parser words it.
+fn perr(message: impl std::fmt::Display) -> ManifestError {
+    bad(format!("could not parse backup manifest: {message}"))
 }
 
-fn lsn(v: &Value, what: &str) -> Result<Lsn, ManifestError> {
-    v.as_str()
-        .ok_or_else(|| bad(format!("{what} is not a string")))?
-        .parse()
-        .map_err(|e| bad(format!("{what}: {e}")))
+/// What kind of JSON value `v` is, as "unexpected ..." errors name it.
+fn unexpected(v: &Value) -> ManifestError {
+    perr(match v {
+        Value::Object(_) => "unexpected object start",
+        Value::Array(_) => "unexpected array start",
+        _ => "unexpected scalar",
+    })
 }
 
-/// Parses and checks a manifest: syntax, structure, and the manifest checksum.
+/// Parses and checks a manifest: syntax, structure, and the manifest checksum. Errors are those
+/// of PostgreSQL's `parse_manifest.c` (prefixed "could not parse backup manifest: " for
+/// structural ones) and pg_verifybackup's (duplicate paths, checksums), so they read alike.
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    let root: Value =
+        serde_json::from_slice(bytes).map_err(|e| perr(format!("parsing failed: {e}")))?;
+    let obj = match &root {
+        Value::Object(o) => o,
+        other => return Err(unexpected(other)),
+    };
+    if obj.is_empty() {
+        return Err(perr("unexpected object end"));
+    }
+    // the first key must be the version (serde's map is sorted, so look at the text)
     let trimmed = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
-        .map(|i| &bytes[i..])
+        .map(|i| &bytes[i + 1..])
         .unwrap_or(&[]);
-    let after_brace = trimmed
-        .strip_prefix(b"{")
-        .ok_or_else(|| bad("manifest is not a JSON object"))?;
-    let first_key = after_brace
+    let first_key = trimmed
         .iter()
         .position(|b| !b.is_ascii_whitespace())
-        .map(|i| &after_brace[i..])
+        .map(|i| &trimmed[i..])
         .unwrap_or(&[]);
     if !first_key.starts_with(b"\"PostgreSQL-Backup-Manifest-Version\"") {
-        return Err(bad("expected version indicator as the first key"));
+        return Err(perr("expected version indicator"));
     }
     serde_json::from_slice::<NoDuplicateKeys>(bytes)
-        .map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let root: Value =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let obj = root
-        .as_object()
-        .ok_or_else(|| bad("manifest is not a JSON object"))?;
+        .map_err(|e| perr(format!("parsing failed: {e}")))?;
+    let version = match &obj["PostgreSQL-Backup-Manifest-Version"] {
+        Value::Number(n) => match n.as_u64() {
+            Some(v @ (1 | 2)) => v as u32,
+            _ => return Err(perr("unexpected manifest version")),
+        },
+        Value::String(t) if t.parse::<i64>().is_ok() => match t.parse::<i64>() {
+            Ok(v @ (1 | 2)) => v as u32,
+            _ => return Err(perr("unexpected manifest version")),
+        },
+        Value::String(_) => return Err(perr("manifest version not an integer")),
+        other => return Err(unexpected(other)),
+    };
     for k in obj.keys() {
         if ![
             "PostgreSQL-Backup-Manifest-Version",
@@ -325,33 +339,33 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         ]
         .contains(&k.as_str())
         {
-            return Err(bad(format!("unexpected top-level field \"{k}\"")));
+            return Err(perr("unrecognized top-level field"));
         }
     }
-    let version = obj["PostgreSQL-Backup-Manifest-Version"]
-        .as_u64()
-        .filter(|v| *v == 1 || *v == 2)
-        .ok_or_else(|| bad("unexpected manifest version (expected 1 or 2)"))?
-        as u32;
     let system_identifier = match obj.get("System-Identifier") {
-        None if version >= 2 => return Err(bad("version 2 manifest has no System-Identifier")),
+        None if version >= 2 => return Err(perr("manifest system identifier not found")),
         None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| bad("System-Identifier is not an unsigned integer"))?,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .ok_or_else(|| perr("system identifier in manifest not an integer"))?,
         ),
+        Some(Value::String(_)) => return Err(perr("system identifier in manifest not an integer")),
+        Some(other) => return Err(unexpected(other)),
     };
-    let files_v = field(obj, "Files", "manifest")?
-        .as_array()
-        .ok_or_else(|| bad("\"Files\" is not an array"))?;
+    let empty = Vec::new();
+    let files_v = match obj.get("Files") {
+        None => &empty,
+        Some(Value::Array(a)) => a,
+        Some(other) => return Err(unexpected(other)),
+    };
     let mut files = Vec::with_capacity(files_v.len());
     let mut seen = HashSet::new();
-    for (i, f) in files_v.iter().enumerate() {
-        let what = format!("file entry {}", i + 1);
-        let fo = f
-            .as_object()
-            .ok_or_else(|| bad(format!("{what} is not an object")))?;
-        for k in fo.keys() {
+    for f in files_v {
+        let fo = match f {
+            Value::Object(o) => o,
+            other => return Err(unexpected(other)),
+        };
+        for (k, v) in fo {
             if ![
                 "Path",
                 "Encoded-Path",
@@ -362,67 +376,63 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             ]
             .contains(&k.as_str())
             {
-                return Err(bad(format!("{what}: unexpected field \"{k}\"")));
+                return Err(perr("unexpected file field"));
+            }
+            if !matches!(v, Value::String(_) | Value::Number(_)) {
+                return Err(unexpected(v));
             }
         }
-        let path = match (fo.get("Path"), fo.get("Encoded-Path")) {
-            (Some(p), None) => p
-                .as_str()
-                .ok_or_else(|| bad(format!("{what}: \"Path\" is not a string")))?
-                .to_owned(),
-            (None, Some(e)) => {
-                let raw = e
-                    .as_str()
-                    .and_then(from_hex)
-                    .ok_or_else(|| bad(format!("{what}: \"Encoded-Path\" is not hex")))?;
-                String::from_utf8(raw)
-                    .map_err(|_| bad(format!("{what}: path is not UTF-8 (unsupported)")))?
+        let text = |v: &Value| -> String {
+            match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
             }
-            (Some(_), Some(_)) => {
-                return Err(bad(format!("{what}: both \"Path\" and \"Encoded-Path\"")))
-            }
-            (None, None) => return Err(bad(format!("{what}: missing path name"))),
         };
-        let what = format!("file \"{path}\"");
+        let (path_v, encoded_v) = (fo.get("Path"), fo.get("Encoded-Path"));
+        match (path_v, encoded_v) {
+            (None, None) => return Err(perr("missing path name")),
+            (Some(_), Some(_)) => return Err(perr("both path name and encoded path name")),
+            _ => {}
+        }
+        let size_v = fo.get("Size").ok_or_else(|| perr("missing size"))?;
+        let (alg_v, sum_v) = (fo.get("Checksum-Algorithm"), fo.get("Checksum"));
+        if alg_v.is_some() != sum_v.is_some() {
+            return Err(perr(if alg_v.is_none() {
+                "checksum without algorithm"
+            } else {
+                "algorithm without checksum"
+            }));
+        }
+        let size = text(size_v)
+            .parse::<u64>()
+            .map_err(|_| perr("file size is not an integer"))?;
+        let path = match (path_v, encoded_v) {
+            (Some(p), _) => text(p),
+            (_, Some(e)) => {
+                let raw = from_hex(&text(e)).ok_or_else(|| perr("could not decode file name"))?;
+                String::from_utf8(raw)
+                    .map_err(|_| perr("could not decode file name (not UTF-8, unsupported)"))?
+            }
+            (None, None) => unreachable!("checked above"),
+        };
         if !seen.insert(path.clone()) {
             return Err(bad(format!(
                 "duplicate path name in backup manifest: \"{path}\""
             )));
         }
-        let size = field(fo, "Size", &what)?
-            .as_u64()
-            .ok_or_else(|| bad(format!("{what}: \"Size\" is not an unsigned integer")))?;
-        let last_modified = match fo.get("Last-Modified") {
-            None => None,
-            Some(v) => Some(
-                v.as_str()
-                    .ok_or_else(|| bad(format!("{what}: \"Last-Modified\" is not a string")))?
-                    .to_owned(),
-            ),
-        };
-        let (checksum_kind, checksum) = match (fo.get("Checksum-Algorithm"), fo.get("Checksum")) {
-            (None, None) => (ChecksumKind::None, Vec::new()),
+        let last_modified = fo.get("Last-Modified").map(text);
+        let (checksum_kind, checksum) = match (alg_v, sum_v) {
             (Some(a), Some(c)) => {
-                let kind = a
-                    .as_str()
-                    .and_then(ChecksumKind::parse)
-                    .ok_or_else(|| bad(format!("{what}: unrecognized checksum algorithm {a}")))?;
-                let bytes = c
-                    .as_str()
-                    .and_then(from_hex)
-                    .ok_or_else(|| bad(format!("{what}: invalid checksum {c}")))?;
-                if bytes.len() != kind.digest_len() {
-                    return Err(bad(format!(
-                        "{what}: {} checksum has {} bytes, expected {}",
-                        kind.as_str(),
-                        bytes.len(),
-                        kind.digest_len()
-                    )));
-                }
+                let a = text(a);
+                let kind = ChecksumKind::parse(&a)
+                    .ok_or_else(|| bad(format!("unrecognized checksum algorithm: \"{a}\"")))?;
+                let c = text(c);
+                let bytes = from_hex(&c)
+                    .filter(|b| b.len() == kind.digest_len())
+                    .ok_or_else(|| bad(format!("invalid checksum for file \"{path}\": \"{c}\"")))?;
                 (kind, bytes)
             }
-            (Some(_), None) => return Err(bad(format!("{what}: algorithm without checksum"))),
-            (None, Some(_)) => return Err(bad(format!("{what}: checksum without algorithm"))),
+            _ => (ChecksumKind::None, Vec::new()),
         };
         files.push(ManifestFile {
             path,
@@ -432,41 +442,75 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             checksum,
         });
     }
-    let ranges_v = field(obj, "WAL-Ranges", "manifest")?
-        .as_array()
-        .ok_or_else(|| bad("\"WAL-Ranges\" is not an array"))?;
+    let ranges_v = match obj.get("WAL-Ranges") {
+        None => &empty,
+        Some(Value::Array(a)) => a,
+        Some(other) => return Err(unexpected(other)),
+    };
     let mut wal_ranges = Vec::with_capacity(ranges_v.len());
-    for (i, r) in ranges_v.iter().enumerate() {
-        let what = format!("WAL range {}", i + 1);
-        let ro = r
-            .as_object()
-            .ok_or_else(|| bad(format!("{what} is not an object")))?;
-        for k in ro.keys() {
+    for r in ranges_v {
+        let ro = match r {
+            Value::Object(o) => o,
+            other => return Err(unexpected(other)),
+        };
+        for (k, v) in ro {
             if !["Timeline", "Start-LSN", "End-LSN"].contains(&k.as_str()) {
-                return Err(bad(format!("{what}: unexpected field \"{k}\"")));
+                return Err(perr("unexpected WAL range field"));
+            }
+            if !matches!(v, Value::String(_) | Value::Number(_)) && k != "Timeline" {
+                return Err(unexpected(v));
             }
         }
-        let tli = field(ro, "Timeline", &what)?
-            .as_u64()
-            .filter(|t| *t > 0 && *t <= u64::from(u32::MAX))
-            .ok_or_else(|| bad(format!("{what}: invalid timeline")))?;
+        let tli_v = ro.get("Timeline").ok_or_else(|| perr("missing timeline"))?;
+        let start_v = ro
+            .get("Start-LSN")
+            .ok_or_else(|| perr("missing start LSN"))?;
+        let end_v = ro.get("End-LSN").ok_or_else(|| perr("missing end LSN"))?;
+        let tli = match tli_v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(t) => t.parse::<u64>().ok(),
+            _ => None,
+        }
+        .filter(|t| *t <= u64::from(u32::MAX))
+        .ok_or_else(|| perr("timeline is not an integer"))?;
+        let parse_lsn = |v: &Value, what: &str| -> Result<Lsn, ManifestError> {
+            v.as_str()
+                .and_then(|t| t.parse::<Lsn>().ok())
+                .ok_or_else(|| perr(format!("could not parse {what} LSN")))
+        };
         let range = WalRange {
             timeline: TimelineId(tli as u32),
-            start: lsn(field(ro, "Start-LSN", &what)?, &format!("{what} Start-LSN"))?,
-            end: lsn(field(ro, "End-LSN", &what)?, &format!("{what} End-LSN"))?,
+            start: parse_lsn(start_v, "start")?,
+            end: parse_lsn(end_v, "end")?,
         };
         if range.end < range.start {
-            return Err(bad(format!(
-                "{what}: End-LSN {} before Start-LSN {}",
+            return Err(perr(format!(
+                "WAL range end {} before its start {}",
                 range.end, range.start
             )));
         }
         wal_ranges.push(range);
     }
-    let manifest_checksum = field(obj, "Manifest-Checksum", "manifest")?
-        .as_str()
-        .ok_or_else(|| bad("\"Manifest-Checksum\" is not a string"))?
-        .to_owned();
+    let Some(checksum_v) = obj.get("Manifest-Checksum") else {
+        return Err(perr("unexpected object end"));
+    };
+    // the checksum covers everything up to the line holding it (verify_manifest_checksum)
+    let newlines: Vec<usize> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    if newlines.len() < 2 {
+        return Err(perr("expected at least 2 lines"));
+    }
+    if newlines.last() != Some(&(bytes.len() - 1)) {
+        return Err(perr("last line not newline-terminated"));
+    }
+    let manifest_checksum = match checksum_v {
+        Value::String(t) => t.clone(),
+        other => other.to_string(),
+    };
     if manifest_checksum.len() != 64 || from_hex(&manifest_checksum).is_none() {
         return Err(bad(format!(
             "invalid manifest checksum: \"{manifest_checksum}\""
@@ -542,7 +586,8 @@ mod tests {
 
     #[test]
     fn every_defect_is_named() {
-        let cases: Vec<(Vec<u8>, &str)> = vec![
+        let cases: Vec<(Vec<u8>, &str)> =
+            vec![
             (
                 {
                     let mut m = make(GOOD);
@@ -576,16 +621,16 @@ mod tests {
                     "\"Last-Modified\": \"2025-01-01 12:00:00 GMT\" }",
                     "\"Last-Modified\": \"x\", \"Extra\": 1 }",
                 )),
-                "unexpected field",
+                "unexpected file field",
             ),
-            (make(&GOOD.replace("839206e3", "839206")), "expected 4"),
+            (make(&GOOD.replace("839206e3", "839206")), "invalid checksum for file"),
             (
                 make(&GOOD.replace("839206e3", "zz9206e3")),
                 "invalid checksum",
             ),
             (
                 make(&GOOD.replace("\"System-Identifier\": 7311,\n", "")),
-                "System-Identifier",
+                "manifest system identifier not found",
             ),
             (
                 make(&GOOD.replace(
@@ -594,11 +639,65 @@ mod tests {
                 )),
                 "version indicator",
             ),
-            (make(&GOOD.replace("0/2000100", "0/20001000000")), "End-LSN"),
+            (make(&GOOD.replace("0/2000100", "0/20001000000")), "could not parse end LSN"),
         ];
         for (bytes, expect) in cases {
             let e = parse_manifest(&bytes).unwrap_err();
             assert!(e.message.contains(expect), "expected {expect:?}, got {e}");
+        }
+    }
+
+    /// The cases of PostgreSQL's pg_verifybackup/t/005_bad_manifest.pl, with its messages.
+    #[test]
+    fn postgresql_bad_manifest_cases() {
+        let v1 = "{\"PostgreSQL-Backup-Manifest-Version\": 1";
+        let parse = [
+            ("{\n", "parsing failed"),
+            ("{}\n", "unexpected object end"),
+            ("[]\n", "unexpected array start"),
+            ("{\"not-expected\": 1}\n", "expected version indicator"),
+            ("{\"PostgreSQL-Backup-Manifest-Version\": \"phooey\"}\n", "manifest version not an integer"),
+            ("{\"PostgreSQL-Backup-Manifest-Version\": 9876599}\n", "unexpected manifest version"),
+            (&format!("{v1}, \"Files\": true}}\n"), "unexpected scalar"),
+            (&format!("{v1}, \"Oops\": 1}}\n"), "unrecognized top-level field"),
+            (&format!("{v1}, \"Files\": {{}}}}\n"), "unexpected object start"),
+            (&format!("{v1}, \"Files\": [{{}}]}}\n"), "missing path name"),
+            (&format!("{v1}, \"Files\": [\n {{\"Path\": \"x\", \"Encoded-Path\": \"1234\"}}\n]}}\n"), "both path name and encoded path name"),
+            (&format!("{v1}, \"Files\": [\n {{\"Oops\": 1}}\n]}}\n"), "unexpected file field"),
+            (&format!("{v1}, \"Files\": [\n {{\"Path\": \"x\"}}\n]}}\n"), "missing size"),
+            (&format!("{v1}, \"Files\": [\n {{\"Path\": \"x\", \"Size\": \"Oops\"}}\n]}}\n"), "file size is not an integer"),
+            (&format!("{v1}, \"Files\": [\n {{\"Encoded-Path\": \"123\", \"Size\": 0}}\n]}}\n"), "could not decode file name"),
+            (&format!("{v1}, \"Files\": [\n {{\"Path\": \"x\", \"Size\": 100, \"Checksum\": \"Oops\"}}\n]}}\n"), "checksum without algorithm"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{\"Timeline\": 1}}\n]}}\n"), "missing start LSN"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{\"Timeline\": 1, \"Start-LSN\": \"0/0\"}}\n]}}\n"), "missing end LSN"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{\"Oops\": 1}}\n]}}\n"), "unexpected WAL range field"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{}}\n]}}\n"), "missing timeline"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{\"Timeline\": 1, \"Start-LSN\": \"0/0\", \"End-LSN\": \"0/0\"}}\n]}}\n"), "unexpected object end"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{\"Timeline\": true, \"Start-LSN\": \"0/0\", \"End-LSN\": \"0/0\"}}\n]}}\n"), "timeline is not an integer"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{\"Timeline\": 1, \"Start-LSN\": \"oops\", \"End-LSN\": \"0/0\"}}\n]}}\n"), "could not parse start LSN"),
+            (&format!("{v1}, \"WAL-Ranges\": [\n {{\"Timeline\": 1, \"Start-LSN\": \"0/0\", \"End-LSN\": \"oops\"}}\n]}}\n"), "could not parse end LSN"),
+            (&format!("{v1}, \"Files\": [], \"Manifest-Checksum\": null}}\n"), "expected at least 2 lines"),
+            (&format!("{v1},\n \"Files\": [],\n \"Manifest-Checksum\": null}}"), "last line not newline-terminated"),
+        ];
+        for (text, want) in parse {
+            let e = parse_manifest(text.as_bytes()).unwrap_err().message;
+            assert!(
+                e.starts_with(&format!("could not parse backup manifest: {want}")),
+                "{text:?}: expected {want:?}, got {e:?}"
+            );
+        }
+        let fatal = [
+            (format!("{v1}, \"Files\": [\n {{\"Path\": \"x\", \"Size\": 0}},\n {{\"Path\": \"x\", \"Size\": 0}}\n]}}\n"), "duplicate path name in backup manifest"),
+            (format!("{v1}, \"Files\": [\n {{\"Path\": \"x\", \"Size\": 100, \"Checksum-Algorithm\": \"Oops\", \"Checksum\": \"00\"}}\n]}}\n"), "unrecognized checksum algorithm"),
+            (format!("{v1}, \"Files\": [\n {{\"Path\": \"x\", \"Size\": 100, \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"0\"}}\n]}}\n"), "invalid checksum for file"),
+            (format!("{v1}, \"Files\": [],\n \"Manifest-Checksum\": \"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567890-\"}}\n"), "invalid manifest checksum"),
+        ];
+        for (text, want) in fatal {
+            let e = parse_manifest(text.as_bytes()).unwrap_err().message;
+            assert!(
+                e.starts_with(want),
+                "{text:?}: expected {want:?}, got {e:?}"
+            );
         }
     }
 }

@@ -65,7 +65,9 @@ pub struct Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // messages that quote their file (as pg_verifybackup's do) need no prefix
-        if self.message.contains(&format!("\"{}\"", self.subject)) {
+        if self.subject == "backup_manifest"
+            || self.message.contains(&format!("\"{}\"", self.subject))
+        {
             f.write_str(&self.message)
         } else {
             write!(f, "{}: {}", self.subject, self.message)

@@ -160,7 +160,19 @@ fn pg18_every_kind_of_damage_is_named() {
         .open(d.join("backup_manifest"))
         .unwrap();
     std::io::Write::write_all(&mut f, b" ").unwrap();
-    fails_naming(&d, &[], "backup_manifest");
+    fails_naming(
+        &d,
+        &[],
+        "could not parse backup manifest: last line not newline-terminated",
+    );
+    // a newline appended, as PostgreSQL's 003_corruption.pl does: the checksum no longer holds
+    let d = case("appended_newline");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("backup_manifest"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"\n").unwrap();
+    fails_naming(&d, &[], "manifest checksum mismatch");
 
     let d = case("wal_missing");
     for e in std::fs::read_dir(d.join("pg_wal")).unwrap() {
