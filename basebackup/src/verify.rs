@@ -273,23 +273,30 @@ fn check_wal_stream(
                 }
                 Ok(None) => return true,
                 Err(e) => {
-                    failure = Some(format!("WAL parsing failed: {e}"));
+                    failure = Some(e.to_string());
                     return false;
                 }
             }
         }
     });
     ctx.report.wal_records += records;
+    // worded as pg_verifybackup words it ("WAL parsing failed for timeline N"), with the cause
+    let tli = last.timeline;
     if let Err(e) = r {
-        ctx.problem("WAL", e);
+        ctx.problem("WAL", format!("WAL parsing failed for timeline {tli}: {e}"));
     } else if let Some(f) = failure {
         if reached < end {
-            ctx.problem("WAL", format!("{f} (the backup needs WAL up to {end})"));
+            ctx.problem(
+                "WAL",
+                format!(
+                    "WAL parsing failed for timeline {tli}: {f} (the backup needs WAL up to {end})"
+                ),
+            );
         }
     } else if reached < end {
         ctx.problem(
             "WAL",
-            format!("WAL ends at {reached}, before the backup's end {end}"),
+            format!("WAL parsing failed for timeline {tli}: WAL ends at {reached}, before the backup's end {end}"),
         );
     }
 }
