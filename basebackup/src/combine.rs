@@ -33,6 +33,10 @@ pub enum CopyMethod {
     CopyFileRange,
     /// A reflink clone (FICLONE); fails on file systems without it.
     Clone,
+    /// A hard link to the source file (`--link`, as pg_combinebackup 18's): no copy at all,
+    /// but the result shares its files with the backups, so starting a server on it changes
+    /// them. Files inside tar archives are copied.
+    Link,
 }
 
 /// Options of a combine.
@@ -52,6 +56,8 @@ pub struct CombineOptions {
     pub copy_method: CopyMethod,
     /// Where compressed archives are decompressed to (default: the output's parent).
     pub scratch_dir: Option<PathBuf>,
+    /// Check the chain and the output, write nothing.
+    pub dry_run: bool,
 }
 
 /// What a combine did.
@@ -387,6 +393,28 @@ impl Writer<'_> {
         let src = File::open(&loc.path).map_err(|e| read_err(loc, e))?;
         let mut dst = open_out(out)?;
         let method = self.opts.copy_method;
+        if method == CopyMethod::Link && loc.is_whole_file() {
+            drop(dst);
+            fs::remove_file(out)
+                .and_then(|()| fs::hard_link(&loc.path, out))
+                .map_err(|e| {
+                    format!(
+                        "could not link \"{}\" to \"{}\": {e}",
+                        loc.path.display(),
+                        out.display()
+                    )
+                })?;
+            let sum = match (reuse, hasher) {
+                (Some(s), _) => s,
+                (None, Some(mut h)) => {
+                    self.hash_range(&src, 0, loc.size, &mut h)
+                        .map_err(|e| read_err(loc, e))?;
+                    h.finish()
+                }
+                (None, None) => Vec::new(),
+            };
+            return self.record(rel, out, &sum);
+        }
         if method == CopyMethod::Clone {
             if !loc.is_whole_file() {
                 return fail(format!(
@@ -407,6 +435,11 @@ impl Writer<'_> {
                     .map_err(|e| read_err(loc, e))?;
             }
         } else {
+            let method = if method == CopyMethod::Link {
+                CopyMethod::Copy
+            } else {
+                method
+            };
             self.copy_range(
                 &src,
                 loc.offset,
@@ -521,6 +554,19 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
         }
     }
 
+    if opts.dry_run {
+        return Ok(CombineSummary {
+            system_identifier: system_id,
+            files: newest.src.files.len() as u64,
+            reconstructed: newest
+                .src
+                .files
+                .keys()
+                .filter(|p| incremental::reconstructed_path(p).is_some())
+                .count() as u64,
+            bytes: 0,
+        });
+    }
     let kind = opts.manifest_checksums.unwrap_or_else(|| {
         newest
             .manifest
@@ -749,7 +795,7 @@ fn reconstruct(
     let mut hasher = w.needs_sum(out_rel).then(|| FileHasher::new(w.kind));
     let mut dst = open_out(out)?;
     let method = match w.opts.copy_method {
-        CopyMethod::Clone => CopyMethod::Copy,
+        CopyMethod::Clone | CopyMethod::Link => CopyMethod::Copy,
         m => m,
     };
     let wr = |e: std::io::Error| -> CombineError {

@@ -44,6 +44,13 @@ pub struct CombineArgs {
     /// Clone (reflink) files where the file system can
     #[arg(long = "clone")]
     clone: bool,
+    /// Hard-link unchanged files from the backups instead of copying them (the result then
+    /// shares those files with the backups)
+    #[arg(short = 'k', long = "link")]
+    link: bool,
+    /// Check the chain and the output, and write nothing
+    #[arg(short = 'n', long = "dry-run")]
+    dry_run: bool,
     /// Where compressed tar backups are decompressed while combining (default: beside the output)
     #[arg(long = "scratch-dir", value_name = "DIR")]
     scratch_dir: Option<PathBuf>,
@@ -66,19 +73,25 @@ pub fn run(args: CombineArgs) -> anyhow::Result<ExitCode> {
     if args.clone {
         methods.push(CopyMethod::Clone);
     }
+    if args.link {
+        methods.push(CopyMethod::Link);
+    }
     if let Some(m) = &args.copy_method {
         methods.push(match m.as_str() {
             "copy" => CopyMethod::Copy,
             "copy-file-range" => CopyMethod::CopyFileRange,
             "clone" => CopyMethod::Clone,
+            "link" => CopyMethod::Link,
             other => bail!(
-                "invalid copy method \"{other}\", must be \"copy\", \"copy-file-range\" or \"clone\""
+                "invalid copy method \"{other}\", must be \"copy\", \"copy-file-range\", \"clone\" or \"link\""
             ),
         });
     }
     methods.dedup();
     if methods.len() > 1 {
-        bail!("only one of --copy, --copy-file-range, --clone and --copy-method may be given");
+        bail!(
+            "only one of --copy, --copy-file-range, --clone, --link and --copy-method may be given"
+        );
     }
     let manifest_checksums = args
         .manifest_checksums
@@ -101,6 +114,7 @@ pub fn run(args: CombineArgs) -> anyhow::Result<ExitCode> {
         sync: !args.no_sync,
         copy_method: methods.first().copied().unwrap_or_default(),
         scratch_dir: args.scratch_dir.clone(),
+        dry_run: args.dry_run,
     };
     let started = Instant::now();
     let summary = combine(&args.backups, &opts)?;

@@ -451,6 +451,23 @@ fn pg17_bad_chains_are_refused_before_anything_is_written() {
     std::fs::create_dir(&out).unwrap();
     ok(combine(&[&p("full"), &p("i1")], &out, &[]));
     ok(pgrepl().arg("verify").arg(&out).output().unwrap());
+    // --dry-run checks and writes nothing
+    let dry = p("dry");
+    ok(combine(&[&p("full"), &p("i1")], &dry, &["-n"]));
+    assert!(!dry.exists());
+    // --link: files the newest backup holds whole are hard links, reconstructed ones are not
+    use std::os::unix::fs::MetadataExt;
+    let linked = p("linked");
+    ok(combine(&[&p("full"), &p("i1")], &linked, &["--link"]));
+    assert_eq!(
+        std::fs::metadata(linked.join("PG_VERSION"))
+            .unwrap()
+            .nlink(),
+        2
+    );
+    let t = c.psql("SELECT pg_relation_filepath('t')");
+    assert_eq!(std::fs::metadata(linked.join(&t)).unwrap().nlink(), 1);
+    ok(pgrepl().arg("verify").arg(&linked).output().unwrap());
     drop(other);
     let _ = std::fs::remove_dir_all(&work);
 }
