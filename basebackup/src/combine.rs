@@ -673,11 +673,11 @@ fn write_all(
                 return if tail.is_empty() {
                     dest.clone()
                 } else {
-                    dest.join(tail)
+                    crate::pathbytes::join(dest, tail)
                 };
             }
         }
-        staging.join(rel)
+        crate::pathbytes::join(staging, rel)
     };
     for (oid, dest) in ts_out {
         mkdir(dest)?;
@@ -693,9 +693,9 @@ fn write_all(
         if rel == "backup_manifest" || rel == "backup_label" || rel == "tablespace_map" {
             continue;
         }
-        if let Some(parent) = Path::new(rel).parent() {
-            if !parent.as_os_str().is_empty() {
-                let p = target(&parent.to_string_lossy());
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            if !parent.is_empty() {
+                let p = target(parent);
                 if !p.is_dir() {
                     fs::DirBuilder::new()
                         .recursive(true)

@@ -11,6 +11,7 @@ pub mod control;
 pub mod decompress;
 pub mod incremental;
 pub mod manifest;
+pub mod pathbytes;
 pub mod reflink;
 pub mod restore;
 pub mod run;

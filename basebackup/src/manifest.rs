@@ -229,8 +229,16 @@ impl ManifestWriter {
             &b",\n"[..]
         });
         self.files += 1;
-        self.buf.extend_from_slice(b"{ \"Path\": ");
-        push_json_string(&mut self.buf, path);
+        if crate::pathbytes::is_escaped(path) {
+            // a name that is not UTF-8 is written hex-encoded, as the server writes it
+            self.buf.extend_from_slice(b"{ \"Encoded-Path\": \"");
+            self.buf
+                .extend_from_slice(to_hex(&crate::pathbytes::encode(path)).as_bytes());
+            self.buf.push(b'"');
+        } else {
+            self.buf.extend_from_slice(b"{ \"Path\": ");
+            push_json_string(&mut self.buf, path);
+        }
         self.buf.extend_from_slice(
             format!(
                 ", \"Size\": {size}, \"Last-Modified\": \"{}\"",
@@ -410,8 +418,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
             (Some(p), _) => text(p),
             (_, Some(e)) => {
                 let raw = from_hex(&text(e)).ok_or_else(|| perr("could not decode file name"))?;
-                String::from_utf8(raw)
-                    .map_err(|_| perr("could not decode file name (not UTF-8, unsupported)"))?
+                crate::pathbytes::decode(&raw)
             }
             (None, None) => unreachable!("checked above"),
         };

@@ -138,13 +138,7 @@ impl BackupSource {
         for e in entries {
             let e =
                 e.map_err(|e| format!("could not read directory \"{}\": {e}", dir.display()))?;
-            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
-                return Err(format!(
-                    "file name {:?} in \"{}\" is not UTF-8",
-                    e.file_name(),
-                    dir.display()
-                ));
-            };
+            let name = crate::pathbytes::from_os(&e.file_name());
             names.push((name, e.path()));
         }
         names.sort();

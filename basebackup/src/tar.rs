@@ -139,9 +139,10 @@ fn number(field: &[u8], what: &str, at: u64) -> Result<u64, TarError> {
     Ok(v)
 }
 
-fn text(field: &[u8], what: &str, at: u64) -> Result<String, TarError> {
+/// A NUL-terminated name field; bytes that are not UTF-8 are kept (see [`crate::pathbytes`]).
+fn text(field: &[u8], _what: &str, _at: u64) -> Result<String, TarError> {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8(field[..end].to_vec()).map_err(|_| err(at, format!("{what} is not UTF-8")))
+    Ok(crate::pathbytes::decode(&field[..end]))
 }
 
 /// A path must stay inside the directory it is extracted to.
@@ -379,14 +380,14 @@ impl TarParser {
 /// Builds a ustar header as PostgreSQL does (for tests, and for writers of tar archives).
 pub fn encode_header(h: &EntryHeader) -> Result<[u8; 512], String> {
     let mut b = [0u8; 512];
-    let mut name = h.path.clone();
+    let mut name = crate::pathbytes::encode(&h.path).into_owned();
     if h.kind != EntryKind::File {
-        name.push('/');
+        name.push(b'/');
     }
     if name.len() > 99 {
-        return Err(format!("file name too long for tar format: \"{name}\""));
+        return Err(format!("file name too long for tar format: \"{}\"", h.path));
     }
-    b[..name.len()].copy_from_slice(name.as_bytes());
+    b[..name.len()].copy_from_slice(&name);
     let octal = |b: &mut [u8], v: u64| {
         let w = b.len() - 1;
         let s = format!("{v:0w$o} ");
@@ -409,10 +410,11 @@ pub fn encode_header(h: &EntryHeader) -> Result<[u8; 512], String> {
         EntryKind::Symlink => b'2',
     };
     if let Some(t) = &h.link_target {
+        let t = crate::pathbytes::encode(t);
         if t.len() > 99 {
-            return Err(format!("link target too long for tar format: \"{t}\""));
+            return Err("link target too long for tar format".into());
         }
-        b[157..157 + t.len()].copy_from_slice(t.as_bytes());
+        b[157..157 + t.len()].copy_from_slice(&t);
     }
     b[257..263].copy_from_slice(b"ustar\0");
     b[263..265].copy_from_slice(b"00");

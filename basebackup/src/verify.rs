@@ -149,7 +149,7 @@ fn walk_plain(
         }
     };
     for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+        let name = crate::pathbytes::from_os(&e.file_name());
         let path = if rel.is_empty() {
             name.clone()
         } else {

@@ -209,7 +209,7 @@ impl BackupSink for DirectorySink {
     }
 
     fn entry_begin(&mut self, e: &EntryHeader) -> Result<(), SinkError> {
-        let path = self.root.join(&e.path);
+        let path = crate::pathbytes::join(&self.root, &e.path);
         match e.kind {
             EntryKind::Directory => mkdir_private(&path)?,
             EntryKind::File => {
@@ -230,7 +230,7 @@ impl BackupSink for DirectorySink {
                 let target = if e.path.starts_with("pg_tblspc/") {
                     self.map(&target)
                 } else {
-                    PathBuf::from(target)
+                    crate::pathbytes::to_path(&target)
                 };
                 if let Some(parent) = path.parent() {
                     mkdir_private(parent)?;
