@@ -261,6 +261,11 @@ fn pitr(v: PgVersion) {
         recovered_rows(v, &f, "name", &[full, inc], &["--target-name", "rp38"]),
         (38, 38)
     );
+    // immediate: the incremental backup's own state (rows 1-25 committed before it began)
+    assert_eq!(
+        recovered_rows(v, &f, "imm", &[full, inc], &["--target", "immediate"]),
+        (25, 25)
+    );
     // no target: the whole archive
     assert_eq!(recovered_rows(v, &f, "all", &[full, inc], &[]), (45, 45));
 
