@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use pgrepl_testbed::{tool, Cluster, ClusterOptions, PgVersion, Role};
+use pgrepl_testbed::{tool, Role};
 
 use crate::measure::{median, run, Sample};
 
@@ -63,25 +63,9 @@ const MODES: &[Mode] = &[
 ];
 
 pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
-    let c = Cluster::start_with(
-        PgVersion::V18,
-        ClusterOptions {
-            conf: vec!["max_wal_size = 4GB".into()],
-            ..Default::default()
-        },
-    );
-    eprintln!("basebackup: pgbench -i -s {scale} on PostgreSQL 18");
-    c.pgbench_init(scale);
+    let c = crate::measure::pgbench_cluster(scale, "basebackup");
     let conninfo = c.conninfo(Role::Postgres, "sslmode=disable");
-    let ours_bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("pgrepl");
-    assert!(
-        ours_bin.exists(),
-        "build it: cargo build --release -p pgrepl-cli"
-    );
+    let ours_bin = crate::measure::ours_bin();
     let root = pgrepl_testbed::temp_dir("bbbench");
     // parents for the incremental mode
     let ours_full = root.join("ours_full");

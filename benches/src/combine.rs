@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pgrepl_testbed::{tool, Cluster, ClusterOptions, PgVersion, Role};
+use pgrepl_testbed::{tool, Cluster, Role};
 
 use crate::measure::{median, run, Sample};
 
@@ -19,25 +19,9 @@ struct Setup {
 }
 
 fn setup(scale: u32) -> Setup {
-    let c = Cluster::start_with(
-        PgVersion::V18,
-        ClusterOptions {
-            conf: vec!["max_wal_size = 4GB".into()],
-            ..Default::default()
-        },
-    );
-    eprintln!("combine/verify: pgbench -i -s {scale} on PostgreSQL 18");
-    c.pgbench_init(scale);
+    let c = crate::measure::pgbench_cluster(scale, "combine/verify");
     let conninfo = c.conninfo(Role::Postgres, "sslmode=disable");
-    let ours_bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("pgrepl");
-    assert!(
-        ours_bin.exists(),
-        "build it: cargo build --release -p pgrepl-cli"
-    );
+    let ours_bin = crate::measure::ours_bin();
     let root = pgrepl_testbed::temp_dir("cmbbench");
     let full = root.join("full");
     let inc = root.join("inc");

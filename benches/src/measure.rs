@@ -72,3 +72,29 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// A PostgreSQL 18 test-bed cluster with pgbench data at `scale`, for `job`'s measurements.
+pub fn pgbench_cluster(scale: u32, job: &str) -> pgrepl_testbed::Cluster {
+    let c = pgrepl_testbed::Cluster::start_with(
+        pgrepl_testbed::PgVersion::V18,
+        pgrepl_testbed::ClusterOptions {
+            conf: vec!["max_wal_size = 4GB".into()],
+            ..Default::default()
+        },
+    );
+    eprintln!("{job}: pgbench -i -s {scale} on PostgreSQL 18");
+    c.pgbench_init(scale);
+    c
+}
+
+/// The release `pgrepl` beside this benchmark binary.
+pub fn ours_bin() -> std::path::PathBuf {
+    let bin = std::env::current_exe()
+        .expect("the benchmark's own path")
+        .with_file_name("pgrepl");
+    assert!(
+        bin.exists(),
+        "build it: cargo build --release -p pgrepl-cli"
+    );
+    bin
+}

@@ -262,6 +262,26 @@ fn group_modes(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A refusal of the BASE_BACKUP command itself (before the backup started) is worded as
+/// pg_basebackup words it.
+fn backup_error(e: basebackup::run::BackupError, started: bool) -> anyhow::Error {
+    match e {
+        basebackup::run::BackupError::Server(pgrepl::Error::Db { error, .. }) if !started => {
+            anyhow::anyhow!("could not initiate base backup: {error}")
+        }
+        e => e.into(),
+    }
+}
+
+/// `-c fast|spread`.
+fn parse_checkpoint(c: &str) -> anyhow::Result<CheckpointMode> {
+    Ok(match c.to_ascii_lowercase().as_str() {
+        "fast" => CheckpointMode::Fast,
+        "spread" => CheckpointMode::Spread,
+        c => bail!("invalid checkpoint argument \"{c}\", must be \"fast\" or \"spread\""),
+    })
+}
+
 /// `-r`: kB/s, with an optional k or M suffix; PostgreSQL accepts 32 kB/s to 1 GB/s.
 fn parse_rate(s: &str) -> anyhow::Result<u32> {
     let (num, mult) = match s.trim().strip_suffix(['M', 'm']) {
@@ -304,11 +324,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         m => bail!("invalid wal-method option \"{m}\", must be \"fetch\", \"stream\", or \"none\""),
     };
     let wal = wal_method == Wal::Fetch;
-    let checkpoint = match args.checkpoint.to_ascii_lowercase().as_str() {
-        "fast" => CheckpointMode::Fast,
-        "spread" => CheckpointMode::Spread,
-        c => bail!("invalid checkpoint argument \"{c}\", must be \"fast\" or \"spread\""),
-    };
+    let checkpoint = parse_checkpoint(&args.checkpoint)?;
     let compression = match (&args.compress, args.gzip) {
         (Some(_), true) => bail!("--compress and --gzip cannot be used together"),
         (Some(c), false) => parse_compress(c)?,
@@ -495,16 +511,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     if show_progress {
         eprintln!();
     }
-    let summary = match summary {
-        Ok(s) => s,
-        // as pg_basebackup words a refusal of the BASE_BACKUP command itself
-        Err(basebackup::run::BackupError::Server(pgrepl::Error::Db { error, .. }))
-            if !started.get() =>
-        {
-            bail!("could not initiate base backup: {error}")
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let summary = summary.map_err(|e| backup_error(e, started.get()))?;
     let _ = conn.close().await;
     if args.verbose > 0 {
         eprintln!(
@@ -561,11 +568,7 @@ async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitC
             _ => None,
         },
     };
-    let checkpoint = match args.checkpoint.to_ascii_lowercase().as_str() {
-        "fast" => CheckpointMode::Fast,
-        "spread" => CheckpointMode::Spread,
-        c => bail!("invalid checkpoint argument \"{c}\", must be \"fast\" or \"spread\""),
-    };
+    let checkpoint = parse_checkpoint(&args.checkpoint)?;
     let kind = ChecksumKind::parse(&args.manifest_checksums).with_context(|| {
         format!(
             "unrecognized manifest checksum algorithm: \"{}\"",
@@ -593,13 +596,7 @@ async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitC
         }
     })
     .await;
-    let summary = match summary {
-        Ok(s) => s,
-        Err(basebackup::run::BackupError::Server(pgrepl::Error::Db { error, .. })) => {
-            bail!("could not initiate base backup: {error}")
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let summary = summary.map_err(|e| backup_error(e, false))?;
     let _ = conn.close().await;
     if args.verbose > 0 {
         eprintln!(

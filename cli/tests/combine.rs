@@ -19,20 +19,7 @@ fn conninfo(c: &Cluster) -> String {
 
 /// A backup of `c` into `target` (plain unless `extra` says otherwise).
 fn backup(c: &Cluster, target: &Path, extra: &[&str]) {
-    ok(pgrepl()
-        .args([
-            "basebackup",
-            "-d",
-            &conninfo(c),
-            "-c",
-            "fast",
-            "--no-sync",
-            "-D",
-        ])
-        .arg(target)
-        .args(extra)
-        .output()
-        .unwrap());
+    common::basebackup(&conninfo(c), target, extra);
 }
 
 fn combine(inputs: &[&Path], output: &Path, extra: &[&str]) -> Output {

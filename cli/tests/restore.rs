@@ -54,21 +54,9 @@ fn tick(c: &Cluster, k: u32) {
     std::thread::sleep(Duration::from_millis(120));
 }
 
+/// A backup of `c` into `target` (plain unless `extra` says otherwise).
 fn backup(c: &Cluster, target: &Path, extra: &[&str]) {
-    ok(pgrepl()
-        .args([
-            "basebackup",
-            "-d",
-            &conninfo(c),
-            "-c",
-            "fast",
-            "--no-sync",
-            "-D",
-        ])
-        .arg(target)
-        .args(extra)
-        .output()
-        .unwrap());
+    common::basebackup(&conninfo(c), target, extra);
 }
 
 fn fixture(c: &Cluster) -> Fixture {

@@ -177,16 +177,21 @@ impl TarSink {
         self.recovery = Some(lines);
     }
 
-    fn write_entry(&mut self, h: &crate::tar::EntryHeader, data: &[u8]) -> Result<(), SinkError> {
-        let header = crate::tar::encode_header(h).map_err(SinkError::new)?;
+    /// Appends bytes to the archive being written.
+    fn write_current(&mut self, b: &[u8]) -> Result<(), SinkError> {
         if let Some((f, p)) = &mut self.current {
-            let pad = (512 - data.len() % 512) % 512;
-            f.write_all(&header)
-                .and_then(|()| f.write_all(data))
-                .and_then(|()| f.write_all(&[0u8; 512][..pad]))
+            f.write_all(b)
                 .map_err(|e| SinkError::io("could not write to file", p, e))?;
         }
         Ok(())
+    }
+
+    fn write_entry(&mut self, h: &crate::tar::EntryHeader, data: &[u8]) -> Result<(), SinkError> {
+        let header = crate::tar::encode_header(h).map_err(SinkError::new)?;
+        let pad = (512 - data.len() % 512) % 512;
+        self.write_current(&header)?;
+        self.write_current(data)?;
+        self.write_current(&[0u8; 512][..pad])
     }
 }
 
@@ -223,11 +228,7 @@ impl BackupSink for TarSink {
         rw.in_auto_conf = false;
         rw.size = e.size;
         let header = crate::tar::encode_header(e).map_err(SinkError::new)?;
-        if let Some((f, p)) = &mut self.current {
-            f.write_all(&header)
-                .map_err(|err| SinkError::io("could not write to file", p, err))?;
-        }
-        Ok(())
+        self.write_current(&header)
     }
 
     fn entry_data(&mut self, d: &[u8]) -> Result<(), SinkError> {
@@ -240,11 +241,7 @@ impl BackupSink for TarSink {
             }
             return Ok(());
         }
-        if let Some((f, p)) = &mut self.current {
-            f.write_all(d)
-                .map_err(|e| SinkError::io("could not write to file", p, e))?;
-        }
-        Ok(())
+        self.write_current(d)
     }
 
     fn entry_end(&mut self) -> Result<(), SinkError> {
@@ -256,22 +253,14 @@ impl BackupSink for TarSink {
             return Ok(());
         }
         let pad = ((512 - rw.size % 512) % 512) as usize;
-        if let Some((f, p)) = &mut self.current {
-            f.write_all(&[0u8; 512][..pad])
-                .map_err(|e| SinkError::io("could not write to file", p, e))?;
-        }
-        Ok(())
+        self.write_current(&[0u8; 512][..pad])
     }
 
     fn archive_raw(&mut self, raw: &[u8]) -> Result<(), SinkError> {
         if self.rewrite.is_some() {
             return Ok(());
         }
-        if let Some((f, p)) = &mut self.current {
-            f.write_all(raw)
-                .map_err(|e| SinkError::io("could not write to file", p, e))?;
-        }
-        Ok(())
+        self.write_current(raw)
     }
 
     fn archive_end(&mut self) -> Result<(), SinkError> {
@@ -305,10 +294,7 @@ impl BackupSink for TarSink {
                 link_target: None,
             };
             self.write_entry(&signal, &[])?;
-            if let Some((f, p)) = &mut self.current {
-                f.write_all(&[0u8; 1024])
-                    .map_err(|e| SinkError::io("could not write to file", p, e))?;
-            }
+            self.write_current(&[0u8; 1024])?;
         }
         if let Some((f, p)) = self.current.take() {
             f.finish()

@@ -65,3 +65,21 @@ pub fn same_dump(got: &str, want: &str, what: &str) {
         w.len()
     );
 }
+
+/// `pgrepl basebackup -c fast --no-sync -D target` with `extra` flags, which must succeed.
+pub fn basebackup(conninfo: &str, target: &Path, extra: &[&str]) {
+    ok(pgrepl()
+        .args([
+            "basebackup",
+            "-d",
+            conninfo,
+            "-c",
+            "fast",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(target)
+        .args(extra)
+        .output()
+        .unwrap());
+}
