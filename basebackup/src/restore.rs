@@ -381,6 +381,13 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
     let Some(newest) = backups.last() else {
         return err("no backup given");
     };
+    if let Some(a) = &opts.target_action {
+        if !["pause", "promote", "shutdown"].contains(&a.as_str()) {
+            return err(format!(
+                "invalid target action \"{a}\", must be \"pause\", \"promote\" or \"shutdown\""
+            ));
+        }
+    }
     if !opts.wal_archive.is_dir() {
         return err(format!(
             "WAL archive \"{}\" is not a directory",
@@ -400,7 +407,7 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
     let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
         return err(format!("\"{}\" lists no WAL range", mpath.display()));
     };
-    let (start, end, tli) = (first.start, last.end, last.timeline);
+    let (start, end) = (first.start, last.end);
     let seg = fs::read(newest.join("global/pg_control"))
         .ok()
         .and_then(|b| ControlFile::parse(&b).ok())
@@ -415,15 +422,7 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
         end,
         opts.target.as_ref(),
     )?;
-    let _ = tli;
     check_target(&scan, opts.target.as_ref(), end)?;
-    if let Some(a) = &opts.target_action {
-        if !["pause", "promote", "shutdown"].contains(&a.as_str()) {
-            return err(format!(
-                "invalid target action \"{a}\", must be \"pause\", \"promote\" or \"shutdown\""
-            ));
-        }
-    }
 
     let mut copts = opts.combine.clone();
     copts.output = opts.data_dir.clone();
