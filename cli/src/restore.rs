@@ -129,6 +129,16 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let s = restore(&args.backups, &opts)?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        // PostgreSQL refuses to run as root: say so now rather than at pg_ctl start
+        if std::fs::metadata(&args.pgdata).is_ok_and(|m| m.uid() == 0) {
+            eprintln!(
+                "pgrepl: warning: \"{}\" belongs to root; give it to the server's user (chown -R) before starting the server",
+                args.pgdata.display()
+            );
+        }
+    }
     if args.json {
         println!(
             "{}",
