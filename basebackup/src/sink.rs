@@ -221,6 +221,7 @@ impl BackupSink for NullSink {
 }
 
 pub(crate) mod directory;
+mod outfile;
 mod tarfile;
 mod verify;
 

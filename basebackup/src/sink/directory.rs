@@ -4,10 +4,11 @@
 //! `pg_tblspc/<oid>` links point there.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::outfile::OutFile;
 use super::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use crate::tar::{EntryHeader, EntryKind};
 
@@ -78,10 +79,12 @@ pub struct DirectorySink {
     mappings: Vec<TablespaceMapping>,
     sync: bool,
     root: PathBuf,
-    file: Option<(BufWriter<File>, PathBuf)>,
+    file: Option<(OutFile, PathBuf)>,
     tablespace_dirs: Vec<PathBuf>,
     finishing: Option<Finishing>,
     keep_on_abort: bool,
+    /// The directory the previous file went to, known to exist.
+    last_parent: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DirectorySink {
@@ -163,6 +166,7 @@ impl DirectorySink {
             tablespace_dirs: Vec::new(),
             finishing: None,
             keep_on_abort: false,
+            last_parent: None,
         })
     }
 
@@ -214,15 +218,15 @@ impl BackupSink for DirectorySink {
             EntryKind::Directory => mkdir_private(&path)?,
             EntryKind::File => {
                 if let Some(parent) = path.parent() {
-                    mkdir_private(parent)?;
+                    // files come directory by directory: create each parent once
+                    if self.last_parent.as_deref() != Some(parent) {
+                        mkdir_private(parent)?;
+                        self.last_parent = Some(parent.to_path_buf());
+                    }
                 }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
+                let f = OutFile::create(&path, 0o600, Some(e.size))
                     .map_err(|err| SinkError::io("could not create file", &path, err))?;
-                self.file = Some((BufWriter::with_capacity(256 * 1024, f), path));
+                self.file = Some((f, path));
             }
             EntryKind::Symlink => {
                 let target = e.link_target.clone().unwrap_or_default();
@@ -251,8 +255,8 @@ impl BackupSink for DirectorySink {
     }
 
     fn entry_end(&mut self) -> Result<(), SinkError> {
-        if let Some((mut f, path)) = self.file.take() {
-            f.flush()
+        if let Some((f, path)) = self.file.take() {
+            f.finish()
                 .map_err(|e| SinkError::io("could not write to file", &path, e))?;
         }
         Ok(())

@@ -3,12 +3,12 @@
 //! client, plus `backup_manifest`, under a temporary directory renamed to the target when the
 //! backup is complete.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::directory::fsync_tree;
+use super::outfile::OutFile;
 use super::{ArchiveInfo, BackupEnd, BackupSink, DirectorySink, SinkError};
 
 /// Client-side compression of the archives (`-Z zstd[:LEVEL]`, with worker threads).
@@ -46,9 +46,9 @@ impl From<ZstdCompression> for ClientCompression {
 }
 
 enum Out {
-    Plain(BufWriter<File>),
-    Zstd(zstd::stream::write::Encoder<'static, BufWriter<File>>),
-    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
+    Plain(OutFile),
+    Zstd(zstd::stream::write::Encoder<'static, OutFile>),
+    Gzip(flate2::write::GzEncoder<OutFile>),
 }
 
 impl std::fmt::Debug for Out {
@@ -63,13 +63,10 @@ impl std::fmt::Debug for Out {
 
 impl Out {
     fn create(path: &Path, comp: Option<ClientCompression>) -> Result<Out, SinkError> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        // a compressor's output is a fraction of its input: smaller direct writes suffice
+        let block = if comp.is_some() { 1 << 20 } else { 4 << 20 };
+        let w = OutFile::create_with(path, 0o600, None, block)
             .map_err(|e| SinkError::io("could not create file", path, e))?;
-        let w = BufWriter::with_capacity(1 << 20, f);
         Ok(match comp {
             None => Out::Plain(w),
             Some(ClientCompression::Gzip(level)) => {
@@ -106,9 +103,9 @@ impl Out {
 
     fn finish(self) -> std::io::Result<()> {
         match self {
-            Out::Plain(mut w) => w.flush(),
-            Out::Zstd(e) => e.finish()?.flush(),
-            Out::Gzip(e) => e.finish()?.flush(),
+            Out::Plain(w) => w.finish().map(drop),
+            Out::Zstd(e) => e.finish()?.finish().map(drop),
+            Out::Gzip(e) => e.finish()?.finish().map(drop),
         }
     }
 }
