@@ -168,6 +168,7 @@ impl BaseBackupStream<'_> {
                             }
                             self.phase = Phase::Copy;
                             self.conn.state = "BASE_BACKUP copy";
+                            self.conn.bulk = true;
                         }
                         BackendMessage::NoticeResponse(n) => {
                             return Ok(Some(BaseBackupEvent::Notice(n)))
@@ -218,6 +219,7 @@ impl BaseBackupStream<'_> {
                         }));
                     }
                     BackendMessage::CopyDone => {
+                        self.conn.bulk = false;
                         self.phase = Phase::Trailer;
                         self.conn.state = "BASE_BACKUP end";
                     }
@@ -309,6 +311,7 @@ impl BaseBackupStream<'_> {
     async fn fail(&mut self, e: DbError) -> Error {
         let err = self.conn.db_error(e);
         self.phase = Phase::Done;
+        self.conn.bulk = false;
         if let Err(drain) = self.conn.drain_until_ready().await {
             tracing::debug!("after BASE_BACKUP error: {drain}");
         }
@@ -319,6 +322,7 @@ impl BaseBackupStream<'_> {
 
 impl Drop for BaseBackupStream<'_> {
     fn drop(&mut self) {
+        self.conn.bulk = false;
         if self.phase != Phase::Done && self.conn.broken.is_none() {
             self.conn.broken = Some("a BASE_BACKUP stream was dropped before it ended");
         }

@@ -28,6 +28,7 @@ pub mod quote;
 pub mod receivewal;
 pub mod replication;
 mod socket;
+mod sockopt;
 mod stream;
 pub mod tls;
 

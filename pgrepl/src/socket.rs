@@ -16,6 +16,18 @@ pub(crate) enum Socket {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Socket {
+    /// The TCP socket underneath, if any.
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            Socket::Tcp(s) => Some(s.as_fd()),
+            Socket::Tls(s) => Some(s.get_ref().0.as_fd()),
+            Socket::Unix(_) => None,
+        }
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
