@@ -8,6 +8,9 @@
 //! messages and runs each command's state machine. `postgres-protocol` is used only to encode
 //! frontend messages and for the SCRAM/MD5 primitives.
 //!
+//! Connections run on a Tokio runtime with I/O and timers enabled (`enable_all`, as
+//! `#[tokio::main]` does): a base backup's COPY reads wait for batches of data with a timer.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), pgrepl::Error> {
 //! let config = pgrepl::Config::from_conninfo("host=db.example.com user=backup sslmode=verify-full")?;
