@@ -187,7 +187,7 @@ impl Connection {
         Ok(out)
     }
 
-    /// CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [RESERVE_WAL].
+    /// `CREATE_REPLICATION_SLOT name [TEMPORARY] PHYSICAL [RESERVE_WAL]`.
     pub async fn create_physical_slot(
         &mut self,
         name: &str,
@@ -243,7 +243,7 @@ impl Connection {
         Ok(out)
     }
 
-    /// DROP_REPLICATION_SLOT name [WAIT].
+    /// `DROP_REPLICATION_SLOT name [WAIT]`.
     pub async fn drop_replication_slot(&mut self, name: &str, wait: bool) -> Result<()> {
         validate_slot_name(name)?;
         self.state = "DROP_REPLICATION_SLOT";
