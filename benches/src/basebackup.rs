@@ -144,10 +144,21 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
         let (ow, oc) = (m(&ours, |s| s.wall), m(&ours, |s| s.cpu));
         let (tw, tc) = (m(&theirs, |s| s.wall), m(&theirs, |s| s.cpu));
+        // pg_basebackup's page-cache writes vary a lot between runs on VMs that hand free
+        // memory back to the host: show each side's range next to the medians
+        let range = |v: &[Sample]| {
+            let w: Vec<f64> = v.iter().map(|s| s.wall).collect();
+            (
+                w.iter().copied().fold(f64::INFINITY, f64::min),
+                w.iter().copied().fold(0.0, f64::max),
+            )
+        };
+        let (olo, ohi) = range(&ours);
+        let (tlo, thi) = range(&theirs);
         let orss = ours.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
         let trss = theirs.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
         let line = format!(
-            "basebackup {:<16} pgrepl {ow:.2}s cpu {oc:.2}s  pg_basebackup {tw:.2}s cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB",
+            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB",
             mode.name,
             ow / tw,
             oc / tc
@@ -156,8 +167,8 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         lines.push(line);
         json.push(serde_json::json!({
             "mode": mode.name,
-            "ours": {"wall_s": ow, "cpu_s": oc, "peak_rss_mib": orss},
-            "pg_basebackup": {"wall_s": tw, "cpu_s": tc, "peak_rss_mib": trss},
+            "ours": {"wall_s": ow, "wall_min_s": olo, "wall_max_s": ohi, "cpu_s": oc, "peak_rss_mib": orss},
+            "pg_basebackup": {"wall_s": tw, "wall_min_s": tlo, "wall_max_s": thi, "cpu_s": tc, "peak_rss_mib": trss},
             "ratio": {"wall": ow / tw, "cpu": oc / tc},
         }));
     }
