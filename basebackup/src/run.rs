@@ -11,7 +11,7 @@ use pgwal::{Lsn, TimelineId};
 use crate::decompress::{ArchiveCompression, Decompressor};
 use crate::sink::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use crate::tar::{TarError, TarEvent, TarParser};
-use crate::wal_stream::{start_wal_stream, WalStream};
+use crate::wal_stream::{WalConnection, WalStream};
 
 /// Progress and messages while a backup runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +236,26 @@ pub enum WalMethod {
     },
 }
 
+/// A task that is cancelled when its handle goes (a backup that fails before it needs the
+/// WAL connection drops it, and with it the temporary slot).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// Runs BASE_BACKUP with `options` on `conn` into `sink`. `options.wal` must agree with `wal`
 /// (true only for [`WalMethod::Fetch`]).
 pub async fn take_backup(
@@ -265,6 +285,16 @@ async fn run(
     mut on_event: impl FnMut(&BackupEvent),
 ) -> Result<BackupSummary, BackupError> {
     let began = Instant::now();
+    // -X stream: open the second connection while the server runs the backup's checkpoint
+    let mut wal_conn = match wal {
+        WalMethod::Stream { config, slot, .. } => {
+            let (config, slot) = (config.clone(), slot.clone());
+            Some(AbortOnDrop(tokio::spawn(async move {
+                WalConnection::open(&config, &slot).await
+            })))
+        }
+        _ => None,
+    };
     let mut stream = conn.base_backup(options).await?;
     let mut summary = BackupSummary {
         start_lsn: Lsn(0),
@@ -307,8 +337,17 @@ async fn run(
                     let dir = sink.wal_dir()?.ok_or_else(|| {
                         BackupError::Unsupported("this sink cannot take streamed WAL".into())
                     })?;
+                    let ready = match wal_conn.take() {
+                        Some(t) => t.await.map_err(|e| {
+                            BackupError::Wal(pgrepl::receivewal::ReceiveError::Timeline(format!(
+                                "the WAL connection task failed: {e}"
+                            )))
+                        })??,
+                        None => WalConnection::open(config, slot).await?,
+                    };
                     *streamer = Some(
-                        start_wal_stream(config, dir, start_lsn, timeline, *system_id, *sync, slot)
+                        ready
+                            .stream(dir, start_lsn, timeline, *system_id, *sync)
                             .await?,
                     );
                 }

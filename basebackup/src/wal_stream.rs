@@ -33,92 +33,134 @@ pub struct WalStream {
     task: tokio::task::JoinHandle<Result<(), ReceiveError>>,
 }
 
-/// Connects, creates a temporary slot holding WAL from now on, and starts receiving WAL from the
-/// segment of `start` into `dir`.
-pub async fn start_wal_stream(
-    config: &Config,
-    dir: PathBuf,
-    start: Lsn,
-    timeline: TimelineId,
-    system_id: u64,
-    sync: bool,
-    slot: &SlotChoice,
-) -> Result<WalStream, ReceiveError> {
-    let mut conn = Connection::connect(config).await?;
-    let seg = conn.wal_segment_size().await?;
-    let slot = match slot {
-        SlotChoice::Temporary | SlotChoice::Create(_) => {
-            let (name, temporary) = match slot {
-                SlotChoice::Create(n) => (n.clone(), false),
-                _ => (format!("pgrepl_{}", std::process::id()), true),
-            };
-            conn.create_physical_slot(
-                &name,
-                CreateSlotOptions {
-                    temporary,
-                    reserve_wal: true,
-                },
-            )
-            .await?;
-            Some(name)
+/// The second connection, opened (and its temporary slot created) before the backup's start
+/// position is known, so that connecting overlaps the server's checkpoint.
+#[derive(Debug)]
+pub struct WalConnection {
+    conn: Connection,
+    seg: pgwal::WalSegSize,
+    choice: SlotChoice,
+    slot: Option<String>,
+}
+
+impl WalConnection {
+    /// Connects. A temporary slot is created now (it reserves WAL from before the backup's
+    /// checkpoint, which covers the backup's start); a permanent one (`Create`) only once the
+    /// backup has begun, so a backup refused at once leaves no slot behind.
+    pub async fn open(config: &Config, slot: &SlotChoice) -> Result<WalConnection, ReceiveError> {
+        let mut conn = Connection::connect(config).await?;
+        let seg = conn.wal_segment_size().await?;
+        let mut w = WalConnection {
+            conn,
+            seg,
+            choice: slot.clone(),
+            slot: None,
+        };
+        if matches!(slot, SlotChoice::Temporary) {
+            w.create_slot().await?;
         }
-        SlotChoice::Existing(n) => Some(n.clone()),
-        SlotChoice::NoSlot => None,
-    };
-    let (tx, mut rx) = watch::channel(None);
-    let task = tokio::spawn(async move {
-        let first = start.segment_start(seg);
-        let mut writer = SegmentWriter::new(&dir, seg, None, sync, first);
-        let mut checker = PageChecker::new(seg, system_id, timeline);
-        let mut stream = conn
-            .start_replication(&StartReplication {
-                slot,
-                start: first,
-                timeline: Some(timeline),
-            })
-            .await?;
-        let mut end: Option<Lsn> = None;
-        loop {
-            if end.is_some_and(|e| writer.written >= e) {
-                break;
+        Ok(w)
+    }
+
+    async fn create_slot(&mut self) -> Result<(), ReceiveError> {
+        self.slot = match &self.choice {
+            SlotChoice::Temporary | SlotChoice::Create(_) => {
+                let (name, temporary) = match &self.choice {
+                    SlotChoice::Create(n) => (n.clone(), false),
+                    _ => (format!("pgrepl_{}", std::process::id()), true),
+                };
+                self.conn
+                    .create_physical_slot(
+                        &name,
+                        CreateSlotOptions {
+                            temporary,
+                            reserve_wal: true,
+                        },
+                    )
+                    .await?;
+                Some(name)
             }
-            tokio::select! {
-                ev = stream.next() => match ev? {
-                    Some(ReplicationEvent::XLogData(x)) => {
-                        checker.feed(x.wal_start, &x.data)?;
-                        writer.write(timeline, x.wal_start, &x.data)?;
-                    }
-                    Some(ReplicationEvent::Keepalive(k)) => {
-                        if k.reply_requested {
-                            let flushed = writer.flush()?;
-                            stream.send_status(writer.written, flushed, Lsn::INVALID, false).await?;
+            SlotChoice::Existing(n) => Some(n.clone()),
+            SlotChoice::NoSlot => None,
+        };
+        Ok(())
+    }
+
+    /// Starts streaming from the segment holding `start` into `dir`, in a task of its own.
+    pub async fn stream(
+        mut self,
+        dir: PathBuf,
+        start: Lsn,
+        timeline: TimelineId,
+        system_id: u64,
+        sync: bool,
+    ) -> Result<WalStream, ReceiveError> {
+        if self.slot.is_none() && !matches!(self.choice, SlotChoice::NoSlot) {
+            self.create_slot().await?;
+        }
+        let WalConnection {
+            mut conn,
+            seg,
+            slot,
+            ..
+        } = self;
+        let (tx, mut rx) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            let first = start.segment_start(seg);
+            let mut writer = SegmentWriter::new(&dir, seg, None, sync, first);
+            let mut checker = PageChecker::new(seg, system_id, timeline);
+            let mut stream = conn
+                .start_replication(&StartReplication {
+                    slot,
+                    start: first,
+                    timeline: Some(timeline),
+                })
+                .await?;
+            let mut end: Option<Lsn> = None;
+            loop {
+                if end.is_some_and(|e| writer.written >= e) {
+                    break;
+                }
+                tokio::select! {
+                    ev = stream.next() => match ev? {
+                        Some(ReplicationEvent::XLogData(x)) => {
+                            checker.feed(x.wal_start, &x.data)?;
+                            writer.write(timeline, x.wal_start, &x.data)?;
                         }
+                        Some(ReplicationEvent::Keepalive(k)) => {
+                            if k.reply_requested {
+                                let flushed = writer.flush()?;
+                                stream.send_status(writer.written, flushed, Lsn::INVALID, false).await?;
+                            }
+                        }
+                        Some(ReplicationEvent::EndOfTimeline { next_timeline, .. }) => {
+                            return Err(ReceiveError::Timeline(format!(
+                                "the server switched to timeline {next_timeline} during the backup"
+                            )));
+                        }
+                        Some(_) => {}
+                        None => {
+                            return Err(pgrepl::Error::Closed { state: "WAL streaming for the backup" }.into());
+                        }
+                    },
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            // the backup was abandoned
+                            return Ok(());
+                        }
+                        end = *rx.borrow();
                     }
-                    Some(ReplicationEvent::EndOfTimeline { next_timeline, .. }) => {
-                        return Err(ReceiveError::Timeline(format!(
-                            "the server switched to timeline {next_timeline} during the backup"
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        return Err(pgrepl::Error::Closed { state: "WAL streaming for the backup" }.into());
-                    }
-                },
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        // the backup was abandoned
-                        return Ok(());
-                    }
-                    end = *rx.borrow();
                 }
             }
-        }
-        writer.close_padded()?;
-        let _ = stream.finish().await;
-        let _ = conn.close().await;
-        Ok(())
-    });
-    Ok(WalStream { stop: tx, task })
+            writer.close_padded()?;
+            // Terminate at once: the walsender exits cleanly on it, and ending the COPY politely
+            // would first drain the rest of the switched-from segment the server keeps sending
+            drop(stream);
+            let _ = conn.close().await;
+            Ok(())
+        });
+        Ok(WalStream { stop: tx, task })
+    }
 }
 
 impl WalStream {
