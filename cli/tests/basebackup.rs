@@ -59,8 +59,16 @@ fn plain_backup_starts(v: PgVersion, wal_method: &str) {
         .collect();
     assert!(!segments.is_empty(), "no WAL in the backup");
     assert!(segments.iter().all(|&n| n == 16 << 20), "{segments:?}");
-    // a streamed backup's temporary slot is gone
-    assert_eq!(c.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+    // a streamed backup's temporary slot is gone (dropped by its walsender as it exits, which
+    // may be a moment after we did)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.psql("SELECT count(*) FROM pg_replication_slots") != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the temporary slot outlived the backup"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     if v == PgVersion::V18 {
         let out = Command::new(tool("pg_verifybackup"))
             .arg(&target)
@@ -183,8 +191,10 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let n =
-            c.psql("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb'");
+        // the backup's own walsender (the WAL stream's has state 'streaming' or 'startup')
+        let n = c.psql(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'",
+        );
         if n == "1" {
             break;
         }
@@ -192,7 +202,7 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb'");
+    c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'");
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
