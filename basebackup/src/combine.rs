@@ -523,13 +523,12 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
             .iter()
             .find(|m| m.old == ts.location)
             .map(|m| m.new.clone());
-        let Some(dest) =
-            mapped.or_else(|| (!ts.location.as_os_str().is_empty()).then(|| ts.location.clone()))
+        // An in-place tablespace (allow_in_place_tablespaces) has no link and no entry in
+        // tablespace_map, or a location relative to the data directory: its files stay under
+        // pg_tblspc/<oid> in the output, where the server looks for them.
+        let Some(dest) = mapped.or_else(|| ts.location.is_absolute().then(|| ts.location.clone()))
         else {
-            return fail(format!(
-                "tablespace {oid}: its location is unknown (no link and no tablespace_map in \"{}\"); use -T",
-                newest.src.root.display()
-            ));
+            continue;
         };
         if !dest.is_absolute() {
             return fail(format!(
@@ -685,6 +684,13 @@ fn write_all(
         mkdir(&staging.join("pg_tblspc"))?;
         std::os::unix::fs::symlink(dest, staging.join("pg_tblspc").join(oid))
             .map_err(|e| format!("could not create link for tablespace {oid}: {e}"))?;
+    }
+    for oid in newest.src.tablespaces.keys() {
+        if !ts_out.contains_key(oid) {
+            // in place: a directory of the data directory (a tar backup lists none for it)
+            mkdir(&staging.join("pg_tblspc"))?;
+            mkdir(&staging.join("pg_tblspc").join(oid))?;
+        }
     }
     for d in newest.src.dirs.keys() {
         mkdir(&target(d))?;

@@ -957,3 +957,98 @@ fn pg18_a_file_name_that_is_not_utf8() {
     );
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// An in-place tablespace (`allow_in_place_tablespaces`, as PostgreSQL's own tests use) is a
+/// directory under pg_tblspc/: a plain backup keeps it there, never relative to the working
+/// directory; a tar backup's `<oid>.tar` goes back there when combined.
+#[test]
+fn pg18_in_place_tablespace() {
+    let c = Cluster::start(PgVersion::V18);
+    c.psql("ALTER SYSTEM SET allow_in_place_tablespaces = on");
+    c.psql("SELECT pg_reload_conf()");
+    c.psql("CREATE TABLESPACE inplace LOCATION ''");
+    c.psql("CREATE TABLE in_place TABLESPACE inplace AS SELECT g FROM generate_series(1, 3000) g");
+    let oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'inplace'");
+    let work = temp_dir("inplace");
+    // run from an empty directory, which must stay empty
+    let cwd = work.join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let run = |target: &Path, extra: &[&str]| {
+        ok(pgrepl()
+            .current_dir(&cwd)
+            .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-N", "-D"])
+            .arg(target)
+            .args(extra)
+            .output()
+            .unwrap());
+    };
+    let full = work.join("full");
+    run(&full, &[]);
+    let ts_dir = full.join("pg_tblspc").join(&oid);
+    assert!(
+        std::fs::symlink_metadata(&ts_dir).unwrap().is_dir(),
+        "{} is not a directory",
+        ts_dir.display()
+    );
+    let version_dirs: Vec<_> = std::fs::read_dir(&ts_dir).unwrap().collect();
+    assert_eq!(version_dirs.len(), 1, "{version_dirs:?}");
+    let tar = work.join("tar");
+    run(&tar, &["-F", "t"]);
+    assert!(tar.join(format!("{oid}.tar")).is_file());
+
+    c.psql("INSERT INTO in_place SELECT g FROM generate_series(3001, 5000) g");
+    let incr = work.join("incr");
+    run(&incr, &["-i", full.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_dir(&cwd).unwrap().count(),
+        0,
+        "the backup wrote into the working directory"
+    );
+    for b in [&full, &incr] {
+        let out = Command::new(tool("pg_verifybackup"))
+            .arg(b)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_verifybackup {}: {}",
+            b.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // PostgreSQL's combine of our chain, and ours of the tar backup
+    let combined = work.join("combined");
+    let out = Command::new(tool("pg_combinebackup"))
+        .arg("-o")
+        .arg(&combined)
+        .args([&full, &incr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_combinebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_tar = work.join("from_tar");
+    ok(pgrepl()
+        .args(["combine", "-N", "-o"])
+        .arg(&from_tar)
+        .arg(&tar)
+        .output()
+        .unwrap());
+    assert!(
+        std::fs::symlink_metadata(from_tar.join("pg_tblspc").join(&oid))
+            .unwrap()
+            .is_dir()
+    );
+    for (dir, want) in [(&combined, "5000"), (&from_tar, "3000")] {
+        let restored = Cluster::start_on(PgVersion::V18, dir);
+        assert_eq!(
+            restored.psql("SELECT count(*) FROM in_place"),
+            want,
+            "{}",
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -195,6 +195,23 @@ impl BackupSink for DirectorySink {
     fn archive_begin(&mut self, a: &ArchiveInfo) -> Result<(), SinkError> {
         self.root = match &a.tablespace_location {
             None => self.staging.clone(),
+            // An in-place tablespace (allow_in_place_tablespaces) is a directory inside the
+            // data directory: its location is relative to it, never to our working directory.
+            Some(loc) if Path::new(loc).is_relative() => {
+                let rel = crate::pathbytes::to_path(loc);
+                if rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(SinkError::new(format!(
+                        "invalid location \"{loc}\" for tablespace {}",
+                        a.tablespace_oid.map(|o| o.to_string()).unwrap_or_default()
+                    )));
+                }
+                let dir = self.staging.join(rel);
+                mkdir_private(&dir)?;
+                dir
+            }
             Some(loc) => {
                 let dir = self.map(loc);
                 if dir.exists() && !is_empty_dir(&dir)? {
