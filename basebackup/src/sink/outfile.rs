@@ -15,7 +15,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 /// Direct I/O alignment of memory, offsets and lengths (covers 512- and 4096-byte devices).
@@ -24,8 +26,11 @@ const ALIGN: usize = 4096;
 const DIRECT_BUF: usize = 4 << 20;
 /// Files at least this large are written directly.
 pub(crate) const DIRECT_MIN: u64 = 1 << 20;
-/// Buffers of a direct file: one being filled while the other is written.
-const DIRECT_BLOCKS: usize = 2;
+/// Threads writing a direct file: two writes in flight keep a virtio disk busier than one
+/// (a 1.5 GB file: 0.72 s against 0.83 s).
+const WRITERS: usize = 2;
+/// Buffers of a direct file: one being filled while the others are written.
+const DIRECT_BLOCKS: usize = WRITERS + 1;
 
 /// An aligned buffer: `buf[start..start + cap]`, never reallocated.
 struct Block {
@@ -40,14 +45,6 @@ impl Block {
         Block { buf, start }
     }
 
-    /// A placeholder while the real block is with the writer.
-    fn none() -> Block {
-        Block {
-            buf: Vec::new(),
-            start: 0,
-        }
-    }
-
     fn get(&self, n: usize) -> &[u8] {
         &self.buf[self.start..self.start + n]
     }
@@ -57,25 +54,46 @@ impl Block {
     }
 }
 
-/// The open file.
+/// The open file, shared by its writer threads (positioned writes need no exclusion).
 struct Disk {
-    file: File,
+    file: RwLock<File>,
     path: PathBuf,
-    direct: bool,
+    direct: AtomicBool,
 }
 
 impl Disk {
+    fn file(&self) -> std::sync::RwLockReadGuard<'_, File> {
+        self.file.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Writes at `pos`. A filesystem that accepted `O_DIRECT` at open but refuses the write
-    /// gets the file reopened buffered.
-    fn write_at(&mut self, data: &[u8], pos: u64) -> io::Result<()> {
-        match self.file.write_all_at(data, pos) {
-            Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                self.file = OpenOptions::new().write(true).open(&self.path)?;
-                self.direct = false;
-                self.file.write_all_at(data, pos)
+    /// gets the file reopened buffered (once, whichever writer sees the refusal first).
+    fn write_at(&self, data: &[u8], pos: u64) -> io::Result<()> {
+        match self.file().write_all_at(data, pos) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && self.direct.load(Ordering::Acquire) =>
+            {
+                {
+                    let mut f = self.file.write().unwrap_or_else(PoisonError::into_inner);
+                    if self.direct.swap(false, Ordering::AcqRel) {
+                        *f = OpenOptions::new().write(true).open(&self.path)?;
+                    }
+                }
+                self.file().write_all_at(data, pos)
             }
             r => r,
         }
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file().set_len(len)
+    }
+
+    fn into_file(self) -> File {
+        self.file
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -87,34 +105,40 @@ struct Job {
     set_len: Option<u64>,
 }
 
-/// Where the buffered bytes go: straight to the file (buffered files) or to a thread that
-/// writes while the next buffer fills (direct files, whose writes wait for the device).
+/// Where the buffered bytes go: straight to the file (buffered files) or to threads that
+/// write while the next buffer fills (direct files, whose writes wait for the device).
 enum Out {
     Inline(Disk),
     Thread {
         jobs: Option<SyncSender<Job>>,
         done: Receiver<io::Result<Block>>,
-        worker: Option<JoinHandle<Disk>>,
+        disk: Option<Arc<Disk>>,
+        workers: Vec<JoinHandle<()>>,
         in_flight: usize,
         spare: Vec<Block>,
         allocated: usize,
     },
 }
 
-fn writer(mut disk: Disk, jobs: Receiver<Job>, done: SyncSender<io::Result<Block>>) -> Disk {
-    for job in jobs {
+/// A writer thread: takes the next job, writes it, hands the buffer back. Jobs may complete
+/// out of order; the file's owner waits for all of them before it relies on the length.
+fn writer(disk: Arc<Disk>, jobs: Arc<Mutex<Receiver<Job>>>, done: SyncSender<io::Result<Block>>) {
+    loop {
+        let job = match jobs.lock().unwrap_or_else(PoisonError::into_inner).recv() {
+            Ok(j) => j,
+            Err(_) => return,
+        };
         let r = disk
             .write_at(job.block.get(job.len), job.pos)
             .and_then(|()| match job.set_len {
-                Some(l) => disk.file.set_len(l),
+                Some(l) => disk.set_len(l),
                 None => Ok(()),
             });
         let failed = r.is_err();
         if done.send(r.map(|()| job.block)).is_err() || failed {
-            break;
+            return;
         }
     }
-    disk
 }
 
 /// A file being written, directly or buffered.
@@ -185,22 +209,31 @@ impl OutFile {
             (open(path, mode, false)?, false)
         };
         let disk = Disk {
-            file,
+            file: RwLock::new(file),
             path: path.to_path_buf(),
-            direct,
+            direct: AtomicBool::new(direct),
         };
         let (cap, out) = if direct {
             let (jobs, rx) = sync_channel(DIRECT_BLOCKS);
             let (tx, done) = sync_channel(DIRECT_BLOCKS);
-            let worker = std::thread::Builder::new()
-                .name("pgrepl-writer".into())
-                .spawn(move || writer(disk, rx, tx))?;
+            let disk = Arc::new(disk);
+            let rx = Arc::new(Mutex::new(rx));
+            let mut workers = Vec::with_capacity(WRITERS);
+            for _ in 0..WRITERS {
+                let (disk, rx, tx) = (disk.clone(), rx.clone(), tx.clone());
+                workers.push(
+                    std::thread::Builder::new()
+                        .name("pgrepl-writer".into())
+                        .spawn(move || writer(disk, rx, tx))?,
+                );
+            }
             (
                 block,
                 Out::Thread {
                     jobs: Some(jobs),
                     done,
-                    worker: Some(worker),
+                    disk: Some(disk),
+                    workers,
                     in_flight: 0,
                     spare: Vec::new(),
                     allocated: 1,
@@ -229,30 +262,39 @@ impl OutFile {
         self.direct
     }
 
-    /// Writes `cur[..n]` at `pos` (then cuts the file to `set_len`). With a writer thread,
-    /// `cur` is handed over and replaced by a free buffer, unless `keep` asks for it back
-    /// (waiting for every write).
+    /// Writes `cur[..n]` at `pos` (then cuts the file to `set_len`). With writer threads,
+    /// `cur` is handed over and replaced by a free buffer, unless `keep` asks to keep it: then
+    /// every write in flight is waited for and this one is made here.
     fn submit(&mut self, n: usize, set_len: Option<u64>, keep: bool) -> io::Result<()> {
         let cap = self.cap;
-        match &mut self.out {
-            Out::Inline(disk) => {
-                disk.write_at(self.cur.get(n), self.pos)?;
-                if let Some(l) = set_len {
-                    disk.file.set_len(l)?;
-                }
-                Ok(())
+        let write_here = |disk: &Disk, cur: &Block, pos: u64| {
+            disk.write_at(cur.get(n), pos)?;
+            match set_len {
+                Some(l) => disk.set_len(l),
+                None => Ok(()),
             }
+        };
+        match &mut self.out {
+            Out::Inline(disk) => write_here(disk, &self.cur, self.pos),
             Out::Thread {
                 jobs,
                 done,
                 in_flight,
                 spare,
                 allocated,
+                disk,
                 ..
             } => {
-                let next = if keep {
-                    Block::none()
-                } else if let Some(b) = spare.pop() {
+                if keep {
+                    // writes complete in any order: all of them before the length is set
+                    while *in_flight > 0 {
+                        spare.push(done.recv().map_err(|_| writer_gone())??);
+                        *in_flight -= 1;
+                    }
+                    let disk = disk.as_deref().ok_or_else(writer_gone)?;
+                    return write_here(disk, &self.cur, self.pos);
+                }
+                let next = if let Some(b) = spare.pop() {
                     b
                 } else if *allocated < DIRECT_BLOCKS {
                     *allocated += 1;
@@ -270,24 +312,13 @@ impl OutFile {
                 };
                 let sent = jobs.as_ref().map(|j| j.send(job).is_ok());
                 if sent != Some(true) {
-                    return Err(done
-                        .recv()
-                        .map_err(|_| writer_gone())?
-                        .err()
-                        .unwrap_or_else(writer_gone));
+                    // every writer is gone: the first error they reported says why
+                    while let Ok(r) = done.recv() {
+                        r?;
+                    }
+                    return Err(writer_gone());
                 }
                 *in_flight += 1;
-                if keep {
-                    while *in_flight > 0 {
-                        let b = done.recv().map_err(|_| writer_gone())??;
-                        *in_flight -= 1;
-                        if *in_flight == 0 {
-                            self.cur = b;
-                        } else {
-                            spare.push(b);
-                        }
-                    }
-                }
                 Ok(())
             }
         }
@@ -309,22 +340,28 @@ impl OutFile {
             Out::Thread {
                 jobs: None,
                 done: sync_channel(0).1,
-                worker: None,
+                disk: None,
+                workers: Vec::new(),
                 in_flight: 0,
                 spare: Vec::new(),
                 allocated: 0,
             },
         );
         match out {
-            Out::Inline(disk) => Ok(disk.file),
+            Out::Inline(disk) => Ok(disk.into_file()),
             Out::Thread {
                 mut jobs,
-                mut worker,
+                workers,
+                disk,
                 ..
             } => {
                 jobs.take();
-                let w = worker.take().ok_or_else(writer_gone)?;
-                Ok(w.join().map_err(|_| writer_gone())?.file)
+                for w in workers {
+                    w.join().map_err(|_| writer_gone())?;
+                }
+                let disk =
+                    Arc::try_unwrap(disk.ok_or_else(writer_gone)?).map_err(|_| writer_gone())?;
+                Ok(disk.into_file())
             }
         }
     }
@@ -332,9 +369,9 @@ impl OutFile {
 
 impl Drop for OutFile {
     fn drop(&mut self) {
-        if let Out::Thread { jobs, worker, .. } = &mut self.out {
+        if let Out::Thread { jobs, workers, .. } = &mut self.out {
             jobs.take();
-            if let Some(w) = worker.take() {
+            for w in workers.drain(..) {
                 let _ = w.join();
             }
         }
@@ -465,6 +502,24 @@ mod tests {
         }
         f.finish().unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), all);
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn flushes_right_after_full_buffers() {
+        // a full buffer and the padded tail are in flight together and may complete in any
+        // order; the tail must come back to the writer as the buffer it continues
+        let p = tmp("inflight");
+        let mut f = OutFile::create(&p, 0o600, None).unwrap();
+        let mut all = Vec::new();
+        for k in 0..24 {
+            let d = pattern(DIRECT_BUF + 1 + k * 613, k as u8);
+            f.write_all(&d).unwrap();
+            all.extend_from_slice(&d);
+            f.flush().unwrap();
+        }
+        f.finish().unwrap();
+        assert!(std::fs::read(&p).unwrap() == all);
         std::fs::remove_file(&p).unwrap();
     }
 
