@@ -53,6 +53,14 @@ impl SinkError {
         }
     }
 
+    /// An I/O error, with a message saying where.
+    pub fn with_source(message: impl Into<String>, e: std::io::Error) -> Self {
+        SinkError {
+            message: message.into(),
+            source: Some(e),
+        }
+    }
+
     /// An I/O error on `path` while doing `what`.
     pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Self {
         SinkError {
@@ -223,8 +231,10 @@ impl BackupSink for NullSink {
 pub(crate) mod directory;
 mod outfile;
 mod tarfile;
+mod tarstream;
 mod verify;
 
 pub use directory::{DirectorySink, Finishing, TablespaceMapping};
 pub use tarfile::{ClientCompression, TarSink, ZstdCompression};
+pub use tarstream::TarStreamSink;
 pub use verify::VerifySink;

@@ -1,6 +1,7 @@
 //! `pgrepl basebackup`: a full backup through the sinks, with pg_basebackup's flags.
 
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,8 +9,8 @@ use anyhow::{bail, Context};
 use basebackup::checksum::ChecksumKind;
 use basebackup::run::{take_backup, BackupEvent, WalMethod};
 use basebackup::sink::{
-    BackupSink, ClientCompression, DirectorySink, TablespaceMapping, TarSink, Tee, VerifySink,
-    ZstdCompression,
+    BackupSink, ClientCompression, DirectorySink, TablespaceMapping, TarSink, TarStreamSink, Tee,
+    VerifySink, ZstdCompression,
 };
 use basebackup::wal_stream::SlotChoice;
 use clap::Args;
@@ -22,7 +23,8 @@ use crate::conn::ConnArgs;
 pub struct BaseBackupArgs {
     #[command(flatten)]
     conn: ConnArgs,
-    /// Receive the base backup into this directory
+    /// Receive the base backup into this directory ("-": a tar backup to standard output,
+    /// with backup_manifest as its last member)
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     pgdata: Option<PathBuf>,
     /// Output format: p (plain, the default) or t (tar)
@@ -324,6 +326,19 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         m => bail!("invalid wal-method option \"{m}\", must be \"fetch\", \"stream\", or \"none\""),
     };
     let wal = wal_method == Wal::Fetch;
+    // -D -: base.tar (with the manifest inside) to standard output, as pg_basebackup writes it
+    let to_stdout = pgdata.as_os_str() == "-";
+    if to_stdout {
+        if plain {
+            bail!("standard output (-D -) can only take a tar format backup (-F t)");
+        }
+        if wal_method == Wal::Stream {
+            bail!("cannot stream write-ahead logs in tar mode to stdout (use -X fetch or -X none)");
+        }
+        if args.json {
+            bail!("--json cannot be used when the backup goes to standard output");
+        }
+    }
     let checkpoint = parse_checkpoint(&args.checkpoint)?;
     let compression = match (&args.compress, args.gzip) {
         (Some(_), true) => bail!("--compress and --gzip cannot be used together"),
@@ -331,6 +346,9 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         (None, true) => parse_compress("gzip")?,
         (None, false) => Compression::None,
     };
+    if to_stdout && matches!(compression, Compression::Server(_)) {
+        bail!("server-side compression cannot be used when the backup goes to standard output (use -Z gzip or -Z zstd)");
+    }
     if plain && matches!(compression, Compression::Client(_)) {
         bail!("only tar mode backups can be compressed (use server-side compression with plain format)");
     }
@@ -447,7 +465,26 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         }
         conf
     });
-    let writer: Box<dyn BackupSink> = if plain {
+    let writer: Box<dyn BackupSink> = if to_stdout {
+        let stdout = std::fs::File::from(
+            std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("could not use standard output")?,
+        );
+        let mut t = TarStreamSink::new(
+            std::io::BufWriter::with_capacity(1 << 20, stdout),
+            "standard output",
+            match compression {
+                Compression::Client(z) => Some(z),
+                _ => None,
+            },
+        )?;
+        if let Some(r) = recovery {
+            t.set_recovery_conf(r);
+        }
+        Box::new(t)
+    } else if plain {
         let mut d = DirectorySink::new(&pgdata, mappings, !args.no_sync)?;
         if let Some(w) = &args.waldir {
             std::fs::DirBuilder::new()

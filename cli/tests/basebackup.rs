@@ -1052,3 +1052,75 @@ fn pg18_in_place_tablespace() {
     }
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// `-D - -F t`: base.tar on standard output with backup_manifest as its last member, as
+/// `pg_basebackup -D - -Ft` writes it for a pipe; what cannot fit one stream is refused.
+#[test]
+fn pg18_tar_to_standard_output() {
+    let c = Cluster::start(PgVersion::V18);
+    c.pgbench_init(1);
+    let work = temp_dir("stdout");
+    let out = ok(pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-D", "-"])
+        .args(["-F", "t", "-X", "fetch", "-R"])
+        .output()
+        .unwrap());
+    let mut p = basebackup::tar::TarParser::new();
+    let mut names = Vec::new();
+    p.feed(&out.stdout, |ev| -> Result<(), basebackup::tar::TarError> {
+        if let basebackup::tar::TarEvent::Entry(h) = ev {
+            names.push(h.path);
+        }
+        Ok(())
+    })
+    .unwrap();
+    p.finish().unwrap();
+    assert_eq!(names.last().map(String::as_str), Some("backup_manifest"));
+    assert!(names.iter().any(|n| n == "standby.signal"), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("pg_wal/0")), "{names:?}");
+    // extracted, it is a complete backup by PostgreSQL's own judge
+    let tar_file = work.join("stream.tar");
+    std::fs::write(&tar_file, &out.stdout).unwrap();
+    let dir = work.join("extracted");
+    std::fs::create_dir(&dir).unwrap();
+    let x = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar_file)
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(x.success());
+    let v = Command::new(tool("pg_verifybackup"))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "pg_verifybackup: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("primary_conninfo"), "{auto}");
+
+    // refused before anything is written: WAL streaming (the default), plain format, and a
+    // second archive (a tablespace)
+    c.create_tablespace("ts1");
+    for (extra, says) in [
+        (&["-F", "t"][..], "cannot stream write-ahead logs"),
+        (&["-X", "fetch"][..], "tar format"),
+        (&["-F", "t", "-X", "fetch"][..], "tablespace"),
+    ] {
+        let out = pgrepl()
+            .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-D", "-"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(out.stdout.is_empty(), "{extra:?} wrote to standard output");
+    }
+    assert!(!Path::new("-").exists());
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -45,69 +45,122 @@ impl From<ZstdCompression> for ClientCompression {
     }
 }
 
-enum Out {
-    Plain(OutFile),
-    Zstd(zstd::stream::write::Encoder<'static, OutFile>),
-    Gzip(flate2::write::GzEncoder<OutFile>),
+/// A writer, compressed on the client or not.
+pub(super) enum Compressed<W: Write> {
+    Plain(W),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
 }
 
-impl std::fmt::Debug for Out {
+impl<W: Write> std::fmt::Debug for Compressed<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Out::Plain(_) => "Plain",
-            Out::Zstd(_) => "Zstd",
-            Out::Gzip(_) => "Gzip",
+            Compressed::Plain(_) => "Plain",
+            Compressed::Zstd(_) => "Zstd",
+            Compressed::Gzip(_) => "Gzip",
         })
     }
 }
 
-impl Out {
-    fn create(path: &Path, comp: Option<ClientCompression>) -> Result<Out, SinkError> {
-        // a compressor's output is a fraction of its input: smaller direct writes suffice
-        let block = if comp.is_some() { 1 << 20 } else { 4 << 20 };
-        let w = OutFile::create_with(path, 0o600, None, block)
-            .map_err(|e| SinkError::io("could not create file", path, e))?;
+impl<W: Write> Compressed<W> {
+    /// Wraps `w` in the compressor asked for; `what` names the output in errors.
+    pub(super) fn new(
+        w: W,
+        comp: Option<ClientCompression>,
+        what: &str,
+    ) -> Result<Self, SinkError> {
         Ok(match comp {
-            None => Out::Plain(w),
+            None => Compressed::Plain(w),
             Some(ClientCompression::Gzip(level)) => {
                 let l = if level < 0 {
                     6
                 } else {
                     level.clamp(1, 9) as u32
                 };
-                Out::Gzip(flate2::write::GzEncoder::new(
+                Compressed::Gzip(flate2::write::GzEncoder::new(
                     w,
                     flate2::Compression::new(l),
                 ))
             }
             Some(ClientCompression::Zstd(z)) => {
-                let mut e = zstd::stream::write::Encoder::new(w, z.level)
-                    .map_err(|e| SinkError::io("could not start compression for", path, e))?;
+                let mut e = zstd::stream::write::Encoder::new(w, z.level).map_err(|e| {
+                    SinkError::with_source(format!("could not start compression for {what}"), e)
+                })?;
                 if z.workers > 0 {
                     e.multithread(z.workers).map_err(|e| {
-                        SinkError::io("could not set compression workers for", path, e)
+                        SinkError::with_source(
+                            format!("could not set compression workers for {what}"),
+                            e,
+                        )
                     })?;
                 }
-                Out::Zstd(e)
+                Compressed::Zstd(e)
             }
         })
     }
 
-    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+    pub(super) fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
         match self {
-            Out::Plain(w) => w.write_all(b),
-            Out::Zstd(w) => w.write_all(b),
-            Out::Gzip(w) => w.write_all(b),
+            Compressed::Plain(w) => w.write_all(b),
+            Compressed::Zstd(w) => w.write_all(b),
+            Compressed::Gzip(w) => w.write_all(b),
         }
     }
 
-    fn finish(self) -> std::io::Result<()> {
+    /// Ends the compressed stream and returns the writer under it.
+    pub(super) fn into_inner(self) -> std::io::Result<W> {
         match self {
-            Out::Plain(w) => w.finish().map(drop),
-            Out::Zstd(e) => e.finish()?.finish().map(drop),
-            Out::Gzip(e) => e.finish()?.finish().map(drop),
+            Compressed::Plain(w) => Ok(w),
+            Compressed::Zstd(e) => e.finish(),
+            Compressed::Gzip(e) => e.finish(),
         }
     }
+}
+
+type Out = Compressed<OutFile>;
+
+fn create_out(path: &Path, comp: Option<ClientCompression>) -> Result<Out, SinkError> {
+    // a compressor's output is a fraction of its input: smaller direct writes suffice
+    let block = if comp.is_some() { 1 << 20 } else { 4 << 20 };
+    let w = OutFile::create_with(path, 0o600, None, block)
+        .map_err(|e| SinkError::io("could not create file", path, e))?;
+    Compressed::new(w, comp, &format!("\"{}\"", path.display()))
+}
+
+fn finish_out(out: Out) -> std::io::Result<()> {
+    out.into_inner()?.finish().map(drop)
+}
+
+pub(super) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A file entry of mode 0600 written now.
+pub(super) fn file_entry(path: &str, size: u64) -> crate::tar::EntryHeader {
+    crate::tar::EntryHeader {
+        path: path.into(),
+        kind: crate::tar::EntryKind::File,
+        mode: 0o600,
+        size,
+        mtime: unix_now(),
+        link_target: None,
+    }
+}
+
+/// The entries `-R` adds to base.tar: postgresql.auto.conf (the server's, held back, or a new
+/// one) with `lines` appended, and an empty standby.signal.
+pub(super) fn recovery_entries(
+    auto_conf: Option<(crate::tar::EntryHeader, Vec<u8>)>,
+    lines: &str,
+) -> [(crate::tar::EntryHeader, Vec<u8>); 2] {
+    let (mut h, mut conf) =
+        auto_conf.unwrap_or_else(|| (file_entry("postgresql.auto.conf", 0), Vec::new()));
+    conf.extend_from_slice(lines.as_bytes());
+    h.size = conf.len() as u64;
+    [(h, conf), (file_entry("standby.signal", 0), Vec::new())]
 }
 
 /// Writes `base.tar`, `<oid>.tar`, `pg_wal.tar` (each `.zst` with client compression, or as
@@ -201,7 +254,7 @@ impl BackupSink for TarSink {
             None => a.name.clone(),
         };
         let path = self.staging.join(name);
-        self.current = Some((Out::create(&path, zstd)?, path));
+        self.current = Some((create_out(&path, zstd)?, path));
         if self.recovery.is_some() && a.tablespace_oid.is_none() {
             if !a.name.ends_with(".tar") {
                 return Err(SinkError::new(
@@ -262,40 +315,14 @@ impl BackupSink for TarSink {
 
     fn archive_end(&mut self) -> Result<(), SinkError> {
         if let Some(rw) = self.rewrite.take() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let (mut h, mut conf) = rw.auto_conf.unwrap_or_else(|| {
-                (
-                    crate::tar::EntryHeader {
-                        path: "postgresql.auto.conf".into(),
-                        kind: crate::tar::EntryKind::File,
-                        mode: 0o600,
-                        size: 0,
-                        mtime: now,
-                        link_target: None,
-                    },
-                    Vec::new(),
-                )
-            });
-            conf.extend_from_slice(self.recovery.as_deref().unwrap_or("").as_bytes());
-            h.size = conf.len() as u64;
-            self.write_entry(&h, &conf)?;
-            let signal = crate::tar::EntryHeader {
-                path: "standby.signal".into(),
-                kind: crate::tar::EntryKind::File,
-                mode: 0o600,
-                size: 0,
-                mtime: now,
-                link_target: None,
-            };
-            self.write_entry(&signal, &[])?;
+            let lines = self.recovery.clone().unwrap_or_default();
+            for (h, data) in recovery_entries(rw.auto_conf, &lines) {
+                self.write_entry(&h, &data)?;
+            }
             self.write_current(&[0u8; 1024])?;
         }
         if let Some((f, p)) = self.current.take() {
-            f.finish()
-                .map_err(|e| SinkError::io("could not write to file", &p, e))?;
+            finish_out(f).map_err(|e| SinkError::io("could not write to file", &p, e))?;
         }
         Ok(())
     }
@@ -322,25 +349,15 @@ impl BackupSink for TarSink {
             Some(c) => format!("pg_wal.tar{}", c.suffix()),
             None => "pg_wal.tar".to_owned(),
         });
-        let mut out = Out::create(&path, self.zstd)?;
+        let mut out = create_out(&path, self.zstd)?;
         let werr = |e| SinkError::io("could not write to file", &path, e);
         let mut buf = vec![0u8; 1 << 20];
         for n in &names {
             let file = src.join(n);
             let meta =
                 fs::metadata(&file).map_err(|e| SinkError::io("could not stat", &file, e))?;
-            let header = crate::tar::encode_header(&crate::tar::EntryHeader {
-                path: n.clone(),
-                kind: crate::tar::EntryKind::File,
-                mode: 0o600,
-                size: meta.len(),
-                mtime: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0),
-                link_target: None,
-            })
-            .map_err(SinkError::new)?;
+            let header =
+                crate::tar::encode_header(&file_entry(n, meta.len())).map_err(SinkError::new)?;
             out.write_all(&header).map_err(werr)?;
             let mut r = File::open(&file).map_err(|e| SinkError::io("could not open", &file, e))?;
             loop {
@@ -354,7 +371,7 @@ impl BackupSink for TarSink {
             out.write_all(&vec![0u8; pad as usize]).map_err(werr)?;
         }
         out.write_all(&[0u8; 1024]).map_err(werr)?;
-        out.finish().map_err(werr)?;
+        finish_out(out).map_err(werr)?;
         fs::remove_dir_all(&src).map_err(|e| SinkError::io("could not remove", &src, e))
     }
 
