@@ -1,5 +1,6 @@
 //! Base backups: `pgrepl basebackup` against `pg_basebackup` on the same server, alternating, in
-//! several modes. Client CPU (user+sys, children included) and peak RSS come from wait4.
+//! several modes. Client CPU (user+sys, children included) and peak RSS come from wait4; the
+//! same backup with `-t blackhole` gives the server's own share of the wall time.
 
 use std::process::Command;
 
@@ -90,6 +91,9 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
     for mode in MODES {
         let mut ours: Vec<Sample> = Vec::new();
         let mut theirs: Vec<Sample> = Vec::new();
+        // The server's share: the same backup with `-t blackhole`, where the server reads,
+        // checksums and discards the files. Neither client can finish before it.
+        let mut server: Vec<f64> = Vec::new();
         // round 0 is an unmeasured warm-up of both sides (page cache, the server's writeback)
         for round in 0..=rounds {
             if mode.incremental {
@@ -140,6 +144,15 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                     let _ = std::fs::remove_dir_all(&target);
                 }
             }
+            if round > 0 && !mode.pipe_zstd {
+                let mut cmd = Command::new(&ours_bin);
+                cmd.args(["basebackup", "-d", &conninfo, "-c", "fast"])
+                    .args(["-t", "blackhole", "-X", "none"]);
+                if mode.incremental {
+                    cmd.arg("-i").arg(&ours_full);
+                }
+                server.push(run(&mut cmd).wall);
+            }
         }
         let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
         let (ow, oc) = (m(&ours, |s| s.wall), m(&ours, |s| s.cpu));
@@ -157,11 +170,13 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         let (tlo, thi) = range(&theirs);
         let orss = ours.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
         let trss = theirs.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
+        let sw = (!server.is_empty()).then(|| median(server.clone()));
         let line = format!(
-            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB",
+            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB{}",
             mode.name,
             ow / tw,
-            oc / tc
+            oc / tc,
+            sw.map(|w| format!("  server alone {w:.2}s")).unwrap_or_default()
         );
         println!("{line}");
         lines.push(line);
@@ -170,6 +185,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
             "ours": {"wall_s": ow, "wall_min_s": olo, "wall_max_s": ohi, "cpu_s": oc, "peak_rss_mib": orss},
             "pg_basebackup": {"wall_s": tw, "wall_min_s": tlo, "wall_max_s": thi, "cpu_s": tc, "peak_rss_mib": trss},
             "ratio": {"wall": ow / tw, "cpu": oc / tc},
+            "server_alone_wall_s": sw,
         }));
     }
     let _ = std::fs::remove_dir_all(&root);

@@ -244,7 +244,11 @@ impl ConnParams {
                 .filter(|v| !v.is_empty())
                 .or_else(|| env(var).filter(|v| !v.is_empty()))
         };
-        let home = env("HOME").map(PathBuf::from);
+        // as libpq: $HOME, else the password database's entry
+        let home = env("HOME")
+            .map(PathBuf::from)
+            .or_else(|| crate::osuser::effective_user().map(|(_, h)| h))
+            .filter(|h| !h.as_os_str().is_empty());
 
         let host_s = get("hostaddr", "PGHOSTADDR")
             .or_else(|| get("host", "PGHOST"))
@@ -269,9 +273,17 @@ impl ConnParams {
         };
         let user = match get("user", "PGUSER") {
             Some(u) => u,
-            None => env("USER")
+            // as libpq: the effective user's name, whatever $USER says
+            None => crate::osuser::effective_user()
+                .map(|(name, _)| name)
+                .or_else(|| env("USER"))
                 .or_else(|| env("LOGNAME"))
-                .ok_or_else(|| Error::Config("no user name given and none in $USER".into()))?,
+                .ok_or_else(|| {
+                    Error::Config(
+                        "could not look up the effective user's name; give one with user= or PGUSER"
+                            .into(),
+                    )
+                })?,
         };
         let dbname = get("dbname", "PGDATABASE");
         let secs = |key: &str, var: &str| -> Result<Option<Duration>> {

@@ -26,6 +26,7 @@ mod commands;
 pub mod config;
 mod connection;
 mod error;
+mod osuser;
 pub mod message;
 pub mod quote;
 pub mod receivewal;
