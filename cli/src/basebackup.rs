@@ -63,16 +63,19 @@ pub struct BaseBackupArgs {
     /// Relocate the tablespace in directory OLDDIR to NEWDIR
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
     tablespace_mapping: Vec<String>,
-    /// Checksum algorithm of the manifest: CRC32C, SHA224, SHA256, SHA384, SHA512, NONE
-    #[arg(
-        long = "manifest-checksums",
-        value_name = "ALGORITHM",
-        default_value = "CRC32C"
-    )]
-    manifest_checksums: String,
+    /// Checksum algorithm of the manifest: CRC32C (the default), SHA224, SHA256, SHA384, SHA512,
+    /// NONE
+    #[arg(long = "manifest-checksums", value_name = "ALGORITHM")]
+    manifest_checksums: Option<String>,
+    /// Hex-encode every path in the manifest
+    #[arg(long = "manifest-force-encode")]
+    manifest_force_encode: bool,
     /// Do not ask for a backup manifest
     #[arg(long = "no-manifest")]
     no_manifest: bool,
+    /// Do not have the server estimate the backup's size (no progress total)
+    #[arg(long = "no-estimate-size")]
+    no_estimate_size: bool,
     /// Do not verify page checksums on the server
     #[arg(long = "no-verify-checksums")]
     no_verify_checksums: bool,
@@ -301,12 +304,81 @@ fn parse_rate(s: &str) -> anyhow::Result<u32> {
     Ok(kb as u32)
 }
 
+/// The parent's manifest (`-i`), read up front so a bad path fails before anything is written.
+fn parent_manifest(args: &BaseBackupArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    let Some(p) = &args.incremental else {
+        return Ok(None);
+    };
+    let file = if p.is_dir() {
+        p.join("backup_manifest")
+    } else {
+        p.clone()
+    };
+    std::fs::read(&file).map(Some).with_context(|| {
+        format!(
+            "could not read the manifest of the earlier backup \"{}\"",
+            file.display()
+        )
+    })
+}
+
+/// The option checks pg_basebackup makes before it connects, in its order and words.
+fn check_options(args: &BaseBackupArgs, target: Option<&str>) -> anyhow::Result<()> {
+    if target.is_some() && args.format.is_some() {
+        bail!("cannot specify both format and backup target");
+    }
+    match (&args.pgdata, target) {
+        (None, None) => bail!("must specify output directory or backup target"),
+        (Some(_), Some(_)) => bail!("cannot specify both output directory and backup target"),
+        _ => {}
+    }
+    if target.is_some()
+        && args
+            .compress
+            .as_deref()
+            .is_some_and(|c| c.starts_with("client-"))
+    {
+        bail!("client-side compression is not possible when a backup target is specified");
+    }
+    if args.no_slot && args.slot.is_some() {
+        bail!("--no-slot cannot be used with slot name");
+    }
+    if args.create_slot && args.slot.is_none() {
+        bail!("--create-slot needs a slot to be specified using --slot");
+    }
+    if args.create_slot && args.no_slot {
+        bail!("--create-slot and --no-slot are incompatible options");
+    }
+    if target.is_some() && args.waldir.is_some() {
+        bail!("WAL directory location cannot be specified along with a backup target");
+    }
+    if args.progress && args.no_estimate_size {
+        bail!("--progress and --no-estimate-size are incompatible options");
+    }
+    if args.no_manifest && args.manifest_checksums.is_some() {
+        bail!("--no-manifest and --manifest-checksums are incompatible options");
+    }
+    if args.no_manifest && args.manifest_force_encode {
+        bail!("--no-manifest and --manifest-force-encode are incompatible options");
+    }
+    Ok(())
+}
+
+fn manifest_checksum_kind(args: &BaseBackupArgs) -> anyhow::Result<ChecksumKind> {
+    let name = args.manifest_checksums.as_deref().unwrap_or("CRC32C");
+    ChecksumKind::parse(name)
+        .with_context(|| format!("unrecognized manifest checksum algorithm: \"{name}\""))
+}
+
 pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
-    if let Some(t) = &args.target {
+    // --target=client is the same as no target
+    let target = args.target.as_deref().filter(|t| *t != "client");
+    check_options(&args, target)?;
+    if let Some(t) = target {
         return run_target(&args, t).await;
     }
     let Some(pgdata) = args.pgdata.clone() else {
-        bail!("no target directory specified");
+        bail!("must specify output directory or backup target");
     };
     let plain = match args.format.as_deref().unwrap_or("p") {
         "p" | "plain" => true,
@@ -352,17 +424,6 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     if plain && matches!(compression, Compression::Client(_)) {
         bail!("only tar mode backups can be compressed (use server-side compression with plain format)");
     }
-    // slots, as pg_basebackup checks them
-    if args.no_slot && (args.slot.is_some() || args.create_slot) {
-        bail!(if args.create_slot {
-            "--create-slot and --no-slot are incompatible options"
-        } else {
-            "--slot and --no-slot are incompatible options"
-        });
-    }
-    if args.create_slot && args.slot.is_none() {
-        bail!("--create-slot needs a slot to be specified using --slot");
-    }
     if (args.slot.is_some() || args.no_slot) && wal_method != Wal::Stream {
         bail!("replication slots can only be used with WAL streaming");
     }
@@ -387,29 +448,8 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             bail!("directory \"{}\" exists but is not empty", w.display());
         }
     }
-    // The parent's manifest, read up front so a bad path fails before anything is written.
-    let parent_manifest = match &args.incremental {
-        None => None,
-        Some(p) => {
-            let file = if p.is_dir() {
-                p.join("backup_manifest")
-            } else {
-                p.clone()
-            };
-            Some(std::fs::read(&file).with_context(|| {
-                format!(
-                    "could not read the manifest of the earlier backup \"{}\"",
-                    file.display()
-                )
-            })?)
-        }
-    };
-    let kind = ChecksumKind::parse(&args.manifest_checksums).with_context(|| {
-        format!(
-            "unrecognized manifest checksum algorithm: \"{}\"",
-            args.manifest_checksums
-        )
-    })?;
+    let parent_manifest = parent_manifest(&args)?;
+    let kind = manifest_checksum_kind(&args)?;
     let mappings = args
         .tablespace_mapping
         .iter()
@@ -420,13 +460,14 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     }
     let options = BaseBackupOptions {
         label: args.label.clone(),
-        progress: true,
+        progress: !args.no_estimate_size,
         checkpoint,
         wal,
         wait: wal_method == Wal::None,
         max_rate_kb: args.max_rate.as_deref().map(parse_rate).transpose()?,
         verify_checksums: !args.no_verify_checksums,
         manifest: !args.no_manifest,
+        manifest_force_encode: args.manifest_force_encode,
         manifest_checksums: kind,
         incremental: parent_manifest.is_some(),
         // as pg_basebackup: a tar backup carries tablespace_map, so a restore from it can
@@ -582,12 +623,6 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
 /// `--target`: the server keeps the backup (`blackhole` discards it, `server:DIR` writes it on
 /// the server); no WAL streaming, no local output, as pg_basebackup allows it.
 async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitCode> {
-    if args.pgdata.is_some() {
-        bail!("cannot specify both output directory and backup target");
-    }
-    if args.format.is_some() {
-        bail!("cannot specify both format and backup target");
-    }
     if !matches!(args.wal_method.as_str(), "none" | "n" | "fetch" | "f") {
         bail!("WAL cannot be streamed when a backup target is specified");
     }
@@ -606,12 +641,8 @@ async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitC
         },
     };
     let checkpoint = parse_checkpoint(&args.checkpoint)?;
-    let kind = ChecksumKind::parse(&args.manifest_checksums).with_context(|| {
-        format!(
-            "unrecognized manifest checksum algorithm: \"{}\"",
-            args.manifest_checksums
-        )
-    })?;
+    let kind = manifest_checksum_kind(args)?;
+    let parent = parent_manifest(args)?;
     let options = BaseBackupOptions {
         label: args.label.clone(),
         checkpoint,
@@ -619,13 +650,18 @@ async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitC
         max_rate_kb: args.max_rate.as_deref().map(parse_rate).transpose()?,
         verify_checksums: !args.no_verify_checksums,
         manifest: !args.no_manifest,
+        manifest_force_encode: args.manifest_force_encode,
         manifest_checksums: kind,
         compression,
         target: Some((name, detail)),
+        incremental: parent.is_some(),
         ..Default::default()
     };
     let config = args.conn.config()?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
+    if let Some(m) = &parent {
+        conn.upload_manifest(&m[..]).await?;
+    }
     let mut sink = basebackup::sink::NullSink;
     let summary = take_backup(&mut conn, &options, &WalMethod::None, &mut sink, |ev| {
         if let BackupEvent::Notice(n) = ev {

@@ -744,7 +744,60 @@ fn pg18_pg_basebackup_flags() {
     );
     fails(
         run(&["-D", &t("s"), "-C", "-S", "slot0", "--no-slot"]),
-        "incompatible",
+        "--no-slot cannot be used with slot name",
+    );
+    // pg_basebackup's other checks, in its words, before connecting
+    for (args, want) in [
+        (
+            &["-D", &t("o"), "-P", "--no-estimate-size"][..],
+            "--progress and --no-estimate-size are incompatible options",
+        ),
+        (
+            &[
+                "-D",
+                &t("o"),
+                "--no-manifest",
+                "--manifest-checksums",
+                "SHA256",
+            ][..],
+            "--no-manifest and --manifest-checksums are incompatible options",
+        ),
+        (
+            &["-D", &t("o"), "--no-manifest", "--manifest-force-encode"][..],
+            "--no-manifest and --manifest-force-encode are incompatible options",
+        ),
+        (
+            &["-t", "blackhole", "-X", "none", "-Z", "client-gzip"][..],
+            "client-side compression is not possible when a backup target is specified",
+        ),
+        (
+            &["-t", "blackhole", "-X", "none", "--waldir", &t("wd")][..],
+            "WAL directory location cannot be specified along with a backup target",
+        ),
+    ] {
+        fails(run(args), want);
+    }
+    assert!(!work.join("o").exists());
+    // every manifest path hex-encoded, no size estimate, and --target=client (the same as
+    // none): all verified as they stream and by pg_verifybackup
+    ok(run(&[
+        "-D",
+        &t("enc"),
+        "--manifest-force-encode",
+        "--no-estimate-size",
+        "-t",
+        "client",
+    ]));
+    let manifest = std::fs::read_to_string(work.join("enc/backup_manifest")).unwrap();
+    assert!(manifest.contains("\"Encoded-Path\"") && !manifest.contains("\"Path\""));
+    let v = Command::new(tool("pg_verifybackup"))
+        .arg(work.join("enc"))
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "pg_verifybackup: {}",
+        String::from_utf8_lossy(&v.stderr)
     );
     ok(run(&["-D", &t("s"), "-C", "-S", "slot0"]));
     assert_ne!(c.psql("SELECT coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_name = 'slot0'"), "");
@@ -853,7 +906,19 @@ fn pg18_pg_basebackup_flags() {
         "none",
     ]));
     assert!(on_server.join("base.tar").exists() && on_server.join("backup_manifest").exists());
-    fails(run(&[]), "no target directory specified");
+    // an incremental backup kept by the server: its manifest says so
+    let incr_on_server = shared.join("incr_onserver");
+    ok(run(&[
+        "--target",
+        &format!("server:{}", incr_on_server.display()),
+        "-X",
+        "none",
+        "-i",
+        &on_server.join("backup_manifest").to_string_lossy(),
+    ]));
+    let label = basebackup_label(&incr_on_server.join("base.tar"));
+    assert!(label.contains("INCREMENTAL FROM LSN: "), "{label}");
+    fails(run(&[]), "must specify output directory or backup target");
     // default modes: 0700 / 0600
     let mut m = (Vec::new(), Vec::new());
     modes(&work.join("s"), &mut m);
@@ -887,6 +952,24 @@ fn pg18_pg_basebackup_flags() {
         "{m:?}"
     );
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// backup_label from a tar archive.
+fn basebackup_label(tar: &Path) -> String {
+    let bytes = std::fs::read(tar).unwrap();
+    let mut parser = basebackup::tar::TarParser::new();
+    let (mut label, mut inside) = (Vec::new(), false);
+    parser
+        .feed(&bytes, |ev| -> Result<(), basebackup::tar::TarError> {
+            match ev {
+                basebackup::tar::TarEvent::Entry(h) => inside = h.path == "backup_label",
+                basebackup::tar::TarEvent::Data(d) if inside => label.extend_from_slice(d),
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+    String::from_utf8(label).unwrap()
 }
 
 /// A file whose name is not UTF-8 in the data directory (PostgreSQL copies whatever is there and
