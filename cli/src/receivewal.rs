@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
-use pgrepl::receivewal::{self, ReceiveEvent, ReceiveOptions};
+use pgrepl::receivewal::{self, ReceiveEvent, ReceiveOptions, SegmentCompression};
 use pgrepl::Lsn;
 
 use crate::conn::ConnArgs;
@@ -63,41 +63,38 @@ pub struct ReceiveWalArgs {
 }
 
 /// Parses `--compress`: `none`, `zstd`, `zstd:N`, `zstd:level=N`.
-pub fn parse_compress(spec: &str) -> anyhow::Result<Option<i32>> {
-    let (method, detail) = match spec.split_once(':') {
-        Some((m, d)) => (m, Some(d)),
-        None => (spec, None),
-    };
-    match method {
-        "none" => {
-            if detail.is_some() {
-                bail!("invalid compression specification: compression algorithm \"none\" does not accept a compression level");
-            }
-            Ok(None)
-        }
-        "zstd" => {
-            let level = match detail {
-                None => 3,
-                Some(d) => {
-                    let d = d.strip_prefix("level=").unwrap_or(d);
-                    let n: i32 = d.parse().with_context(|| {
-                        format!("invalid compression specification: unrecognized compression option \"{d}\"")
-                    })?;
-                    if !(1..=22).contains(&n) {
-                        bail!("invalid compression specification: compression algorithm \"zstd\" expects a compression level between 1 and 22 (got {n})");
-                    }
-                    n
-                }
-            };
-            Ok(Some(level))
-        }
-        "gzip" | "lz4" => {
-            bail!("compression method {method} is not supported by pgrepl receivewal; use zstd")
-        }
-        other => bail!(
-            "invalid compression specification: unrecognized compression algorithm: \"{other}\""
-        ),
+pub fn parse_compress(spec: &str) -> anyhow::Result<Option<SegmentCompression>> {
+    use crate::compress_spec::{self, Algorithm, Location};
+    // as pg_receivewal: METHOD[:DETAIL], a bare integer being a gzip level (0: none)
+    let (location, name, detail) = compress_spec::split(spec);
+    let algorithm = Algorithm::parse(&name)
+        .filter(|_| location == Location::Unspecified)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid compression specification: unrecognized compression algorithm: \"{spec}\""
+            )
+        })?;
+    let s = compress_spec::parse(algorithm, detail.as_deref())
+        .map_err(|e| anyhow::anyhow!("invalid compression specification: {e}"))?;
+    if s.workers.is_some() || s.long_distance.is_some() {
+        bail!(
+            "invalid compression specification: compression algorithm \"{}\" does not accept worker or long-distance options here",
+            algorithm.name()
+        );
     }
+    Ok(match algorithm {
+        Algorithm::None => None,
+        // zlib's default level is 6
+        Algorithm::Gzip => Some(SegmentCompression::Gzip(if s.level < 0 {
+            6
+        } else {
+            s.level as u32
+        })),
+        Algorithm::Zstd => Some(SegmentCompression::Zstd(s.level)),
+        Algorithm::Lz4 => {
+            bail!("compression method lz4 is not supported by pgrepl receivewal; use gzip or zstd")
+        }
+    })
 }
 
 async fn shutdown_signal() {
@@ -190,7 +187,7 @@ pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
     opts.status_interval = Duration::from_secs(args.status_interval.max(1));
     opts.endpos = args.endpos;
     opts.no_loop = args.no_loop;
-    opts.compress_level = compress_level;
+    opts.compression = compress_level;
 
     let status_line = !args.json && args.verbose == 0 && std::io::stderr().is_terminal();
     let verbose = args.verbose;

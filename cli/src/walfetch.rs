@@ -1,17 +1,18 @@
 //! `pgrepl wal-fetch ARCHIVE WALFILE DEST`: the restore_command half of the WAL archive. It
-//! serves `WALFILE` from the archive (plain, or decompressing `.zst`), falls back to the
+//! serves `WALFILE` from the archive (plain, or decompressing `.zst` / `.gz`), falls back to the
 //! `.partial` of a segment that was never completed (zero-padded to full size, as recovery
 //! requires), serves `.history` files, and exits 1 when the file is not there, as
 //! restore_command must; other failures exit 126 so that recovery stops instead of ending early.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use pgwal::page::PageHeader;
+use pgwal::{read_stored, StoredAs, SEGMENT_NAMES};
 
 #[derive(Args, Debug)]
 pub struct WalFetchArgs {
@@ -26,21 +27,8 @@ pub struct WalFetchArgs {
     pub verbose: u8,
 }
 
-fn read_all(path: &Path, zst: bool) -> anyhow::Result<Vec<u8>> {
-    let f = std::fs::File::open(path)
-        .with_context(|| format!("could not open \"{}\"", path.display()))?;
-    let mut out = Vec::new();
-    if zst {
-        zstd::stream::read::Decoder::new(f)?
-            .read_to_end(&mut out)
-            .with_context(|| format!("could not decompress \"{}\"", path.display()))?;
-    } else {
-        let mut f = f;
-        f.read_to_end(&mut out)
-            .with_context(|| format!("could not read \"{}\"", path.display()))?;
-    }
-    Ok(out)
-}
+/// Largest segment there is (1 GiB) and a byte, to notice a file that is larger.
+const READ_LIMIT: u64 = (1 << 30) + 1;
 
 /// Exit 1 means "not in the archive" to recovery, which then ends or tries elsewhere. Any other
 /// failure (a damaged file, a full disk) exits 126: PostgreSQL treats that like a failed command
@@ -66,23 +54,22 @@ fn fetch(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
     }
     let a = &args.archive;
     let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
-    let candidates: Vec<(PathBuf, bool, bool)> = vec![
-        (a.join(name), false, false),
-        (a.join(format!("{name}.zst")), true, false),
-        (a.join(format!("{name}.partial")), false, true),
-        (a.join(format!("{name}.partial.zst")), true, true),
-    ];
-    let Some((path, zst, partial)) = candidates
-        .into_iter()
-        .filter(|(_, _, partial)| !*partial || is_segment)
-        .find(|(p, _, _)| p.is_file())
-    else {
+    let candidates: Vec<(PathBuf, StoredAs, bool)> = if is_segment {
+        SEGMENT_NAMES
+            .iter()
+            .map(|&(suffix, stored, partial)| (a.join(format!("{name}{suffix}")), stored, partial))
+            .collect()
+    } else {
+        vec![(a.join(name), StoredAs::Plain, false)]
+    };
+    let Some((path, stored, partial)) = candidates.into_iter().find(|(p, _, _)| p.is_file()) else {
         if args.verbose > 0 {
             eprintln!("pgrepl: {name} is not in the archive {}", a.display());
         }
         return Ok(ExitCode::from(1));
     };
-    let mut data = read_all(&path, zst)?;
+    let mut data = read_stored(&path, stored, partial, READ_LIMIT)
+        .with_context(|| format!("could not read \"{}\"", path.display()))?;
     if is_segment {
         // the segment size is in the segment's own long page header
         let seg_size = PageHeader::parse(&data)

@@ -108,8 +108,11 @@ fn complete_in_archive(dir: &Path, tli: TimelineId, lsn: Lsn) -> bool {
 fn complete_segments_match(c: &Cluster, dir: &Path) -> usize {
     let mut n = 0;
     for (name, (kind, bytes)) in archive(dir) {
-        if matches!(kind, WalFileKind::Segment | WalFileKind::SegmentZst) {
-            let base = name.trim_end_matches(".zst");
+        if matches!(
+            kind,
+            WalFileKind::Segment | WalFileKind::SegmentZst | WalFileKind::SegmentGz
+        ) {
+            let base = name.trim_end_matches(".zst").trim_end_matches(".gz");
             let server = std::fs::read(c.data.join("pg_wal").join(base))
                 .unwrap_or_else(|e| panic!("server has no {base}: {e}"));
             assert!(
@@ -432,10 +435,67 @@ fn endpos_and_compression(v: PgVersion) {
     ));
     let partials = partial_segments(&dir);
     assert_eq!(partials.len(), 1, "{partials:?}");
+    let names = |suffix: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(suffix))
+            .collect();
+        v.sort();
+        v
+    };
 
+    // gzip, as PostgreSQL's pg_receivewal test runs it: the earlier partial segment is streamed
+    // again and completed as NAME.gz, the next one is being written as NAME.gz.partial
     c.psql("SELECT pg_switch_wal()");
     let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
     c.psql("INSERT INTO test_table VALUES (2)");
+    ok(receive(
+        &c,
+        &dir,
+        &[
+            "--verbose",
+            "--endpos",
+            &next.to_string(),
+            "--compress",
+            "gzip:1",
+            "--no-loop",
+        ],
+    ));
+    assert_eq!(names(".gz"), [partials[0].replace(".partial", ".gz")]);
+    let gz_partial = names(".gz.partial");
+    assert_eq!(gz_partial.len(), 1, "{gz_partial:?}");
+    // the complete one decompresses to the server's segment; the partial one, flushed as it
+    // was written, to the start of its segment
+    assert_eq!(complete_segments_match(&c, &dir), 1);
+    let partial_bytes = &archive(&dir)[&gz_partial[0]].1;
+    let server = std::fs::read(
+        c.data
+            .join("pg_wal")
+            .join(gz_partial[0].trim_end_matches(".gz.partial")),
+    )
+    .unwrap();
+    assert!(!partial_bytes.is_empty() && server.starts_with(partial_bytes));
+    // and wal-fetch serves both, the partial one zero-padded
+    for name in [
+        partials[0].trim_end_matches(".partial"),
+        gz_partial[0].trim_end_matches(".gz.partial"),
+    ] {
+        let dest = dir.parent().unwrap().join("fetched");
+        ok(pgrepl()
+            .arg("wal-fetch")
+            .arg(&dir)
+            .arg(name)
+            .arg(&dest)
+            .output()
+            .unwrap());
+        let got = std::fs::read(&dest).unwrap();
+        assert_eq!(got.len(), SEG.bytes() as usize, "{name}");
+    }
+
+    c.psql("SELECT pg_switch_wal()");
+    let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
+    c.psql("INSERT INTO test_table VALUES (3)");
     let out = ok(receive(
         &c,
         &dir,
@@ -454,21 +514,24 @@ fn endpos_and_compression(v: PgVersion) {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert_eq!(events[0]["event"], "started");
+    let was_gz = gz_partial[0].replace(".gz.partial", ".zst");
     assert!(events
         .iter()
-        .any(|e| e["event"] == "segment" && e["file"] == partials[0].replace(".partial", ".zst")));
-    let zst: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".zst"))
-        .collect();
-    assert_eq!(zst.len(), 1, "{zst:?}");
-    assert_eq!(
-        zst[0],
-        partials[0].replace(".partial", ".zst"),
-        "the partial was completed"
-    );
+        .any(|e| e["event"] == "segment" && e["file"] == was_gz));
+    assert_eq!(names(".zst"), [was_gz], "the gzip partial was completed");
     assert_eq!(partial_segments(&dir).len(), 1);
+    // the stale .gz.partial went once its segment was complete (at the next start at the
+    // latest)
+    ok(receive(
+        &c,
+        &dir,
+        &["--endpos", &next.to_string(), "--no-loop"],
+    ));
+    assert!(
+        names(".gz.partial").is_empty(),
+        "{:?}",
+        names(".gz.partial")
+    );
     complete_segments_match(&c, &dir);
     modes_are_private(&dir);
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());

@@ -4,7 +4,8 @@
 //! Segment selection follows recovery's rule (`XLogFileReadAnyTLI` in
 //! `src/backend/access/transam/xlogrecovery.c`): for each segment, try the newest timeline of the
 //! history whose start is at or before the segment, then older ones. A segment may be stored as
-//! `NAME`, `NAME.zst`, `NAME.partial` or `NAME.partial.zst`, in that order of preference.
+//! `NAME`, `NAME.zst`, `NAME.gz`, `NAME.partial`, `NAME.partial.zst` or `NAME.gz.partial`, in
+//! that order of preference (`.gz` and `.gz.partial` are pg_receivewal's gzip names).
 
 use std::fmt;
 use std::io::Read;
@@ -69,6 +70,62 @@ impl std::error::Error for ArchiveError {
     }
 }
 
+/// How a stored WAL file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredAs {
+    /// As is.
+    Plain,
+    /// zstd (our archive's `.zst`).
+    Zstd,
+    /// gzip (pg_receivewal's `.gz`, `.gz.partial`).
+    Gzip,
+}
+
+/// The names a segment may be stored under, in order of preference: suffix after the segment
+/// name, compression, and whether it is a `.partial` (possibly incomplete) segment.
+pub const SEGMENT_NAMES: [(&str, StoredAs, bool); 6] = [
+    ("", StoredAs::Plain, false),
+    (".zst", StoredAs::Zstd, false),
+    (".gz", StoredAs::Gzip, false),
+    (".partial", StoredAs::Plain, true),
+    (".partial.zst", StoredAs::Zstd, true),
+    (".gz.partial", StoredAs::Gzip, true),
+];
+
+/// Reads a stored WAL file decompressed, at most `limit` bytes. A partial gzip file may lack its
+/// end (it is being written, flushed as it goes): what decompresses is returned.
+pub fn read_stored(
+    path: &Path,
+    stored: StoredAs,
+    partial: bool,
+    limit: u64,
+) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let mut out = Vec::new();
+    match stored {
+        StoredAs::Plain => {
+            file.take(limit).read_to_end(&mut out)?;
+        }
+        StoredAs::Zstd => {
+            zstd::stream::read::Decoder::new(file)?
+                .take(limit)
+                .read_to_end(&mut out)?;
+        }
+        StoredAs::Gzip => {
+            match flate2::read::GzDecoder::new(file)
+                .take(limit)
+                .read_to_end(&mut out)
+            {
+                Err(e) if partial && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                r => {
+                    r?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A directory of WAL segments.
 #[derive(Debug, Clone)]
 pub struct WalDir {
@@ -83,8 +140,8 @@ pub struct FoundSegment {
     pub path: PathBuf,
     /// Its timeline.
     pub timeline: TimelineId,
-    /// Stored zstd-compressed.
-    pub compressed: bool,
+    /// How it is compressed.
+    pub stored: StoredAs,
     /// A `.partial` (possibly incomplete) segment.
     pub partial: bool,
 }
@@ -106,18 +163,13 @@ impl WalDir {
     /// Finds segment `seg` on `tli` under any of its stored names.
     pub fn find(&self, tli: TimelineId, seg: SegmentNo) -> Option<FoundSegment> {
         let name = segment_file_name(tli, seg, self.seg_size);
-        for (suffix, compressed, partial) in [
-            ("", false, false),
-            (".zst", true, false),
-            (".partial", false, true),
-            (".partial.zst", true, true),
-        ] {
+        for (suffix, stored, partial) in SEGMENT_NAMES {
             let path = self.dir.join(format!("{name}{suffix}"));
             if path.is_file() {
                 return Some(FoundSegment {
                     path,
                     timeline: tli,
-                    compressed,
+                    stored,
                     partial,
                 });
             }
@@ -132,15 +184,13 @@ impl WalDir {
             path: found.path.clone(),
             source,
         };
-        let file = std::fs::File::open(&found.path).map_err(io)?;
-        let limit = self.seg_size.bytes() + 1;
-        let mut out = Vec::with_capacity(self.seg_size.bytes() as usize);
-        if found.compressed {
-            let dec = zstd::stream::read::Decoder::new(file).map_err(io)?;
-            dec.take(limit).read_to_end(&mut out).map_err(io)?;
-        } else {
-            file.take(limit).read_to_end(&mut out).map_err(io)?;
-        }
+        let out = read_stored(
+            &found.path,
+            found.stored,
+            found.partial,
+            self.seg_size.bytes() + 1,
+        )
+        .map_err(io)?;
         let len = out.len() as u64;
         if len > self.seg_size.bytes() || (!found.partial && len != self.seg_size.bytes()) {
             return Err(ArchiveError::ShortSegment {

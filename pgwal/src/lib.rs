@@ -21,7 +21,7 @@ pub mod writer;
 pub mod xact;
 pub mod xlog;
 
-pub use archive::{ArchiveError, FoundSegment, WalDir};
+pub use archive::{read_stored, ArchiveError, FoundSegment, StoredAs, WalDir, SEGMENT_NAMES};
 pub use decoder::{DecoderOptions, WalDecoder, WalError, WalErrorKind};
 pub use lsn::{Lsn, ParseLsnError, TimelineId};
 pub use page::WalVersion;

@@ -75,6 +75,10 @@ pub enum WalFileKind {
     SegmentZst,
     /// A partial segment stored compressed, `….partial.zst`.
     PartialZst,
+    /// A complete segment stored gzip-compressed (pg_receivewal's `….gz`).
+    SegmentGz,
+    /// A partial segment being written gzip-compressed (pg_receivewal's `….gz.partial`).
+    PartialGz,
     /// A timeline history file, `00000002.history`.
     History,
 }
@@ -116,6 +120,10 @@ pub fn parse_wal_file_name(name: &str, seg_size: WalSegSize) -> Option<WalFileNa
     }
     let (base, kind) = if let Some(b) = name.strip_suffix(".partial.zst") {
         (b, WalFileKind::PartialZst)
+    } else if let Some(b) = name.strip_suffix(".gz.partial") {
+        (b, WalFileKind::PartialGz)
+    } else if let Some(b) = name.strip_suffix(".gz") {
+        (b, WalFileKind::SegmentGz)
     } else if let Some(b) = name.strip_suffix(".partial") {
         (b, WalFileKind::Partial)
     } else if let Some(b) = name.strip_suffix(".zst") {
@@ -187,6 +195,16 @@ mod tests {
                 .kind,
             WalFileKind::SegmentZst
         );
+        for (name, kind) in [
+            ("000000010000000000000002.gz", WalFileKind::SegmentGz),
+            (
+                "000000010000000000000002.gz.partial",
+                WalFileKind::PartialGz,
+            ),
+        ] {
+            let p = parse_wal_file_name(name, s).unwrap();
+            assert_eq!((p.kind, p.segment), (kind, Some(SegmentNo(2))), "{name}");
+        }
         for bad in [
             "00000001000000000000000",
             "000000010000000000000100", // segment 0x100 is out of range for 16 MiB

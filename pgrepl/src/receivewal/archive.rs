@@ -2,26 +2,30 @@
 //! and renamed when complete, page headers checked as bytes land.
 //!
 //! Layout of the archive directory (0700, files 0600):
-//! - `<segment>` — a complete segment, or `<segment>.zst` when stored compressed;
-//! - `<segment>.partial` — the segment being filled, always uncompressed, so that a restart can
-//!   simply stream that segment again from its start (the server keeps it: it holds the slot's
-//!   restart_lsn, which never passes what we reported flushed);
+//! - `<segment>` — a complete segment, or `<segment>.zst` when stored zstd-compressed, or
+//!   `<segment>.gz` with gzip (pg_receivewal's `--compress=gzip` names);
+//! - `<segment>.partial` — the segment being filled, uncompressed (also with zstd), so that a
+//!   restart can simply stream that segment again from its start (the server keeps it: it holds
+//!   the slot's restart_lsn, which never passes what we reported flushed); with gzip it is
+//!   `<segment>.gz.partial`, a gzip stream flushed at every fsync, and a restart writes it anew
+//!   from the segment's start, as pg_receivewal does;
 //! - `<tli>.history` — timeline history files.
 //!
 //! Completing a segment: fsync the `.partial`; without compression rename it to its final name;
-//! with compression write `<segment>.zst.tmp`, fsync it, rename it to `<segment>.zst`, then
-//! remove the `.partial`; finally fsync the directory. A crash at any point leaves either the
-//! `.partial` (streamed again) or the final file (a stale `.partial` or `.tmp` beside it is
-//! removed at start-up).
+//! with zstd write `<segment>.zst.tmp`, fsync it, rename it to `<segment>.zst`, then remove the
+//! `.partial`; with gzip end the stream, fsync, rename `.gz.partial` to `.gz`; finally fsync the
+//! directory. A crash at any point leaves either the partial (streamed again) or the final file
+//! (a stale partial or `.tmp` beside it is removed at start-up).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use pgwal::page::{PageExpectations, PageHeader, WalVersion, LONG_HEADER_LEN, SHORT_HEADER_LEN};
 use pgwal::{
-    parse_wal_file_name, segment_file_name, Lsn, SegmentNo, TimelineId, WalFileKind, WalSegSize,
+    parse_wal_file_name, read_stored, segment_file_name, Lsn, SegmentNo, StoredAs, TimelineId,
+    WalFileKind, WalSegSize,
 };
 
 use super::ReceiveError;
@@ -71,7 +75,7 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io_err(dir, "chmod", e))?;
     }
-    let mut best: Option<(SegmentNo, TimelineId, bool, PathBuf, bool)> = None;
+    let mut best: Option<(SegmentNo, TimelineId, bool, PathBuf, StoredAs)> = None;
     let mut finals = std::collections::HashSet::new();
     let mut partials = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, "read archive directory", e))? {
@@ -85,11 +89,13 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
             continue;
         };
         let Some(seg) = p.segment else { continue };
-        let (partial, compressed) = match p.kind {
-            WalFileKind::Segment => (false, false),
-            WalFileKind::SegmentZst => (false, true),
-            WalFileKind::Partial => (true, false),
-            WalFileKind::PartialZst => (true, true),
+        let (partial, stored) = match p.kind {
+            WalFileKind::Segment => (false, StoredAs::Plain),
+            WalFileKind::SegmentZst => (false, StoredAs::Zstd),
+            WalFileKind::SegmentGz => (false, StoredAs::Gzip),
+            WalFileKind::Partial => (true, StoredAs::Plain),
+            WalFileKind::PartialZst => (true, StoredAs::Zstd),
+            WalFileKind::PartialGz => (true, StoredAs::Gzip),
             _ => continue,
         };
         if partial {
@@ -106,7 +112,7 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
             }
         };
         if better {
-            best = Some((seg, p.timeline, partial, entry.path(), compressed));
+            best = Some((seg, p.timeline, partial, entry.path(), stored));
         }
     }
     // A partial whose complete file exists is what an interrupted completion leaves behind.
@@ -115,7 +121,7 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
             let _ = std::fs::remove_file(path);
         }
     }
-    let Some((seg, tli, partial, path, compressed)) = best else {
+    let Some((seg, tli, partial, path, stored)) = best else {
         return Ok(ArchiveState {
             resume: None,
             system_id: None,
@@ -129,20 +135,12 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
     };
     Ok(ArchiveState {
         resume: Some((resume, tli)),
-        system_id: read_system_id(&path, compressed),
+        system_id: read_system_id(&path, stored, partial),
     })
 }
 
-fn read_system_id(path: &Path, compressed: bool) -> Option<u64> {
-    let f = File::open(path).ok()?;
-    let mut head = vec![0u8; LONG_HEADER_LEN];
-    if compressed {
-        let mut d = zstd::stream::read::Decoder::new(f).ok()?;
-        d.read_exact(&mut head).ok()?;
-    } else {
-        let mut f = f;
-        f.read_exact(&mut head).ok()?;
-    }
+fn read_system_id(path: &Path, stored: StoredAs, partial: bool) -> Option<u64> {
+    let head = read_stored(path, stored, partial, LONG_HEADER_LEN as u64).ok()?;
     PageHeader::parse(&head)?.long.map(|l| l.system_id)
 }
 
@@ -244,12 +242,66 @@ impl PageChecker {
     }
 }
 
+/// How the archive stores segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentCompression {
+    /// Complete segments zstd-compressed at this level (`NAME.zst`); the one being filled is an
+    /// uncompressed `.partial`.
+    Zstd(i32),
+    /// gzip at this level (1 to 9), as pg_receivewal writes it: `NAME.gz.partial` while the
+    /// segment fills, `NAME.gz` once complete.
+    Gzip(u32),
+}
+
+/// The file of the segment being filled.
+enum SegFile {
+    Plain(File),
+    Gzip(flate2::write::GzEncoder<File>),
+}
+
+impl std::fmt::Debug for SegFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SegFile::Plain(_) => "Plain",
+            SegFile::Gzip(_) => "Gzip",
+        })
+    }
+}
+
+impl SegFile {
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            SegFile::Plain(f) => f.write_all(b),
+            SegFile::Gzip(e) => e.write_all(b),
+        }
+    }
+
+    /// Hands what was written to the file (a gzip stream is sync-flushed: readable up to here).
+    fn flush(&mut self) -> std::io::Result<&File> {
+        match self {
+            SegFile::Plain(f) => Ok(f),
+            SegFile::Gzip(e) => {
+                e.flush()?;
+                Ok(e.get_ref())
+            }
+        }
+    }
+
+    /// Ends the file (a gzip stream gets its trailer).
+    fn finish(self) -> std::io::Result<File> {
+        match self {
+            SegFile::Plain(f) => Ok(f),
+            SegFile::Gzip(e) => e.finish(),
+        }
+    }
+}
+
 /// Writes streamed WAL into the archive, one segment at a time.
 #[derive(Debug)]
 pub struct SegmentWriter {
     dir: PathBuf,
     seg_size: WalSegSize,
-    compress_level: Option<i32>,
+    compression: Option<SegmentCompression>,
     sync: bool,
     current: Option<OpenSegment>,
     /// Position just past the last byte written.
@@ -262,7 +314,7 @@ pub struct SegmentWriter {
 struct OpenSegment {
     tli: TimelineId,
     seg: SegmentNo,
-    file: File,
+    file: SegFile,
     path: PathBuf,
 }
 
@@ -282,14 +334,14 @@ impl SegmentWriter {
     pub fn new(
         dir: &Path,
         seg_size: WalSegSize,
-        compress_level: Option<i32>,
+        compression: Option<SegmentCompression>,
         sync: bool,
         start: Lsn,
     ) -> Self {
         SegmentWriter {
             dir: dir.to_path_buf(),
             seg_size,
-            compress_level,
+            compression,
             sync,
             current: None,
             written: start,
@@ -299,11 +351,25 @@ impl SegmentWriter {
 
     fn open(&mut self, tli: TimelineId, seg: SegmentNo) -> Result<(), ReceiveError> {
         let name = segment_file_name(tli, seg, self.seg_size);
-        let path = self.dir.join(format!("{name}.partial"));
-        // Never truncate: a partial left by an earlier run holds bytes the server was told are
-        // flushed. Streaming restarts at the segment start and overwrites them with the same
-        // bytes, so they stay on disk throughout.
-        let file = create_private(&path, false)?;
+        let (path, file) = match self.compression {
+            Some(SegmentCompression::Gzip(level)) => {
+                // A gzip stream cannot be rewritten in place: the segment, streamed again from
+                // its start, goes into a new one (the server still has it: the slot's
+                // restart_lsn is at or after its start).
+                let path = self.dir.join(format!("{name}.gz.partial"));
+                let f = create_private(&path, true)?;
+                let enc = flate2::write::GzEncoder::new(f, flate2::Compression::new(level));
+                (path, SegFile::Gzip(enc))
+            }
+            _ => {
+                // Never truncate: a partial left by an earlier run holds bytes the server was
+                // told are flushed. Streaming restarts at the segment start and overwrites them
+                // with the same bytes, so they stay on disk throughout.
+                let path = self.dir.join(format!("{name}.partial"));
+                let f = create_private(&path, false)?;
+                (path, SegFile::Plain(f))
+            }
+        };
         if self.sync {
             fsync_dir(&self.dir)?;
         }
@@ -365,11 +431,13 @@ impl SegmentWriter {
 
     /// Makes everything written durable (fsync of the partial segment).
     pub fn flush(&mut self) -> Result<Lsn, ReceiveError> {
-        if let Some(cur) = &self.current {
+        if let Some(cur) = &mut self.current {
+            let f = cur
+                .file
+                .flush()
+                .map_err(|e| io_err(&cur.path, "write", e))?;
             if self.sync {
-                cur.file
-                    .sync_data()
-                    .map_err(|e| io_err(&cur.path, "fsync", e))?;
+                f.sync_data().map_err(|e| io_err(&cur.path, "fsync", e))?;
             }
         }
         self.flushed = self.written;
@@ -378,20 +446,30 @@ impl SegmentWriter {
 
     fn complete(&mut self) -> Result<CompletedSegment, ReceiveError> {
         let cur = self.current.take().expect("a segment is open");
+        let file = cur
+            .file
+            .finish()
+            .map_err(|e| io_err(&cur.path, "write", e))?;
         if self.sync {
-            cur.file
-                .sync_all()
-                .map_err(|e| io_err(&cur.path, "fsync", e))?;
+            file.sync_all().map_err(|e| io_err(&cur.path, "fsync", e))?;
         }
-        drop(cur.file);
+        drop(file);
         let name = segment_file_name(cur.tli, cur.seg, self.seg_size);
-        let file_name = match self.compress_level {
+        let file_name = match self.compression {
+            Some(SegmentCompression::Gzip(_)) => {
+                let gname = format!("{name}.gz");
+                let fin = self.dir.join(&gname);
+                std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
+                // an uncompressed partial of this segment from an earlier run is now stale
+                let _ = std::fs::remove_file(self.dir.join(format!("{name}.partial")));
+                gname
+            }
             None => {
                 let fin = self.dir.join(&name);
                 std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
                 name
             }
-            Some(level) => {
+            Some(SegmentCompression::Zstd(level)) => {
                 let zname = format!("{name}.zst");
                 let tmp = self.dir.join(format!("{zname}.tmp"));
                 let fin = self.dir.join(&zname);
@@ -442,15 +520,19 @@ impl SegmentWriter {
         let Some(cur) = self.current.take() else {
             return Ok(None);
         };
-        cur.file
-            .set_len(self.seg_size.bytes())
+        let SegFile::Plain(file) = cur.file else {
+            return Err(io_err(
+                &cur.path,
+                "pad",
+                std::io::Error::other("a compressed partial segment cannot be padded"),
+            ));
+        };
+        file.set_len(self.seg_size.bytes())
             .map_err(|e| io_err(&cur.path, "extend", e))?;
         if self.sync {
-            cur.file
-                .sync_all()
-                .map_err(|e| io_err(&cur.path, "fsync", e))?;
+            file.sync_all().map_err(|e| io_err(&cur.path, "fsync", e))?;
         }
-        drop(cur.file);
+        drop(file);
         let fin = self
             .dir
             .join(segment_file_name(cur.tli, cur.seg, self.seg_size));

@@ -25,6 +25,7 @@ use crate::commands::CreateSlotOptions;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::stream::{ReplicationEvent, StartReplication};
+pub use archive::SegmentCompression;
 use archive::{scan_archive, CompletedSegment, PageChecker, SegmentWriter};
 
 /// How to receive.
@@ -44,8 +45,8 @@ pub struct ReceiveOptions {
     pub endpos: Option<Lsn>,
     /// Give up on the first lost connection instead of reconnecting.
     pub no_loop: bool,
-    /// Store completed segments zstd-compressed at this level.
-    pub compress_level: Option<i32>,
+    /// Store segments compressed (zstd, or gzip as pg_receivewal does).
+    pub compression: Option<SegmentCompression>,
 }
 
 impl ReceiveOptions {
@@ -59,7 +60,7 @@ impl ReceiveOptions {
             status_interval: Duration::from_secs(10),
             endpos: None,
             no_loop: false,
-            compress_level: None,
+            compression: None,
         }
     }
 }
@@ -357,13 +358,8 @@ async fn run_once(
             return Ok(Outcome::Stopped(StopReason::EndPos, tli));
         }
     }
-    let mut writer = SegmentWriter::new(
-        &opts.dir,
-        seg_size,
-        opts.compress_level,
-        !opts.no_sync,
-        start,
-    );
+    let mut writer =
+        SegmentWriter::new(&opts.dir, seg_size, opts.compression, !opts.no_sync, start);
     let mut checker = PageChecker::new(seg_size, id.system_id, tli.max(id.timeline));
     loop {
         on_event(&ReceiveEvent::Started {
