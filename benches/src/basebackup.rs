@@ -63,6 +63,23 @@ const MODES: &[Mode] = &[
     },
 ];
 
+/// Truncates every file under `dir` to nothing, keeping the files.
+fn empty_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            empty_files(&e.path());
+        } else if t.is_file() {
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(e.path()) {
+                let _ = f.set_len(0);
+            }
+        }
+    }
+}
+
 pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
     let c = crate::measure::pgbench_cluster(scale, "basebackup");
     let conninfo = c.conninfo(Role::Postgres, "sslmode=disable");
@@ -94,6 +111,11 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         // The server's share: the same backup with `-t blackhole`, where the server reads,
         // checksums and discards the files. Neither client can finish before it.
         let mut server: Vec<f64> = Vec::new();
+        // Each backup's files are emptied after its run (freeing their blocks and page cache)
+        // but deleted only when the mode ends: ext4 without a journal (these VMs) skips inodes
+        // freed in the last 60 s when it allocates new ones, so deleting each backup before the
+        // next run made every run slower than the last (both tools create ~1000 files).
+        let mut done: Vec<std::path::PathBuf> = Vec::new();
         // round 0 is an unmeasured warm-up of both sides (page cache, the server's writeback)
         for round in 0..=rounds {
             if mode.incremental {
@@ -104,7 +126,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
             for side in [round % 2, 1 - round % 2] {
                 let _ = Command::new("sync").status();
                 if side == 0 {
-                    let target = root.join("ours");
+                    let target = root.join(format!("ours{round}"));
                     let mut cmd = Command::new(&ours_bin);
                     cmd.args(["basebackup", "-d", &conninfo, "-c", "fast", "-D"])
                         .arg(&target)
@@ -116,9 +138,10 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                     if round > 0 {
                         ours.push(sample);
                     }
-                    let _ = std::fs::remove_dir_all(&target);
+                    empty_files(&target);
+                    done.push(target);
                 } else {
-                    let target = root.join("theirs");
+                    let target = root.join(format!("theirs{round}"));
                     let sample = if mode.pipe_zstd {
                         std::fs::create_dir_all(&target).unwrap();
                         run(Command::new("sh").arg("-c").arg(format!(
@@ -141,7 +164,8 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                     if round > 0 {
                         theirs.push(sample);
                     }
-                    let _ = std::fs::remove_dir_all(&target);
+                    empty_files(&target);
+                    done.push(target);
                 }
             }
             if round > 0 && !mode.pipe_zstd {
@@ -153,6 +177,14 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                 }
                 server.push(run(&mut cmd).wall);
             }
+        }
+        for d in &done {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        if !std::ptr::eq(mode, MODES.last().unwrap()) {
+            // let those inodes age past the 60 s before the next mode
+            let _ = Command::new("sync").status();
+            std::thread::sleep(std::time::Duration::from_secs(61));
         }
         let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
         let (ow, oc) = (m(&ours, |s| s.wall), m(&ours, |s| s.cpu));
