@@ -124,7 +124,8 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                 // summarizer catch up, or whichever side goes first pays for both (its fast
                 // checkpoint flushes them; its INCREMENTAL waits for the summaries).
                 c.psql("CHECKPOINT");
-                let caught_up = "SELECT (SELECT summarized_lsn FROM pg_get_wal_summarizer_state()) \
+                let caught_up =
+                    "SELECT (SELECT summarized_lsn FROM pg_get_wal_summarizer_state()) \
                                  >= (SELECT redo_lsn FROM pg_control_checkpoint())";
                 for _ in 0..100 {
                     if c.psql(caught_up) == "t" {
