@@ -346,6 +346,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     let mut seen: Seen = BTreeMap::new();
     let mut pg_control: Option<Vec<u8>> = None;
     let mut wal_tar: Option<PathBuf> = None;
+    let mut base_tar: Option<PathBuf> = None;
     if is_tar {
         let mut names: Vec<String> = fs::read_dir(path)
             .map(|it| {
@@ -365,6 +366,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                 continue;
             }
             let prefix = if stem == "base" {
+                base_tar = Some(path.join(&name));
                 String::new()
             } else {
                 format!("pg_tblspc/{stem}/")
@@ -524,26 +526,46 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             .map(|_| ())
             .map_err(|e| e.to_string())
         });
-    } else if let Some(t) = wal_tar {
+    } else if let Some((t, prefix)) = wal_tar
+        .map(|t| (t, ""))
+        // -X fetch: the server put the WAL into base.tar, under pg_wal/
+        .or_else(|| base_tar.map(|t| (t, "pg_wal/")))
+    {
         check_wal_stream(&mut ctx, &m, seg, |sink| {
             let mut seg_start: Option<Lsn> = None;
             let mut buf: Vec<u8> = Vec::new();
             let mut cont = true;
+            let mut fed = false;
             read_archive(&t, |ev| match ev {
                 TarEvent::Entry(h) => {
-                    seg_start = pgwal::parse_wal_file_name(&h.path, seg)
+                    seg_start = h
+                        .path
+                        .strip_prefix(prefix)
+                        .filter(|_| h.kind == EntryKind::File)
+                        .and_then(|name| pgwal::parse_wal_file_name(name, seg))
+                        .filter(|p| p.kind == pgwal::WalFileKind::Segment)
                         .and_then(|p| p.segment)
                         .and_then(|s| s.start_lsn(seg));
                     buf.clear();
                 }
-                TarEvent::Data(d) => buf.extend_from_slice(d),
+                TarEvent::Data(d) if seg_start.is_some() => buf.extend_from_slice(d),
                 TarEvent::EntryEnd => {
                     if let (Some(s), true) = (seg_start, cont) {
+                        fed = true;
                         cont = sink(s, &buf);
                     }
                 }
                 _ => {}
-            })
+            })?;
+            match (fed, m.wal_ranges.last()) {
+                (false, Some(first)) => Err(format!(
+                    "WAL segment {} (from {}) is not in {}",
+                    pgwal::segment_file_name(first.timeline, first.start.segment(seg), seg),
+                    first.start,
+                    t.display()
+                )),
+                _ => Ok(()),
+            }
         });
     } else {
         let wd = WalDir::new(path.join("pg_wal"), seg);

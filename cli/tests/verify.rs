@@ -73,6 +73,8 @@ fn good_backups_pass(v: PgVersion) {
         ("tar", &["-F", "t"][..]),
         ("tarzst", &["-F", "t", "-Z", "zstd:3"][..]),
         ("fetch", &["-X", "fetch"][..]),
+        // -X fetch in tar format: the WAL is inside base.tar, under pg_wal/
+        ("tarfetch", &["-F", "t", "-X", "fetch", "-Z", "gzip"][..]),
     ] {
         backup(&c, &work.join(name), args);
         let out = verify(&work.join(name), &["--json"]);
@@ -89,6 +91,10 @@ fn good_backups_pass(v: PgVersion) {
             "{name}: no WAL decoded"
         );
     }
+    // a tar backup without WAL: the first segment it needs is named, and -n skips the WAL
+    backup(&c, &work.join("tarnone"), &["-F", "t", "-X", "none"]);
+    fails_naming(&work.join("tarnone"), &[], "is not in");
+    assert!(verify(&work.join("tarnone"), &["-n"]).status.success());
     let _ = std::fs::remove_dir_all(&work);
 }
 
