@@ -148,9 +148,6 @@ fn parse_compress(option: &str) -> anyhow::Result<Compression> {
         Algorithm::None => Compression::None,
         Algorithm::Gzip => Compression::Client(ClientCompression::Gzip(spec.level)),
         Algorithm::Zstd => {
-            if spec.long_distance == Some(true) {
-                bail!("zstd long-distance mode is not supported by pgrepl on the client (use server-zstd:long)");
-            }
             if !(1..=22).contains(&spec.level) {
                 bail!(
                     "zstd compression level {} is not supported by pgrepl on the client (1 to 22)",
@@ -160,6 +157,7 @@ fn parse_compress(option: &str) -> anyhow::Result<Compression> {
             Compression::Client(ClientCompression::Zstd(ZstdCompression {
                 level: spec.level,
                 workers: spec.workers.unwrap_or(0).max(0) as u32,
+                long: spec.long_distance == Some(true),
             }))
         }
         Algorithm::Lz4 => bail!("this build does not support compression with lz4"),

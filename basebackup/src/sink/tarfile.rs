@@ -18,6 +18,8 @@ pub struct ZstdCompression {
     pub level: i32,
     /// Worker threads (0: compress on the calling thread).
     pub workers: u32,
+    /// Long-distance matching (`long`), as PostgreSQL's zstd `long` option.
+    pub long: bool,
 }
 
 /// Client-side compression of the archives: zstd or gzip.
@@ -90,6 +92,14 @@ impl<W: Write> Compressed<W> {
                     e.multithread(z.workers).map_err(|e| {
                         SinkError::with_source(
                             format!("could not set compression workers for {what}"),
+                            e,
+                        )
+                    })?;
+                }
+                if z.long {
+                    e.long_distance_matching(true).map_err(|e| {
+                        SinkError::with_source(
+                            format!("could not set long-distance mode for {what}"),
                             e,
                         )
                     })?;
