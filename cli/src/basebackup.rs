@@ -564,7 +564,10 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     };
     let show_progress = args.progress && (std::io::stderr().is_terminal() || args.verbose > 0);
     let started = std::cell::Cell::new(false);
-    let summary = take_backup(&mut conn, &options, &wal_plan, &mut sink, |ev| match ev {
+    // SIGINT/SIGTERM: stop, and remove what was written (unless --no-clean), rather than
+    // leave a partial backup for someone to find
+    let outcome = tokio::select! {
+        r = take_backup(&mut conn, &options, &wal_plan, &mut sink, |ev| match ev {
         BackupEvent::Started { .. } if args.verbose == 0 => started.set(true),
         // relayed verbatim, as libpq prints a server's notices
         BackupEvent::Notice(n) => eprintln!("{}:  {}", n.severity, n.message),
@@ -582,11 +585,20 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             eprintln!("pgrepl: checkpoint completed; write-ahead log start point: {start_lsn} on timeline {timeline}")
         }
         _ => {}
-    })
-    .await;
+        }) => Some(r),
+        () = crate::receivewal::shutdown_signal() => None,
+    };
     if show_progress {
         eprintln!();
     }
+    let Some(summary) = outcome else {
+        sink.abort();
+        bail!(if args.no_clean {
+            "interrupted; the partial backup was left in place (--no-clean)"
+        } else {
+            "interrupted; the partial backup was removed"
+        });
+    };
     let summary = summary.map_err(|e| backup_error(e, started.get()))?;
     let _ = conn.close().await;
     if args.verbose > 0 {

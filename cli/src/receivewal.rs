@@ -97,7 +97,8 @@ pub fn parse_compress(spec: &str) -> anyhow::Result<Option<SegmentCompression>> 
     })
 }
 
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

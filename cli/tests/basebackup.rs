@@ -213,6 +213,49 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
         "{err}"
     );
     nothing_complete(&work, "slow");
+
+    // SIGTERM to pgrepl itself: it stops and removes what it wrote, the tablespace's too
+    let ts2 = work.join("ts2");
+    let child = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-D"])
+        .arg(work.join("term"))
+        .args(["-c", "fast", "-r", "32k", "-T"])
+        .arg(format!(
+            "{}={}",
+            c.root.join("ts_ts1").display(),
+            ts2.display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.psql(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "the backup never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(work.join(".term.pgrepl-incomplete").exists());
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pgrepl: error: interrupted; the partial backup was removed"),
+        "{err}"
+    );
+    nothing_complete(&work, "term");
+    assert_eq!(
+        std::fs::read_dir(&ts2).map(|d| d.count()).unwrap_or(0),
+        0,
+        "the tablespace's partial copy was left"
+    );
     let _ = std::fs::remove_dir_all(&work);
 }
 
