@@ -173,6 +173,20 @@ fn nothing_complete(work: &Path, name: &str) {
     );
 }
 
+/// Waits until a (throttled) backup's own walsender is sending files (the WAL stream's has
+/// state 'streaming' or 'startup'), and a moment more.
+fn wait_for_backup_walsender(c: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.psql(
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "the backup never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 #[test]
 fn pg18_a_killed_walsender_leaves_nothing_complete() {
     let c = source(PgVersion::V18);
@@ -189,19 +203,7 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // the backup's own walsender (the WAL stream's has state 'streaming' or 'startup')
-        let n = c.psql(
-            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'",
-        );
-        if n == "1" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the backup never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_backup_walsender(&c);
     c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'");
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -228,15 +230,7 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.psql(
-        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'",
-    ) != "1"
-    {
-        assert!(Instant::now() < deadline, "the backup never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_backup_walsender(&c);
     assert!(work.join(".term.pgrepl-incomplete").exists());
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
