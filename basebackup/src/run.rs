@@ -236,26 +236,6 @@ pub enum WalMethod {
     },
 }
 
-/// A task that is cancelled when its handle goes (a backup that fails before it needs the
-/// WAL connection drops it, and with it the temporary slot).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
 /// Runs BASE_BACKUP with `options` on `conn` into `sink`. `options.wal` must agree with `wal`
 /// (true only for [`WalMethod::Fetch`]).
 pub async fn take_backup(
@@ -265,13 +245,38 @@ pub async fn take_backup(
     sink: &mut dyn BackupSink,
     on_event: impl FnMut(&BackupEvent),
 ) -> Result<BackupSummary, BackupError> {
+    // -X stream: the second connection and its slot come first, so that WAL from before the
+    // backup's checkpoint is reserved before the server chooses the start position
+    let mut wal_conn = match wal {
+        WalMethod::Stream { config, slot, .. } => match WalConnection::open(config, slot).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                sink.abort();
+                return Err(e.into());
+            }
+        },
+        _ => None,
+    };
     let mut streamer = None;
-    let r = run(conn, options, wal, &mut streamer, sink, on_event).await;
+    let r = run(
+        conn,
+        options,
+        wal,
+        &mut wal_conn,
+        &mut streamer,
+        sink,
+        on_event,
+    )
+    .await;
     if r.is_err() {
         if let Some(s) = streamer.take() {
             WalStream::abort(s);
         }
         sink.abort();
+    }
+    if let Some(w) = wal_conn.take() {
+        // the backup never began streaming WAL (refused, or failed before its start)
+        w.abandon().await;
     }
     r
 }
@@ -280,21 +285,12 @@ async fn run(
     conn: &mut Connection,
     options: &BaseBackupOptions,
     wal: &WalMethod,
+    wal_conn: &mut Option<WalConnection>,
     streamer: &mut Option<WalStream>,
     sink: &mut dyn BackupSink,
     mut on_event: impl FnMut(&BackupEvent),
 ) -> Result<BackupSummary, BackupError> {
     let began = Instant::now();
-    // -X stream: open the second connection while the server runs the backup's checkpoint
-    let mut wal_conn = match wal {
-        WalMethod::Stream { config, slot, .. } => {
-            let (config, slot) = (config.clone(), slot.clone());
-            Some(AbortOnDrop(tokio::spawn(async move {
-                WalConnection::open(&config, &slot).await
-            })))
-        }
-        _ => None,
-    };
     let mut stream = conn.base_backup(options).await?;
     let mut summary = BackupSummary {
         start_lsn: Lsn(0),
@@ -328,23 +324,15 @@ async fn run(
                 summary.start_lsn = start_lsn;
                 summary.timeline = timeline;
                 if let WalMethod::Stream {
-                    config,
-                    system_id,
-                    sync,
-                    slot,
+                    system_id, sync, ..
                 } = wal
                 {
                     let dir = sink.wal_dir()?.ok_or_else(|| {
                         BackupError::Unsupported("this sink cannot take streamed WAL".into())
                     })?;
-                    let ready = match wal_conn.take() {
-                        Some(t) => t.await.map_err(|e| {
-                            BackupError::Wal(pgrepl::receivewal::ReceiveError::Timeline(format!(
-                                "the WAL connection task failed: {e}"
-                            )))
-                        })??,
-                        None => WalConnection::open(config, slot).await?,
-                    };
+                    let ready = wal_conn.take().ok_or_else(|| {
+                        BackupError::Unsupported("the backup started twice".into())
+                    })?;
                     *streamer = Some(
                         ready
                             .stream(dir, start_lsn, timeline, *system_id, *sync)

@@ -33,8 +33,13 @@ pub struct WalStream {
     task: tokio::task::JoinHandle<Result<(), ReceiveError>>,
 }
 
-/// The second connection, opened (and its temporary slot created) before the backup's start
-/// position is known, so that connecting overlaps the server's checkpoint.
+/// The second connection, opened and its slot created before BASE_BACKUP is sent.
+///
+/// A physical slot created with RESERVE_WAL holds WAL from the server's latest redo pointer, so
+/// a slot that exists before the backup's checkpoint chooses the start position holds the
+/// backup's start segment whatever checkpoints run before streaming begins. Created after the
+/// start position was sent (as pg_basebackup up to 18 does), a concurrent checkpoint could
+/// recycle that segment first and the backup would fail at its end.
 #[derive(Debug)]
 pub struct WalConnection {
     conn: Connection,
@@ -44,9 +49,7 @@ pub struct WalConnection {
 }
 
 impl WalConnection {
-    /// Connects. A temporary slot is created now (it reserves WAL from before the backup's
-    /// checkpoint, which covers the backup's start); a permanent one (`Create`) only once the
-    /// backup has begun, so a backup refused at once leaves no slot behind.
+    /// Connects and creates the slot (a temporary one, or the permanent one `-C` asked for).
     pub async fn open(config: &Config, slot: &SlotChoice) -> Result<WalConnection, ReceiveError> {
         let mut conn = Connection::connect(config).await?;
         let seg = conn.wal_segment_size().await?;
@@ -56,10 +59,18 @@ impl WalConnection {
             choice: slot.clone(),
             slot: None,
         };
-        if matches!(slot, SlotChoice::Temporary) {
-            w.create_slot().await?;
-        }
+        w.create_slot().await?;
         Ok(w)
+    }
+
+    /// The backup never began (the server refused it, or it failed before its start): drops
+    /// the permanent slot [`WalConnection::open`] created, so a refused backup leaves none
+    /// behind, and closes the connection (which drops a temporary slot).
+    pub async fn abandon(mut self) {
+        if let (SlotChoice::Create(_), Some(name)) = (&self.choice, &self.slot) {
+            let _ = self.conn.drop_replication_slot(name, false).await;
+        }
+        let _ = self.conn.close().await;
     }
 
     async fn create_slot(&mut self) -> Result<(), ReceiveError> {
@@ -80,7 +91,20 @@ impl WalConnection {
                     .await?;
                 Some(name)
             }
-            SlotChoice::Existing(n) => Some(n.clone()),
+            SlotChoice::Existing(n) => {
+                // fail now rather than after copying the whole cluster (READ_REPLICATION_SLOT
+                // is PostgreSQL 15+; older servers say so at START_REPLICATION)
+                if self.conn.server_version().major >= 15 {
+                    match self.conn.read_replication_slot(n).await? {
+                        None => return Err(ReceiveError::SlotMissing(n.clone())),
+                        Some(i) if i.slot_type != "physical" => {
+                            return Err(ReceiveError::SlotNotPhysical(n.clone()))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Some(n.clone())
+            }
             SlotChoice::NoSlot => None,
         };
         Ok(())
@@ -88,16 +112,13 @@ impl WalConnection {
 
     /// Starts streaming from the segment holding `start` into `dir`, in a task of its own.
     pub async fn stream(
-        mut self,
+        self,
         dir: PathBuf,
         start: Lsn,
         timeline: TimelineId,
         system_id: u64,
         sync: bool,
     ) -> Result<WalStream, ReceiveError> {
-        if self.slot.is_none() && !matches!(self.choice, SlotChoice::NoSlot) {
-            self.create_slot().await?;
-        }
         let WalConnection {
             mut conn,
             seg,

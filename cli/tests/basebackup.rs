@@ -1257,3 +1257,140 @@ fn pg18_tar_to_standard_output() {
     assert!(!Path::new("-").exists());
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// The WAL stream's slot (temporary, or the permanent one `-C` creates) exists and reserves WAL
+/// while the server is still running the backup's checkpoint, i.e. before the start position is
+/// chosen: a checkpoint between the start position and a slot created later could recycle the
+/// backup's first segment. A spread checkpoint holds the backup in that phase long enough to
+/// look; an immediate CHECKPOINT then lets it finish.
+#[test]
+fn pg18_the_slot_reserves_wal_before_the_start_point() {
+    let c = Cluster::start_with(
+        PgVersion::V18,
+        pgrepl_testbed::ClusterOptions {
+            conf: vec![
+                "checkpoint_timeout = 60s".into(),
+                "checkpoint_completion_target = 0.9".into(),
+            ],
+            ..Default::default()
+        },
+    );
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 200000) g");
+    let work = temp_dir("bbslot");
+    for (name, slot_args) in [
+        ("temporary", &[][..]),
+        ("permanent", &["-S", "bbslot", "-C"][..]),
+    ] {
+        // buffers for the spread checkpoint to pace itself over
+        c.psql("UPDATE t SET g = g + 1");
+        let target = work.join(name);
+        let child = pgrepl()
+            .args([
+                "basebackup",
+                "-d",
+                &conninfo(&c),
+                "-c",
+                "spread",
+                "-N",
+                "-D",
+            ])
+            .arg(&target)
+            .args(slot_args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.psql("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'waiting for checkpoint to finish'") != "1" {
+            assert!(Instant::now() < deadline, "{name}: the backup never waited for its checkpoint");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let reserved = c.psql(
+            "SELECT string_agg(restart_lsn::text, ',') FROM pg_replication_slots WHERE restart_lsn IS NOT NULL",
+        );
+        assert!(
+            !reserved.is_empty() && !reserved.contains(','),
+            "{name}: expected one slot reserving WAL during the checkpoint, found {reserved:?}"
+        );
+        // still in the checkpoint when we looked: the start position was not chosen yet
+        assert_eq!(
+            c.psql("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'waiting for checkpoint to finish'"),
+            "1",
+            "{name}: the checkpoint ended while we looked; nothing was shown"
+        );
+        c.psql("CHECKPOINT");
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let label = std::fs::read_to_string(target.join("backup_label")).unwrap();
+        let start = label
+            .lines()
+            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            c.psql(&format!("SELECT '{reserved}'::pg_lsn <= '{start}'::pg_lsn")),
+            "t",
+            "{name}: the slot reserved WAL from {reserved}, after the backup's start {start}"
+        );
+        let v = Command::new(tool("pg_verifybackup"))
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "{name}: pg_verifybackup: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        if name == "permanent" {
+            c.psql("SELECT pg_drop_replication_slot('bbslot')");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.psql("SELECT count(*) FROM pg_replication_slots") != "0" {
+            assert!(Instant::now() < deadline, "{name}: a slot was left behind");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // -C for a backup the server refuses: the slot created for it is dropped again
+    let out = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-N", "-D"])
+        .arg(work.join("refused"))
+        .args([
+            "-S",
+            "bbslot",
+            "-C",
+            "-F",
+            "t",
+            "--compress",
+            "server-gzip:workers=3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not accept a worker count"));
+    assert!(!work.join("refused").exists());
+    assert_eq!(c.psql("SELECT count(*) FROM pg_replication_slots"), "0");
+    // a slot that does not exist is named before anything is copied
+    let out = pgrepl()
+        .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-N", "-D"])
+        .arg(work.join("missing"))
+        .args(["-S", "nosuchslot"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("replication slot \"nosuchslot\" does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!work.join("missing").exists());
+    assert_eq!(
+        c.psql("SELECT count(*) FROM pg_stat_progress_basebackup"),
+        "0"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
