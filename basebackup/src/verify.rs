@@ -41,6 +41,34 @@ pub struct VerifyOptions {
     pub skip_checksums: bool,
     /// Paths (relative to the backup) to leave out, with everything under them.
     pub ignore: Vec<String>,
+    /// The backup's format; `None`: tar if a `base.tar[.gz|.zst|.lz4]` is there, else plain.
+    pub format: Option<BackupFormat>,
+}
+
+/// The two layouts of a backup directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupFormat {
+    /// A data directory.
+    Plain,
+    /// `base.tar`, `<oid>.tar`, `pg_wal.tar` (each possibly compressed) and `backup_manifest`.
+    Tar,
+}
+
+/// What a top-level file of a tar-format backup may be called: `base`, `pg_wal` or a
+/// tablespace OID, then `.tar`, `.tgz`, `.tar.gz`, `.tar.lz4` or `.tar.zst` (as
+/// pg_verifybackup accepts them). `None` for anything else.
+fn tar_member_stem(name: &str) -> Option<&str> {
+    let (stem, suffix) = name.split_at(name.find('.')?);
+    if !matches!(
+        suffix,
+        ".tar" | ".tgz" | ".tar.gz" | ".tar.lz4" | ".tar.zst"
+    ) {
+        return None;
+    }
+    let is_oid = !stem.is_empty()
+        && stem.bytes().all(|b| b.is_ascii_digit())
+        && stem.parse::<u32>().is_ok_and(|n| n > 0);
+    (stem == "base" || stem == "pg_wal" || is_oid).then_some(stem)
 }
 
 impl VerifyOptions {
@@ -340,9 +368,12 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             (f.path.clone(), k)
         })
         .collect();
-    let is_tar = ["base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4"]
-        .iter()
-        .any(|n| path.join(n).exists());
+    let is_tar = match opts.format {
+        Some(f) => f == BackupFormat::Tar,
+        None => ["base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4"]
+            .iter()
+            .any(|n| path.join(n).exists()),
+    };
     let mut seen: Seen = BTreeMap::new();
     let mut pg_control: Option<Vec<u8>> = None;
     let mut wal_tar: Option<PathBuf> = None;
@@ -357,10 +388,25 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             .unwrap_or_default();
         names.sort();
         for name in names {
-            if name == "backup_manifest" {
+            if name == "backup_manifest" || opts.is_ignored(&name) {
                 continue;
             }
-            let stem = name.split('.').next().unwrap_or_default().to_owned();
+            // only regular files named as pg_basebackup names its archives belong here
+            let regular = fs::metadata(path.join(&name)).is_ok_and(|m| m.is_file());
+            let stem = match tar_member_stem(&name) {
+                Some(s) if regular => s.to_owned(),
+                _ => {
+                    let why = if regular {
+                        format!("file \"{name}\" is not expected in a tar format backup")
+                    } else {
+                        format!("file \"{name}\" is not a regular file")
+                    };
+                    if ctx.problem(&name, why) {
+                        return ctx.report;
+                    }
+                    continue;
+                }
+            };
             if stem == "pg_wal" {
                 wal_tar = Some(path.join(&name));
                 continue;
@@ -589,4 +635,37 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         });
     }
     ctx.report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tar_member_stem;
+
+    #[test]
+    fn tar_member_names_as_pg_verifybackup_takes_them() {
+        for (name, stem) in [
+            ("base.tar", "base"),
+            ("base.tar.gz", "base"),
+            ("base.tgz", "base"),
+            ("base.tar.zst", "base"),
+            ("base.tar.lz4", "base"),
+            ("pg_wal.tar", "pg_wal"),
+            ("16385.tar.gz", "16385"),
+        ] {
+            assert_eq!(tar_member_stem(name), Some(stem), "{name}");
+        }
+        for name in [
+            "PG_VERSION",
+            "base",
+            "base.zip",
+            "base.tar.bz2",
+            "0.tar",
+            "4294967296.tar",
+            "12a.tar",
+            ".tar",
+            "pg_wal",
+        ] {
+            assert_eq!(tar_member_stem(name), None, "{name}");
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use basebackup::verify::{verify_backup, VerifyOptions};
+use basebackup::verify::{verify_backup, BackupFormat, VerifyOptions};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -11,8 +11,17 @@ pub struct VerifyArgs {
     /// The backup directory (plain, or tar with base.tar[.gz|.zst])
     backup: PathBuf,
     /// Read the WAL from this archive instead of the backup
-    #[arg(short = 'w', long = "wal-archive", value_name = "DIR")]
+    #[arg(
+        short = 'w',
+        long = "wal-archive",
+        value_name = "DIR",
+        visible_alias = "wal-path",
+        alias = "wal-directory"
+    )]
     wal_archive: Option<PathBuf>,
+    /// The backup's format: p/plain or t/tar (by default: tar if base.tar[.gz|.zst] is there)
+    #[arg(short = 'F', long = "format", value_name = "p|t")]
+    format: Option<String>,
     /// Do not check the WAL
     #[arg(short = 'n', long = "no-parse-wal")]
     no_parse_wal: bool,
@@ -42,10 +51,19 @@ pub struct VerifyArgs {
     pub verbose: u8,
 }
 
+fn parse_format(s: &str) -> anyhow::Result<BackupFormat> {
+    match s {
+        "p" | "plain" => Ok(BackupFormat::Plain),
+        "t" | "tar" => Ok(BackupFormat::Tar),
+        _ => anyhow::bail!("invalid backup format \"{s}\", must be \"plain\" or \"tar\""),
+    }
+}
+
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     if args.progress && args.quiet {
         anyhow::bail!("cannot specify both -P/--progress and -q/--quiet");
     }
+    let format = args.format.as_deref().map(parse_format).transpose()?;
     let report = verify_backup(
         &args.backup,
         &VerifyOptions {
@@ -55,6 +73,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             manifest_path: args.manifest_path.clone(),
             skip_checksums: args.skip_checksums,
             ignore: args.ignore.clone(),
+            format,
         },
     );
     if args.progress {

@@ -230,6 +230,44 @@ fn pg17_options_as_pg_verifybackup() {
         &["-P", "-q"],
         "cannot specify both -P/--progress and -q/--quiet",
     );
+    // --format (PostgreSQL 18's pg_verifybackup): plain is fine, tar is wrong for a data
+    // directory and says why, anything else is refused
+    for f in ["plain", "p"] {
+        let out = verify(&b, &["--format", f]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fails_naming(
+        &b,
+        &["--format", "y"],
+        "invalid backup format \"y\", must be \"plain\" or \"tar\"",
+    );
+    fails_naming(
+        &b,
+        &["--format=tar", "--no-parse-wal"],
+        "\"pg_multixact\" is not a regular file",
+    );
+    fails_naming(
+        &b,
+        &["-F", "t", "-n"],
+        "file \"PG_VERSION\" is not expected in a tar format backup",
+    );
+    // the WAL directory under each of pg_verifybackup's names for it
+    let moved = work.join("moved_wal");
+    std::fs::rename(b.join("pg_wal"), &moved).unwrap();
+    fails_naming(&b, &[], "WAL parsing failed for timeline 1");
+    for flag in ["-w", "--wal-path", "--wal-directory"] {
+        let out = verify(&b, &[flag, moved.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::rename(&moved, b.join("pg_wal")).unwrap();
     // PG_VERSION changed without changing its length
     let v = b.join("PG_VERSION");
     let len = std::fs::metadata(&v).unwrap().len() as usize;
