@@ -52,6 +52,8 @@ pub struct CombineOptions {
     pub no_manifest: bool,
     /// fsync the result before returning.
     pub sync: bool,
+    /// How (`sync`): fsync every file, or syncfs.
+    pub sync_method: crate::sink::SyncMethod,
     /// How whole files are copied.
     pub copy_method: CopyMethod,
     /// Where compressed archives are decompressed to (default: the output's parent).
@@ -609,7 +611,8 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
         }
         if opts.sync {
             for d in std::iter::once(&staging).chain(created_ts.iter()) {
-                crate::sink::directory::fsync_tree(d).map_err(|e| e.to_string())?;
+                crate::sink::directory::sync_tree(d, opts.sync_method)
+                    .map_err(|e| e.to_string())?;
             }
         }
         if output.exists() {

@@ -1,4 +1,4 @@
-//! Reflink cloning (FICLONE), the one system call std does not offer.
+//! Reflink cloning (FICLONE) and syncfs, the system calls std does not offer.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -13,6 +13,18 @@ pub fn clone(src: &File, dst: &File) -> std::io::Result<()> {
     // SAFETY: both descriptors are open for the duration of the call (borrowed Files); FICLONE
     // takes the source descriptor as its integer argument and touches no memory of ours.
     let r = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `syncfs(2)`: writes out everything cached for the file system holding `f`.
+pub fn syncfs(f: &File) -> std::io::Result<()> {
+    // SAFETY: the descriptor is open for the duration of the call (a borrowed File); syncfs
+    // takes nothing else.
+    let r = unsafe { libc::syncfs(f.as_raw_fd()) };
     if r == 0 {
         Ok(())
     } else {

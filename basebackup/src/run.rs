@@ -233,6 +233,9 @@ pub enum WalMethod {
         system_id: u64,
         /// fsync the segments.
         sync: bool,
+        /// How often to tell the server how far WAL was written and flushed (`-s`); `None`:
+        /// only when it asks.
+        status_interval: Option<Duration>,
     },
 }
 
@@ -324,7 +327,10 @@ async fn run(
                 summary.start_lsn = start_lsn;
                 summary.timeline = timeline;
                 if let WalMethod::Stream {
-                    system_id, sync, ..
+                    system_id,
+                    sync,
+                    status_interval,
+                    ..
                 } = wal
                 {
                     let dir = sink.wal_dir()?.ok_or_else(|| {
@@ -335,7 +341,14 @@ async fn run(
                     })?;
                     *streamer = Some(
                         ready
-                            .stream(dir, start_lsn, timeline, *system_id, *sync)
+                            .stream(
+                                dir,
+                                start_lsn,
+                                timeline,
+                                *system_id,
+                                *sync,
+                                *status_interval,
+                            )
                             .await?,
                     );
                 }

@@ -234,7 +234,7 @@ mod tarfile;
 mod tarstream;
 mod verify;
 
-pub use directory::{DirectorySink, Finishing, TablespaceMapping};
+pub use directory::{DirectorySink, Finishing, SyncMethod, TablespaceMapping};
 pub use tarfile::{ClientCompression, TarSink, ZstdCompression};
 pub use tarstream::TarStreamSink;
 pub use verify::VerifySink;

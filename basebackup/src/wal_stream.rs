@@ -118,6 +118,7 @@ impl WalConnection {
         timeline: TimelineId,
         system_id: u64,
         sync: bool,
+        status_interval: Option<std::time::Duration>,
     ) -> Result<WalStream, ReceiveError> {
         let WalConnection {
             mut conn,
@@ -138,6 +139,11 @@ impl WalConnection {
                 })
                 .await?;
             let mut end: Option<Lsn> = None;
+            // -s: status messages on a timer as well as on request; a timer that never fires
+            // when there is no interval
+            let period = status_interval.unwrap_or(std::time::Duration::from_secs(86_400 * 365));
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 if end.is_some_and(|e| writer.written >= e) {
                     break;
@@ -164,6 +170,9 @@ impl WalConnection {
                             return Err(pgrepl::Error::Closed { state: "WAL streaming for the backup" }.into());
                         }
                     },
+                    _ = ticks.tick(), if status_interval.is_some() => {
+                        stream.send_status(writer.written, writer.flushed, Lsn::INVALID, false).await?;
+                    }
                     changed = rx.changed() => {
                         if changed.is_err() {
                             // the backup was abandoned

@@ -4,13 +4,14 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use basebackup::checksum::ChecksumKind;
 use basebackup::run::{take_backup, BackupEvent, WalMethod};
 use basebackup::sink::{
-    BackupSink, ClientCompression, DirectorySink, TablespaceMapping, TarSink, TarStreamSink, Tee,
-    VerifySink, ZstdCompression,
+    BackupSink, ClientCompression, DirectorySink, SyncMethod, TablespaceMapping, TarSink,
+    TarStreamSink, Tee, VerifySink, ZstdCompression,
 };
 use basebackup::wal_stream::SlotChoice;
 use clap::Args;
@@ -111,6 +112,18 @@ pub struct BaseBackupArgs {
     /// Do not wait for changes to be written safely to disk
     #[arg(short = 'N', long = "no-sync")]
     no_sync: bool,
+    /// Time between status packets sent to the server while streaming WAL, in seconds (0:
+    /// only when the server asks)
+    #[arg(
+        short = 's',
+        long = "status-interval",
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
+    status_interval: Option<String>,
+    /// How the backup is made durable: fsync (every file, the default) or syncfs
+    #[arg(long = "sync-method", value_name = "METHOD", value_parser = crate::combine::parse_sync_method)]
+    sync_method: Option<SyncMethod>,
     /// Show progress information
     #[arg(short = 'P', long = "progress")]
     progress: bool,
@@ -321,7 +334,23 @@ fn parent_manifest(args: &BaseBackupArgs) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 /// The option checks pg_basebackup makes before it connects, in its order and words.
+/// `-s`: pg_basebackup's range and words; 10 s by default, 0 for none.
+fn status_interval(args: &BaseBackupArgs) -> anyhow::Result<Option<Duration>> {
+    let Some(v) = &args.status_interval else {
+        return Ok(Some(Duration::from_secs(10)));
+    };
+    let n: i64 = v
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid value \"{v}\" for option -s/--status-interval"))?;
+    if !(0..=2_147_483).contains(&n) {
+        bail!("-s/--status-interval must be in range 0..2147483");
+    }
+    Ok((n > 0).then(|| Duration::from_secs(n as u64)))
+}
+
 fn check_options(args: &BaseBackupArgs, target: Option<&str>) -> anyhow::Result<()> {
+    status_interval(args)?;
     if target.is_some() && args.format.is_some() {
         bail!("cannot specify both format and backup target");
     }
@@ -525,6 +554,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         Box::new(t)
     } else if plain {
         let mut d = DirectorySink::new(&pgdata, mappings, !args.no_sync)?;
+        d.set_sync_method(args.sync_method.unwrap_or_default());
         if let Some(w) = &args.waldir {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -546,6 +576,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         };
         let mut t = TarSink::with_compression(&pgdata, !args.no_sync, zstd)?;
+        t.set_sync_method(args.sync_method.unwrap_or_default());
         if let Some(r) = recovery {
             t.set_recovery_conf(r);
         }
@@ -560,6 +591,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             system_id: id.system_id,
             sync: !args.no_sync,
             slot,
+            status_interval: status_interval(&args)?,
         },
     };
     let show_progress = args.progress && (std::io::stderr().is_terminal() || args.verbose > 0);

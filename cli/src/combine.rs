@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use basebackup::checksum::ChecksumKind;
 use basebackup::combine::{combine, CombineOptions, CopyMethod};
-use basebackup::sink::TablespaceMapping;
+use basebackup::sink::{SyncMethod, TablespaceMapping};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -32,6 +32,9 @@ pub struct CombineArgs {
     /// Do not wait for the result to be written safely to disk
     #[arg(short = 'N', long = "no-sync")]
     no_sync: bool,
+    /// How the result is made durable: fsync (every file, the default) or syncfs
+    #[arg(long = "sync-method", value_name = "METHOD", value_parser = parse_sync_method)]
+    sync_method: Option<SyncMethod>,
     /// How whole files are copied: copy, copy-file-range or clone
     #[arg(long = "copy-method", value_name = "METHOD")]
     copy_method: Option<String>,
@@ -58,8 +61,13 @@ pub struct CombineArgs {
     #[arg(long)]
     json: bool,
     /// Output verbose messages
-    #[arg(short = 'v', long = "verbose", alias = "debug", action = clap::ArgAction::Count)]
+    #[arg(short = 'v', long = "verbose", alias = "debug", short_alias = 'd', action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--sync-method`, in PostgreSQL's words when the value is wrong.
+pub fn parse_sync_method(s: &str) -> Result<SyncMethod, String> {
+    s.parse()
 }
 
 pub fn run(args: CombineArgs) -> anyhow::Result<ExitCode> {
@@ -112,6 +120,7 @@ pub fn run(args: CombineArgs) -> anyhow::Result<ExitCode> {
         manifest_checksums,
         no_manifest: args.no_manifest,
         sync: !args.no_sync,
+        sync_method: args.sync_method.unwrap_or_default(),
         copy_method: methods.first().copied().unwrap_or_default(),
         scratch_dir: args.scratch_dir.clone(),
         dry_run: args.dry_run,

@@ -39,7 +39,7 @@ enum Command {
     /// Stream WAL into a crash-safe archive directory (as pg_receivewal)
     Receivewal(receivewal::ReceiveWalArgs),
     /// Take a full base backup, verified against the server's manifest (as pg_basebackup)
-    Basebackup(basebackup::BaseBackupArgs),
+    Basebackup(Box<basebackup::BaseBackupArgs>),
     /// Rebuild a data directory from a full backup and its incrementals (as pg_combinebackup)
     Combine(combine::CombineArgs),
     /// Restore a backup chain into a data directory set up to recover to a point in time
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Identify(a) => identify::run(a).await,
             Command::Receivewal(a) => receivewal::run(a).await,
-            Command::Basebackup(a) => basebackup::run(a).await,
+            Command::Basebackup(a) => basebackup::run(*a).await,
             Command::WalFetch(a) => walfetch::run(a),
             Command::Verify(a) => verify::run(a),
             Command::Combine(a) => combine::run(a),

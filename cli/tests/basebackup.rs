@@ -1394,3 +1394,92 @@ fn pg18_the_slot_reserves_wal_before_the_start_point() {
     );
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// `-s`: the WAL stream reports its position on a timer (pg_stat_replication.reply_time), or
+/// only when asked with `-s 0`; `--sync-method` takes fsync and syncfs and refuses the rest.
+#[test]
+fn pg18_status_interval_and_sync_method() {
+    let c = Cluster::start(PgVersion::V18);
+    let work = temp_dir("bbstatus");
+    let reply = "SELECT coalesce(reply_time::text, '') FROM pg_stat_replication \
+                 WHERE application_name = 'pgrepl_bb' AND state = 'streaming'";
+    for (secs, expect_reply) in [("1", true), ("0", false)] {
+        let mut child = pgrepl()
+            .args([
+                "basebackup",
+                "-d",
+                &conninfo(&c),
+                "-c",
+                "fast",
+                "-N",
+                "-r",
+                "32k",
+            ])
+            .arg("-D")
+            .arg(work.join(format!("s{secs}")))
+            .args(["-s", secs])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.psql(&format!("SELECT count(*) FROM ({reply}) r")) != "1" {
+            assert!(Instant::now() < deadline, "-s {secs}: no WAL stream");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+        let r = c.psql(reply);
+        assert_eq!(!r.is_empty(), expect_reply, "-s {secs}: reply_time {r:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let run = |args: &[&str]| {
+        pgrepl()
+            .args(["basebackup", "-d", &conninfo(&c), "-c", "fast"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, want) in [
+        (
+            &["-s", "-1"][..],
+            "-s/--status-interval must be in range 0..2147483",
+        ),
+        (
+            &["-s", "ten"][..],
+            "invalid value \"ten\" for option -s/--status-interval",
+        ),
+        (
+            &["--sync-method", "fdatasync"][..],
+            "unrecognized sync method: fdatasync",
+        ),
+    ] {
+        let mut a = vec!["-D", work.to_str().unwrap()];
+        a.extend(args);
+        let out = run(&a.iter().map(|s| &s[..]).collect::<Vec<_>>());
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "expected {want:?} in {err}");
+    }
+    for (name, format) in [("syncfs_plain", "p"), ("syncfs_tar", "t")] {
+        let dir = work.join(name);
+        ok(run(&[
+            "-D",
+            dir.to_str().unwrap(),
+            "-F",
+            format,
+            "--sync-method=syncfs",
+        ]));
+        // PostgreSQL 18's pg_waldump cannot read WAL out of a tar backup
+        let v = Command::new(tool("pg_verifybackup"))
+            .args(if format == "t" { &["-n"][..] } else { &[] })
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -169,18 +169,20 @@ fn pg18_combine_matches_pg_combinebackup() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    for (name, method) in [("ours", "--copy"), ("ours_cfr", "--copy-file-range")] {
+    // (pg_combinebackup's -d and --sync-method accepted too)
+    for (name, method) in [
+        ("ours", &["--copy"][..]),
+        (
+            "ours_cfr",
+            &["--copy-file-range", "-d", "--sync-method=syncfs"][..],
+        ),
+    ] {
         let ours = work.join(name);
         let ts_ours = work.join(format!("ts_{name}"));
-        ok(combine(
-            &[&full, &i1, &i2],
-            &ours,
-            &[
-                method,
-                "-T",
-                &format!("{}={}", ts_i2.display(), ts_ours.display()),
-            ],
-        ));
+        let mapping = format!("-T{}={}", ts_i2.display(), ts_ours.display());
+        let mut args = method.to_vec();
+        args.push(&mapping);
+        ok(combine(&[&full, &i1, &i2], &ours, &args));
         // the same files, and every one byte-identical (backup_manifest aside: mtimes differ)
         let (a, b) = (files(&ours), files(&theirs));
         assert_eq!(

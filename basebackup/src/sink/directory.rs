@@ -78,6 +78,7 @@ pub struct DirectorySink {
     staging: PathBuf,
     mappings: Vec<TablespaceMapping>,
     sync: bool,
+    sync_method: SyncMethod,
     root: PathBuf,
     file: Option<(OutFile, PathBuf)>,
     tablespace_dirs: Vec<PathBuf>,
@@ -109,6 +110,38 @@ fn is_empty_dir(p: &Path) -> Result<bool, SinkError> {
         .map_err(|e| SinkError::io("could not read directory", p, e))?
         .next()
         .is_none())
+}
+
+/// How a finished backup (or combined directory) is made durable (`--sync-method`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMethod {
+    /// fsync every file and directory, as PostgreSQL's tools do by default.
+    #[default]
+    Fsync,
+    /// One `syncfs(2)` per file system holding the output: cheaper with many files, but it
+    /// also writes out whatever else is dirty on that file system.
+    Syncfs,
+}
+
+impl std::str::FromStr for SyncMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fsync" => Ok(SyncMethod::Fsync),
+            "syncfs" => Ok(SyncMethod::Syncfs),
+            _ => Err(format!("unrecognized sync method: {s}")),
+        }
+    }
+}
+
+/// Makes everything under `root` durable with `method`.
+pub(crate) fn sync_tree(root: &Path, method: SyncMethod) -> Result<(), SinkError> {
+    match method {
+        SyncMethod::Fsync => fsync_tree(root),
+        SyncMethod::Syncfs => File::open(root)
+            .and_then(|f| crate::reflink::syncfs(&f))
+            .map_err(|e| SinkError::io("could not synchronize file system for", root, e)),
+    }
 }
 
 /// fsync every file and directory under `root`, as fsync_pgdata does.
@@ -162,6 +195,7 @@ impl DirectorySink {
             staging,
             mappings,
             sync,
+            sync_method: SyncMethod::Fsync,
             file: None,
             tablespace_dirs: Vec::new(),
             finishing: None,
@@ -174,6 +208,11 @@ impl DirectorySink {
     /// synced and renamed: for recovery settings, a separate WAL directory, permissions.
     pub fn set_finishing(&mut self, f: Finishing) {
         self.finishing = Some(f);
+    }
+
+    /// How the finished backup is synced (when syncing at all): fsync by default.
+    pub fn set_sync_method(&mut self, method: SyncMethod) {
+        self.sync_method = method;
     }
 
     /// Leaves the partial directory in place when the backup fails (`--no-clean`).
@@ -307,9 +346,9 @@ impl BackupSink for DirectorySink {
         }
         if self.sync {
             for d in &self.tablespace_dirs {
-                fsync_tree(d)?;
+                sync_tree(d, self.sync_method)?;
             }
-            fsync_tree(&self.staging)?;
+            sync_tree(&self.staging, self.sync_method)?;
         }
         if self.target.exists() {
             // an empty target directory (checked at the start) is replaced

@@ -7,7 +7,6 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::directory::fsync_tree;
 use super::outfile::OutFile;
 use super::{ArchiveInfo, BackupEnd, BackupSink, DirectorySink, SinkError};
 
@@ -180,7 +179,6 @@ pub struct TarSink {
     // The directory logic (empty target, staging beside it, rename on finish) is the plain sink's.
     dir: DirectorySink,
     staging: PathBuf,
-    sync: bool,
     zstd: Option<ClientCompression>,
     current: Option<(Out, PathBuf)>,
     /// `-R`: lines appended to postgresql.auto.conf, and standby.signal, in base.tar.
@@ -222,7 +220,6 @@ impl TarSink {
         Ok(TarSink {
             staging: parent.join(format!(".{name}.pgrepl-incomplete")),
             dir,
-            sync,
             zstd,
             current: None,
             recovery: None,
@@ -235,6 +232,11 @@ impl TarSink {
     /// be rewritten; base.tar is then left as it came and this fails the backup.
     pub fn set_recovery_conf(&mut self, lines: String) {
         self.recovery = Some(lines);
+    }
+
+    /// How the finished backup is synced (when syncing at all): fsync by default.
+    pub fn set_sync_method(&mut self, method: super::SyncMethod) {
+        self.dir.set_sync_method(method);
     }
 
     /// Appends bytes to the archive being written.
@@ -387,9 +389,7 @@ impl BackupSink for TarSink {
 
     fn finish(&mut self, end: &BackupEnd) -> Result<(), SinkError> {
         self.archive_end()?;
-        if self.sync {
-            fsync_tree(&self.staging)?;
-        }
+        // the directory sink syncs the staging directory (the archives are in it) and renames it
         self.dir.finish(end)
     }
 
