@@ -139,6 +139,13 @@ impl WalConnection {
                 })
                 .await?;
             let mut end: Option<Lsn> = None;
+            if status_interval.is_some() {
+                // at once, as pg_basebackup does: a slot made without reserving WAL (or one
+                // behind) starts holding WAL from here, and pg_stat_replication shows us
+                stream
+                    .send_status(writer.written, writer.flushed, Lsn::INVALID, false)
+                    .await?;
+            }
             // -s: status messages on a timer as well as on request; a timer that never fires
             // when there is no interval
             let period = status_interval.unwrap_or(std::time::Duration::from_secs(86_400 * 365));

@@ -860,6 +860,26 @@ fn pg18_pg_basebackup_flags() {
         "replication slots can only be used with WAL streaming",
     );
     ok(run(&["-D", &t("noslot"), "--no-slot"]));
+    // a slot made without reserving WAL starts holding it once the backup streams from it
+    c.psql("SELECT * FROM pg_create_physical_replication_slot('slot1')");
+    let restart = "SELECT coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_name = 'slot1'";
+    assert_eq!(c.psql(restart), "");
+    ok(run(&["-D", &t("slot1"), "-X", "stream", "-S", "slot1"]));
+    let lsn = c.psql(restart);
+    assert!(!lsn.is_empty(), "the slot's restart_lsn did not advance");
+    let label = std::fs::read_to_string(work.join("slot1/backup_label")).unwrap();
+    let start = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        c.psql(&format!("SELECT '{lsn}'::pg_lsn <= '{start}'::pg_lsn")),
+        "t",
+        "{lsn} {start}"
+    );
+    c.psql("SELECT pg_drop_replication_slot('slot1')");
     // -R: standby.signal and primary_conninfo / primary_slot_name
     ok(run(&["-D", &t("r"), "-S", "slot0", "-R"]));
     let auto = std::fs::read_to_string(work.join("r/postgresql.auto.conf")).unwrap();
