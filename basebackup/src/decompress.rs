@@ -70,11 +70,7 @@ impl Decompressor {
             ArchiveCompression::None => return Ok(None),
             ArchiveCompression::Gzip => Box::new(flate2::write::GzDecoder::new(out.clone())),
             ArchiveCompression::Zstd => Box::new(zstd::stream::write::Decoder::new(out.clone())?),
-            ArchiveCompression::Lz4 => {
-                return Err(std::io::Error::other(
-                    "lz4-compressed archives are not supported (use gzip or zstd)",
-                ))
-            }
+            ArchiveCompression::Lz4 => Box::new(crate::lz4::Lz4Decoder::new(out.clone())),
         };
         Ok(Some(Decompressor { inner, out }))
     }

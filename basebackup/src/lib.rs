@@ -10,6 +10,7 @@ pub mod combine;
 pub mod control;
 pub mod decompress;
 pub mod incremental;
+pub mod lz4;
 pub mod manifest;
 pub mod pathbytes;
 pub mod reflink;

@@ -80,7 +80,7 @@ pub struct BaseBackupArgs {
     /// Do not verify page checksums on the server
     #[arg(long = "no-verify-checksums")]
     no_verify_checksums: bool,
-    /// Compress: [client-|server-]METHOD[:DETAIL] with METHOD gzip, zstd (lz4 on the server)
+    /// Compress: [client-|server-]METHOD[:DETAIL] with METHOD gzip, zstd, lz4
     /// or none, DETAIL a level or level=N,workers=N; a bare number is a gzip level
     #[arg(short = 'Z', long = "compress", value_name = "[WHERE-]METHOD[:DETAIL]")]
     compress: Option<String>,
@@ -173,7 +173,7 @@ fn parse_compress(option: &str) -> anyhow::Result<Compression> {
                 long: spec.long_distance == Some(true),
             }))
         }
-        Algorithm::Lz4 => bail!("this build does not support compression with lz4"),
+        Algorithm::Lz4 => Compression::Client(ClientCompression::Lz4),
     })
 }
 

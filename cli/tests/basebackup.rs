@@ -675,6 +675,43 @@ fn pg18_server_gzip_and_client_zstd() {
     );
     let names = tar_backup_matches_manifest(&l);
     assert!(names.contains(&"base.tar.zst".to_owned()), "{names:?}");
+    // client-side lz4: the lz4 program (the reference implementation) decompresses every
+    // archive to tars that match the manifest, and our verify reads the .lz4 files directly
+    let z4 = compressed(&c, &work, "clz4", &["-F", "t", "-Z", "client-lz4:1"]);
+    let plain = work.join("clz4_by_lz4");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::copy(z4.join("backup_manifest"), plain.join("backup_manifest")).unwrap();
+    let mut lz4_names: Vec<String> = std::fs::read_dir(&z4)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "backup_manifest")
+        .collect();
+    lz4_names.sort();
+    // base, the tablespace and pg_wal
+    assert!(
+        lz4_names.len() == 3 && lz4_names.iter().all(|n| n.ends_with(".tar.lz4")),
+        "{lz4_names:?}"
+    );
+    for n in &lz4_names {
+        let stem = n
+            .strip_suffix(".lz4")
+            .unwrap_or_else(|| panic!("{n} is not .lz4"));
+        let st = Command::new("lz4")
+            .args(["-d", "-q"])
+            .arg(z4.join(n))
+            .arg(plain.join(stem))
+            .status()
+            .expect("the lz4 program (apt-get install lz4; scripts/install-postgres does it)");
+        assert!(st.success(), "lz4 -d {n}");
+    }
+    let names = tar_backup_matches_manifest(&plain);
+    assert!(
+        names.contains(&"base.tar".to_owned())
+            && names.contains(&"pg_wal.tar".to_owned())
+            && names.len() == 3,
+        "{names:?}"
+    );
+    ok(pgrepl().arg("verify").arg(&z4).output().unwrap());
     // client compression needs tar format
     let out = pgrepl()
         .args(["basebackup", "-d", &conninfo(&c), "-Z", "zstd", "-D"])
@@ -695,6 +732,21 @@ fn pg15_server_zstd() {
     let t = compressed(&c, &work, "szst", &["-F", "t", "-Z", "server-zstd:3"]);
     let names = tar_backup_matches_manifest(&t);
     assert!(names.contains(&"base.tar.zst".to_owned()), "{names:?}");
+    // and with lz4: the server's frames decoded as they stream, kept as .tar.lz4 in tar format
+    let t4 = compressed(&c, &work, "slz4", &["-F", "t", "-Z", "server-lz4:level=5"]);
+    let names = tar_backup_matches_manifest(&t4);
+    assert!(names.contains(&"base.tar.lz4".to_owned()), "{names:?}");
+    ok(pgrepl().arg("verify").arg(&t4).output().unwrap());
+    let p4 = compressed(&c, &work, "slz4p", &["-Z", "server-lz4"]);
+    let out = Command::new(pgrepl_testbed::pg15_bin().join("pg_verifybackup"))
+        .arg(&p4)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = compressed(&c, &work, "szstp", &["-Z", "server-zstd:level=3,workers=2"]);
     let out = Command::new(pgrepl_testbed::pg15_bin().join("pg_verifybackup"))
         .arg(&p)

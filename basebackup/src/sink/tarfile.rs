@@ -21,13 +21,16 @@ pub struct ZstdCompression {
     pub long: bool,
 }
 
-/// Client-side compression of the archives: zstd or gzip.
+/// Client-side compression of the archives: zstd, gzip or lz4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientCompression {
     /// zstd (`.zst`).
     Zstd(ZstdCompression),
     /// gzip (`.gz`) at a level from 1 to 9, or -1 for zlib's default.
     Gzip(i32),
+    /// lz4 frames (`.lz4`), 64 kB linked blocks with a content checksum. lz4_flex has one
+    /// (fast) mode: a level is accepted, as pg_basebackup's 1 to 12, but does not change it.
+    Lz4,
 }
 
 impl ClientCompression {
@@ -36,6 +39,7 @@ impl ClientCompression {
         match self {
             ClientCompression::Zstd(_) => ".zst",
             ClientCompression::Gzip(_) => ".gz",
+            ClientCompression::Lz4 => ".lz4",
         }
     }
 }
@@ -51,6 +55,7 @@ pub(super) enum Compressed<W: Write> {
     Plain(W),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Gzip(flate2::write::GzEncoder<W>),
+    Lz4(lz4_flex::frame::FrameEncoder<W>),
 }
 
 impl<W: Write> std::fmt::Debug for Compressed<W> {
@@ -59,6 +64,7 @@ impl<W: Write> std::fmt::Debug for Compressed<W> {
             Compressed::Plain(_) => "Plain",
             Compressed::Zstd(_) => "Zstd",
             Compressed::Gzip(_) => "Gzip",
+            Compressed::Lz4(_) => "Lz4",
         })
     }
 }
@@ -105,6 +111,14 @@ impl<W: Write> Compressed<W> {
                 }
                 Compressed::Zstd(e)
             }
+            Some(ClientCompression::Lz4) => {
+                use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+                let info = FrameInfo::new()
+                    .block_size(BlockSize::Max64KB)
+                    .block_mode(BlockMode::Linked)
+                    .content_checksum(true);
+                Compressed::Lz4(FrameEncoder::with_frame_info(info, w))
+            }
         })
     }
 
@@ -113,6 +127,7 @@ impl<W: Write> Compressed<W> {
             Compressed::Plain(w) => w.write_all(b),
             Compressed::Zstd(w) => w.write_all(b),
             Compressed::Gzip(w) => w.write_all(b),
+            Compressed::Lz4(w) => w.write_all(b),
         }
     }
 
@@ -122,6 +137,7 @@ impl<W: Write> Compressed<W> {
             Compressed::Plain(w) => Ok(w),
             Compressed::Zstd(e) => e.finish(),
             Compressed::Gzip(e) => e.finish(),
+            Compressed::Lz4(e) => e.finish().map_err(std::io::Error::other),
         }
     }
 }
