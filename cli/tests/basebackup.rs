@@ -1555,3 +1555,55 @@ fn pg18_status_interval_and_sync_method() {
     }
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A backup taken from a standby: its WAL stream's temporary slot is created on the standby
+/// before BASE_BACKUP, the backup verifies, and a server started on it has the primary's rows.
+#[test]
+fn pg18_backup_from_a_standby() {
+    let primary = Cluster::start(PgVersion::V18);
+    primary.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let standby = primary.standby();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while standby.psql("SELECT count(*) FROM pg_class WHERE relname = 't'") != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never replayed the table"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let work = temp_dir("bbstandby");
+    let target = work.join("b");
+    ok(pgrepl()
+        .args([
+            "basebackup",
+            "-d",
+            &conninfo(&standby),
+            "-c",
+            "fast",
+            "-N",
+            "-D",
+        ])
+        .arg(&target)
+        .output()
+        .unwrap());
+    let v = Command::new(tool("pg_verifybackup"))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "pg_verifybackup: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert_eq!(
+        standby.psql("SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    // as a backup of a standby it would become a standby too; let it come up on its own
+    let _ = std::fs::remove_file(target.join("standby.signal"));
+    hand_over(&work);
+    let restored = Cluster::start_on(PgVersion::V18, &target);
+    assert_eq!(restored.psql("SELECT count(*) FROM t"), "1000");
+    drop(restored);
+    let _ = std::fs::remove_dir_all(&work);
+}
