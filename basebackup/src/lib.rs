@@ -10,7 +10,8 @@ pub mod combine;
 pub mod control;
 pub mod decompress;
 pub mod incremental;
-pub mod lz4;
+/// LZ4 frames, push-fed (the decoder lives in pgwal, which reads `.lz4` WAL segments too).
+pub use pgwal::lz4;
 pub mod manifest;
 pub mod pathbytes;
 pub mod reflink;

@@ -45,7 +45,8 @@ pub struct ReceiveWalArgs {
     /// Flush WAL to disk and report it after every write
     #[arg(long = "synchronous")]
     synchronous: bool,
-    /// Compress completed segments: zstd[:LEVEL], or none
+    /// Compress segments: gzip[:LEVEL] or lz4 (pg_receivewal's NAME.gz / NAME.lz4, the filling
+    /// one NAME.gz.partial / NAME.lz4.partial), zstd[:LEVEL] (completed ones as NAME.zst), or none
     #[arg(short = 'Z', long = "compress", value_name = "METHOD[:LEVEL]")]
     compress: Option<String>,
     /// Create a new physical replication slot (RESERVE_WAL) and exit
@@ -62,7 +63,7 @@ pub struct ReceiveWalArgs {
     pub verbose: u8,
 }
 
-/// Parses `--compress`: `none`, `zstd`, `zstd:N`, `zstd:level=N`.
+/// Parses `--compress`: `none`, `gzip[:N]` (a bare N too), `lz4[:N]`, `zstd[:N]`, `METHOD:level=N`.
 pub fn parse_compress(spec: &str) -> anyhow::Result<Option<SegmentCompression>> {
     use crate::compress_spec::{self, Algorithm, Location};
     // as pg_receivewal: METHOD[:DETAIL], a bare integer being a gzip level (0: none)
@@ -91,9 +92,7 @@ pub fn parse_compress(spec: &str) -> anyhow::Result<Option<SegmentCompression>> 
             s.level as u32
         })),
         Algorithm::Zstd => Some(SegmentCompression::Zstd(s.level)),
-        Algorithm::Lz4 => {
-            bail!("compression method lz4 is not supported by pgrepl receivewal; use gzip or zstd")
-        }
+        Algorithm::Lz4 => Some(SegmentCompression::Lz4),
     })
 }
 

@@ -110,9 +110,15 @@ fn complete_segments_match(c: &Cluster, dir: &Path) -> usize {
     for (name, (kind, bytes)) in archive(dir) {
         if matches!(
             kind,
-            WalFileKind::Segment | WalFileKind::SegmentZst | WalFileKind::SegmentGz
+            WalFileKind::Segment
+                | WalFileKind::SegmentZst
+                | WalFileKind::SegmentGz
+                | WalFileKind::SegmentLz4
         ) {
-            let base = name.trim_end_matches(".zst").trim_end_matches(".gz");
+            let base = name
+                .trim_end_matches(".zst")
+                .trim_end_matches(".gz")
+                .trim_end_matches(".lz4");
             let server = std::fs::read(c.data.join("pg_wal").join(base))
                 .unwrap_or_else(|e| panic!("server has no {base}: {e}"));
             assert!(
@@ -407,6 +413,12 @@ fn pg18_timeline_switch() {
     timeline_switch(PgVersion::V18);
 }
 
+/// The server's copy of an archived segment (`name` with or without a compression suffix).
+fn server_segment(c: &Cluster, name: &str) -> Vec<u8> {
+    let base = &name[..24];
+    std::fs::read(c.data.join("pg_wal").join(base)).unwrap()
+}
+
 fn partial_segments(dir: &Path) -> Vec<String> {
     archive(dir)
         .into_iter()
@@ -493,9 +505,60 @@ fn endpos_and_compression(v: PgVersion) {
         assert_eq!(got.len(), SEG.bytes() as usize, "{name}");
     }
 
+    // lz4, as the same test runs it next: the gzip partial's segment is streamed again and
+    // completed as NAME.lz4, which the lz4 program checks; the next one fills NAME.lz4.partial
     c.psql("SELECT pg_switch_wal()");
     let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
     c.psql("INSERT INTO test_table VALUES (3)");
+    ok(receive(
+        &c,
+        &dir,
+        &[
+            "--verbose",
+            "--endpos",
+            &next.to_string(),
+            "--compress",
+            "lz4",
+            "--no-loop",
+        ],
+    ));
+    assert_eq!(
+        names(".lz4"),
+        [gz_partial[0].replace(".gz.partial", ".lz4")]
+    );
+    let st = Command::new("lz4")
+        .arg("-t")
+        .arg(dir.join(&names(".lz4")[0]))
+        .status()
+        .expect("the lz4 program (apt-get install lz4; scripts/install-postgres does it)");
+    assert!(st.success(), "lz4 -t");
+    let lz4_partial = names(".lz4.partial");
+    assert_eq!(lz4_partial.len(), 1, "{lz4_partial:?}");
+    assert_eq!(complete_segments_match(&c, &dir), 2);
+    let partial_bytes = &archive(&dir)[&lz4_partial[0]].1;
+    let server = std::fs::read(
+        c.data
+            .join("pg_wal")
+            .join(lz4_partial[0].trim_end_matches(".lz4.partial")),
+    )
+    .unwrap();
+    assert!(!partial_bytes.is_empty() && server.starts_with(partial_bytes));
+    let dest = dir.parent().unwrap().join("fetched");
+    ok(pgrepl()
+        .arg("wal-fetch")
+        .arg(&dir)
+        .arg(names(".lz4")[0].trim_end_matches(".lz4"))
+        .arg(&dest)
+        .output()
+        .unwrap());
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        server_segment(&c, &names(".lz4")[0])
+    );
+
+    c.psql("SELECT pg_switch_wal()");
+    let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
+    c.psql("INSERT INTO test_table VALUES (4)");
     let out = ok(receive(
         &c,
         &dir,
@@ -514,11 +577,11 @@ fn endpos_and_compression(v: PgVersion) {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert_eq!(events[0]["event"], "started");
-    let was_gz = gz_partial[0].replace(".gz.partial", ".zst");
+    let was_lz4 = lz4_partial[0].replace(".lz4.partial", ".zst");
     assert!(events
         .iter()
-        .any(|e| e["event"] == "segment" && e["file"] == was_gz));
-    assert_eq!(names(".zst"), [was_gz], "the gzip partial was completed");
+        .any(|e| e["event"] == "segment" && e["file"] == was_lz4));
+    assert_eq!(names(".zst"), [was_lz4], "the lz4 partial was completed");
     assert_eq!(partial_segments(&dir).len(), 1);
     // the stale .gz.partial went once its segment was complete (at the next start at the
     // latest)
@@ -527,11 +590,9 @@ fn endpos_and_compression(v: PgVersion) {
         &dir,
         &["--endpos", &next.to_string(), "--no-loop"],
     ));
-    assert!(
-        names(".gz.partial").is_empty(),
-        "{:?}",
-        names(".gz.partial")
-    );
+    for stale in [".gz.partial", ".lz4.partial"] {
+        assert!(names(stale).is_empty(), "{:?}", names(stale));
+    }
     complete_segments_match(&c, &dir);
     modes_are_private(&dir);
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());

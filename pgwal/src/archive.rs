@@ -4,8 +4,9 @@
 //! Segment selection follows recovery's rule (`XLogFileReadAnyTLI` in
 //! `src/backend/access/transam/xlogrecovery.c`): for each segment, try the newest timeline of the
 //! history whose start is at or before the segment, then older ones. A segment may be stored as
-//! `NAME`, `NAME.zst`, `NAME.gz`, `NAME.partial`, `NAME.partial.zst` or `NAME.gz.partial`, in
-//! that order of preference (`.gz` and `.gz.partial` are pg_receivewal's gzip names).
+//! `NAME`, `NAME.zst`, `NAME.gz`, `NAME.lz4`, `NAME.partial`, `NAME.partial.zst`,
+//! `NAME.gz.partial` or `NAME.lz4.partial`, in that order of preference (the `.gz` and `.lz4`
+//! names are pg_receivewal's).
 
 use std::fmt;
 use std::io::Read;
@@ -79,21 +80,25 @@ pub enum StoredAs {
     Zstd,
     /// gzip (pg_receivewal's `.gz`, `.gz.partial`).
     Gzip,
+    /// LZ4 frames (pg_receivewal's `.lz4`, `.lz4.partial`).
+    Lz4,
 }
 
 /// The names a segment may be stored under, in order of preference: suffix after the segment
 /// name, compression, and whether it is a `.partial` (possibly incomplete) segment.
-pub const SEGMENT_NAMES: [(&str, StoredAs, bool); 6] = [
+pub const SEGMENT_NAMES: [(&str, StoredAs, bool); 8] = [
     ("", StoredAs::Plain, false),
     (".zst", StoredAs::Zstd, false),
     (".gz", StoredAs::Gzip, false),
+    (".lz4", StoredAs::Lz4, false),
     (".partial", StoredAs::Plain, true),
     (".partial.zst", StoredAs::Zstd, true),
     (".gz.partial", StoredAs::Gzip, true),
+    (".lz4.partial", StoredAs::Lz4, true),
 ];
 
-/// Reads a stored WAL file decompressed, at most `limit` bytes. A partial gzip file may lack its
-/// end (it is being written, flushed as it goes): what decompresses is returned.
+/// Reads a stored WAL file decompressed, at most `limit` bytes. A partial gzip or lz4 file may lack
+/// its end (it is being written, flushed as it goes): what decompresses is returned.
 pub fn read_stored(
     path: &Path,
     stored: StoredAs,
@@ -122,8 +127,47 @@ pub fn read_stored(
                 }
             }
         }
+        StoredAs::Lz4 => {
+            let mut d = crate::lz4::Lz4Decoder::new(Capped {
+                out: Vec::new(),
+                limit: limit as usize,
+            });
+            let r = std::io::copy(&mut std::io::BufReader::new(file), &mut d)
+                .and_then(|_| std::io::Write::flush(&mut d));
+            let full = d.get_ref().out.len() >= limit as usize;
+            match r {
+                Ok(()) => {}
+                // `limit` bytes read, or a partial's last frame still open (the blocks written
+                // so far are what it holds)
+                Err(_) if full => {}
+                Err(e) if partial && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e),
+            }
+            out = d.into_inner().out;
+        }
     }
     Ok(out)
+}
+
+/// Collects at most `limit` bytes, then refuses more (which ends the decoding early).
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit - self.out.len();
+        if room == 0 {
+            return Err(std::io::Error::other("enough read"));
+        }
+        let n = room.min(b.len());
+        self.out.extend_from_slice(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A directory of WAL segments.
@@ -285,6 +329,46 @@ mod tests {
     use super::*;
     use crate::writer::{RecordSpec, WalWriter};
     use crate::{DecoderOptions, WalDecoder, WalVersion};
+
+    #[test]
+    fn lz4_files_whole_partial_and_capped() {
+        use lz4_flex::frame::{BlockMode, FrameEncoder, FrameInfo};
+        use std::io::Write;
+        let d = temp("lz4");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i / 700) as u8).collect();
+        let mut e = FrameEncoder::with_frame_info(
+            FrameInfo::new()
+                .block_mode(BlockMode::Linked)
+                .content_checksum(true),
+            Vec::new(),
+        );
+        e.write_all(&data[..200_000]).unwrap();
+        e.flush().unwrap();
+        // what a .lz4.partial holds while its segment fills: blocks, no end mark
+        let open = e.get_ref().clone();
+        e.write_all(&data[200_000..]).unwrap();
+        let whole = e.finish().unwrap();
+        let (w, p) = (d.join("whole.lz4"), d.join("open.lz4.partial"));
+        std::fs::write(&w, &whole).unwrap();
+        std::fs::write(&p, &open).unwrap();
+        assert_eq!(
+            read_stored(&w, StoredAs::Lz4, false, 1 << 30).unwrap(),
+            data
+        );
+        assert_eq!(
+            read_stored(&w, StoredAs::Lz4, false, 40).unwrap(),
+            data[..40]
+        );
+        assert_eq!(
+            read_stored(&p, StoredAs::Lz4, true, 1 << 30).unwrap(),
+            data[..200_000]
+        );
+        // an open frame is damage in a file that claims to be complete
+        assert!(read_stored(&p, StoredAs::Lz4, false, 1 << 30).is_err());
+        std::fs::write(&w, b"garbage").unwrap();
+        assert!(read_stored(&w, StoredAs::Lz4, false, 1 << 30).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     fn temp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("pgwal-{name}-{}", std::process::id()));

@@ -12,6 +12,7 @@ pub mod archive;
 mod decoder;
 mod le;
 mod lsn;
+pub mod lz4;
 pub mod page;
 pub mod record;
 pub mod rmgr;

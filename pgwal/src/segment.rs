@@ -79,6 +79,10 @@ pub enum WalFileKind {
     SegmentGz,
     /// A partial segment being written gzip-compressed (pg_receivewal's `….gz.partial`).
     PartialGz,
+    /// A complete segment stored as LZ4 frames (pg_receivewal's `….lz4`).
+    SegmentLz4,
+    /// A partial segment being written as LZ4 frames (pg_receivewal's `….lz4.partial`).
+    PartialLz4,
     /// A timeline history file, `00000002.history`.
     History,
 }
@@ -124,6 +128,10 @@ pub fn parse_wal_file_name(name: &str, seg_size: WalSegSize) -> Option<WalFileNa
         (b, WalFileKind::PartialGz)
     } else if let Some(b) = name.strip_suffix(".gz") {
         (b, WalFileKind::SegmentGz)
+    } else if let Some(b) = name.strip_suffix(".lz4.partial") {
+        (b, WalFileKind::PartialLz4)
+    } else if let Some(b) = name.strip_suffix(".lz4") {
+        (b, WalFileKind::SegmentLz4)
     } else if let Some(b) = name.strip_suffix(".partial") {
         (b, WalFileKind::Partial)
     } else if let Some(b) = name.strip_suffix(".zst") {
@@ -200,6 +208,11 @@ mod tests {
             (
                 "000000010000000000000002.gz.partial",
                 WalFileKind::PartialGz,
+            ),
+            ("000000010000000000000002.lz4", WalFileKind::SegmentLz4),
+            (
+                "000000010000000000000002.lz4.partial",
+                WalFileKind::PartialLz4,
             ),
         ] {
             let p = parse_wal_file_name(name, s).unwrap();

@@ -3,17 +3,18 @@
 //!
 //! Layout of the archive directory (0700, files 0600):
 //! - `<segment>` — a complete segment, or `<segment>.zst` when stored zstd-compressed, or
-//!   `<segment>.gz` with gzip (pg_receivewal's `--compress=gzip` names);
+//!   `<segment>.gz` / `<segment>.lz4` with gzip / lz4 (pg_receivewal's `--compress` names);
 //! - `<segment>.partial` — the segment being filled, uncompressed (also with zstd), so that a
 //!   restart can simply stream that segment again from its start (the server keeps it: it holds
-//!   the slot's restart_lsn, which never passes what we reported flushed); with gzip it is
-//!   `<segment>.gz.partial`, a gzip stream flushed at every fsync, and a restart writes it anew
-//!   from the segment's start, as pg_receivewal does;
+//!   the slot's restart_lsn, which never passes what we reported flushed); with gzip (lz4) it
+//!   is `<segment>.gz.partial` (`.lz4.partial`), a stream flushed at every fsync, and a restart
+//!   writes it anew from the segment's start, as pg_receivewal does;
 //! - `<tli>.history` — timeline history files.
 //!
 //! Completing a segment: fsync the `.partial`; without compression rename it to its final name;
 //! with zstd write `<segment>.zst.tmp`, fsync it, rename it to `<segment>.zst`, then remove the
-//! `.partial`; with gzip end the stream, fsync, rename `.gz.partial` to `.gz`; finally fsync the
+//! `.partial`; with gzip or lz4 end the stream, fsync, rename `.gz.partial` to `.gz` (`.lz4.partial`
+//! to `.lz4`); finally fsync the
 //! directory. A crash at any point leaves either the partial (streamed again) or the final file
 //! (a stale partial or `.tmp` beside it is removed at start-up).
 
@@ -96,6 +97,8 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
             WalFileKind::Partial => (true, StoredAs::Plain),
             WalFileKind::PartialZst => (true, StoredAs::Zstd),
             WalFileKind::PartialGz => (true, StoredAs::Gzip),
+            WalFileKind::SegmentLz4 => (false, StoredAs::Lz4),
+            WalFileKind::PartialLz4 => (true, StoredAs::Lz4),
             _ => continue,
         };
         if partial {
@@ -251,12 +254,16 @@ pub enum SegmentCompression {
     /// gzip at this level (1 to 9), as pg_receivewal writes it: `NAME.gz.partial` while the
     /// segment fills, `NAME.gz` once complete.
     Gzip(u32),
+    /// LZ4 frames, as pg_receivewal writes them: `NAME.lz4.partial` while the segment fills,
+    /// `NAME.lz4` once complete (lz4_flex has one mode; pg_receivewal's level is not kept).
+    Lz4,
 }
 
 /// The file of the segment being filled.
 enum SegFile {
     Plain(File),
     Gzip(flate2::write::GzEncoder<File>),
+    Lz4(lz4_flex::frame::FrameEncoder<File>),
 }
 
 impl std::fmt::Debug for SegFile {
@@ -264,6 +271,7 @@ impl std::fmt::Debug for SegFile {
         f.write_str(match self {
             SegFile::Plain(_) => "Plain",
             SegFile::Gzip(_) => "Gzip",
+            SegFile::Lz4(_) => "Lz4",
         })
     }
 }
@@ -273,6 +281,7 @@ impl SegFile {
         match self {
             SegFile::Plain(f) => f.write_all(b),
             SegFile::Gzip(e) => e.write_all(b),
+            SegFile::Lz4(e) => e.write_all(b),
         }
     }
 
@@ -284,6 +293,11 @@ impl SegFile {
                 e.flush()?;
                 Ok(e.get_ref())
             }
+            // the buffered data goes out as a block: readable up to here
+            SegFile::Lz4(e) => {
+                e.flush()?;
+                Ok(e.get_ref())
+            }
         }
     }
 
@@ -292,6 +306,7 @@ impl SegFile {
         match self {
             SegFile::Plain(f) => Ok(f),
             SegFile::Gzip(e) => e.finish(),
+            SegFile::Lz4(e) => e.finish().map_err(std::io::Error::other),
         }
     }
 }
@@ -360,6 +375,17 @@ impl SegmentWriter {
                 let f = create_private(&path, true)?;
                 let enc = flate2::write::GzEncoder::new(f, flate2::Compression::new(level));
                 (path, SegFile::Gzip(enc))
+            }
+            Some(SegmentCompression::Lz4) => {
+                // as gzip: a new stream from the segment's start
+                use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+                let path = self.dir.join(format!("{name}.lz4.partial"));
+                let f = create_private(&path, true)?;
+                let info = FrameInfo::new()
+                    .block_size(BlockSize::Max64KB)
+                    .block_mode(BlockMode::Linked)
+                    .content_checksum(true);
+                (path, SegFile::Lz4(FrameEncoder::with_frame_info(info, f)))
             }
             _ => {
                 // Never truncate: a partial left by an earlier run holds bytes the server was
@@ -456,6 +482,14 @@ impl SegmentWriter {
         drop(file);
         let name = segment_file_name(cur.tli, cur.seg, self.seg_size);
         let file_name = match self.compression {
+            Some(SegmentCompression::Lz4) => {
+                let lname = format!("{name}.lz4");
+                let fin = self.dir.join(&lname);
+                std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
+                // an uncompressed partial of this segment from an earlier run is now stale
+                let _ = std::fs::remove_file(self.dir.join(format!("{name}.partial")));
+                lname
+            }
             Some(SegmentCompression::Gzip(_)) => {
                 let gname = format!("{name}.gz");
                 let fin = self.dir.join(&gname);

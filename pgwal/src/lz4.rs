@@ -51,7 +51,7 @@ struct Frame {
 
 /// A push-fed LZ4 frame decoder writing the decompressed bytes to `W`.
 ///
-/// `flush` checks that the input ended at the end of a frame (it is how [`crate::decompress`]
+/// `flush` checks that the input ended at the end of a frame (it is how a push-fed decompressor
 /// ends a stream); call it only when no more input will come.
 #[derive(Debug)]
 pub struct Lz4Decoder<W: Write> {
@@ -86,6 +86,16 @@ impl<W: Write> Lz4Decoder<W> {
             frames: 0,
             offset: 0,
         }
+    }
+
+    /// The writer under the decoder.
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
+    /// The writer, whether or not the stream was complete.
+    pub fn into_inner(self) -> W {
+        self.out
     }
 
     /// The writer, once the stream is complete.
@@ -303,10 +313,12 @@ impl<W: Write> Write for Lz4Decoder<W> {
     /// Checks that the stream is complete: at least one frame, and nothing after the last.
     fn flush(&mut self) -> io::Result<()> {
         if !matches!(self.state, State::Magic) || !self.input.is_empty() {
-            return Err(bad(
+            // UnexpectedEof, as a truncated gzip stream: a file still being written ends so
+            let e = bad(
                 self.offset + self.input.len() as u64,
                 "the stream ends inside a frame",
-            ));
+            );
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, e.to_string()));
         }
         if self.frames == 0 {
             return Err(bad(0, "no lz4 frame"));
