@@ -10,6 +10,47 @@ use pgrepl_testbed::{hand_over, temp_dir, tool, Cluster, PgVersion, Role};
 mod common;
 use common::{dumpall, ok, pgrepl, same_dump};
 
+/// PostgreSQL 18's pg_verifybackup accepts the backup in `dir` (with `extra` options).
+fn pg_verifybackup_ok(dir: impl AsRef<Path>, extra: &[&str]) {
+    verifybackup_with(&tool("pg_verifybackup"), dir.as_ref(), extra);
+}
+
+/// The pg_verifybackup at `bin` accepts the backup in `dir`.
+fn verifybackup_with(bin: &Path, dir: &Path, extra: &[&str]) {
+    let out = Command::new(bin).args(extra).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The backup's start LSN, from its backup_label.
+fn backup_start(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("backup_label"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// `a <= b` as the server compares LSNs.
+fn lsn_le(c: &Cluster, a: &str, b: &str) -> bool {
+    c.psql(&format!("SELECT '{a}'::pg_lsn <= '{b}'::pg_lsn")) == "t"
+}
+
+/// Polls `sql` on `c` every 20 ms until it returns `want`; fails saying `what` after `secs`.
+fn wait_for(c: &Cluster, sql: &str, want: &str, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while c.psql(sql) != want {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn conninfo(c: &Cluster) -> String {
     c.conninfo(Role::Postgres, "sslmode=disable application_name=pgrepl_bb")
 }
@@ -61,25 +102,15 @@ fn plain_backup_starts(v: PgVersion, wal_method: &str) {
     assert!(segments.iter().all(|&n| n == 16 << 20), "{segments:?}");
     // a streamed backup's temporary slot is gone (dropped by its walsender as it exits, which
     // may be a moment after we did)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.psql("SELECT count(*) FROM pg_replication_slots") != "0" {
-        assert!(
-            Instant::now() < deadline,
-            "the temporary slot outlived the backup"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        &c,
+        "SELECT count(*) FROM pg_replication_slots",
+        "0",
+        10,
+        "the temporary slot outlived the backup",
+    );
     if v == PgVersion::V18 {
-        let out = Command::new(tool("pg_verifybackup"))
-            .arg(&target)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_verifybackup: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg_verifybackup_ok(&target, &[]);
     }
     hand_over(&ts_new);
     let restored = Cluster::start_on(v, &target);
@@ -149,16 +180,7 @@ fn pg18_tar_backup_is_verified() {
         !sizes.is_empty() && sizes.iter().all(|&n| n == 16 << 20),
         "{sizes:?}"
     );
-    let out = Command::new(tool("pg_verifybackup"))
-        .arg("-n")
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_verifybackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg_verifybackup_ok(&target, &["-n"]);
     let _ = std::fs::remove_dir_all(&work);
 }
 
@@ -381,15 +403,7 @@ fn pg18_incremental_chain_combines_to_the_source() {
     let expect = dumpall(&c, &ts);
 
     for b in ["i1", "i2"] {
-        let out = Command::new(tool("pg_verifybackup"))
-            .arg(work.join(b))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_verifybackup {b}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg_verifybackup_ok(work.join(b), &[]);
     }
     let combined = work.join("combined");
     let ts_out = work.join("ts_out");
@@ -647,15 +661,7 @@ fn pg18_server_gzip_and_client_zstd() {
         work.join("ts_sgzp").display()
     );
     let p = compressed(&c, &work, "sgzp", &["-Z", "server-gzip", "-T", &map]);
-    let out = Command::new(tool("pg_verifybackup"))
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg_verifybackup_ok(&p, &[]);
     // client-side zstd with worker threads: every archive .tar.zst, WAL included
     let z = compressed(
         &c,
@@ -738,25 +744,13 @@ fn pg15_server_zstd() {
     assert!(names.contains(&"base.tar.lz4".to_owned()), "{names:?}");
     ok(pgrepl().arg("verify").arg(&t4).output().unwrap());
     let p4 = compressed(&c, &work, "slz4p", &["-Z", "server-lz4"]);
-    let out = Command::new(pgrepl_testbed::pg15_bin().join("pg_verifybackup"))
-        .arg(&p4)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    verifybackup_with(
+        &pgrepl_testbed::pg15_bin().join("pg_verifybackup"),
+        &p4,
+        &[],
     );
     let p = compressed(&c, &work, "szstp", &["-Z", "server-zstd:level=3,workers=2"]);
-    let out = Command::new(pgrepl_testbed::pg15_bin().join("pg_verifybackup"))
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    verifybackup_with(&pgrepl_testbed::pg15_bin().join("pg_verifybackup"), &p, &[]);
     let expect = dumpall(&c, Path::new("/nonexistent"));
     let restored = Cluster::start_on(PgVersion::V15, &p);
     same_dump(
@@ -892,15 +886,7 @@ fn pg18_pg_basebackup_flags() {
     ]));
     let manifest = std::fs::read_to_string(work.join("enc/backup_manifest")).unwrap();
     assert!(manifest.contains("\"Encoded-Path\"") && !manifest.contains("\"Path\""));
-    let v = Command::new(tool("pg_verifybackup"))
-        .arg(work.join("enc"))
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "pg_verifybackup: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    pg_verifybackup_ok(work.join("enc"), &[]);
     ok(run(&["-D", &t("s"), "-C", "-S", "slot0"]));
     assert_ne!(c.psql("SELECT coalesce(restart_lsn::text, '') FROM pg_replication_slots WHERE slot_name = 'slot0'"), "");
     fails(
@@ -919,18 +905,8 @@ fn pg18_pg_basebackup_flags() {
     ok(run(&["-D", &t("slot1"), "-X", "stream", "-S", "slot1"]));
     let lsn = c.psql(restart);
     assert!(!lsn.is_empty(), "the slot's restart_lsn did not advance");
-    let label = std::fs::read_to_string(work.join("slot1/backup_label")).unwrap();
-    let start = label
-        .lines()
-        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        c.psql(&format!("SELECT '{lsn}'::pg_lsn <= '{start}'::pg_lsn")),
-        "t",
-        "{lsn} {start}"
-    );
+    let start = backup_start(&work.join("slot1"));
+    assert!(lsn_le(&c, &lsn, &start), "{lsn} {start}");
     c.psql("SELECT pg_drop_replication_slot('slot1')");
     // -R: standby.signal and primary_conninfo / primary_slot_name
     ok(run(&["-D", &t("r"), "-S", "slot0", "-R"]));
@@ -1123,15 +1099,7 @@ fn pg18_a_file_name_that_is_not_utf8() {
     );
     let manifest = std::fs::read_to_string(plain.join("backup_manifest")).unwrap();
     assert!(manifest.contains("\"Encoded-Path\": \"464f4fe0e0e0424152\""));
-    let out = Command::new(tool("pg_verifybackup"))
-        .arg(&plain)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg_verifybackup_ok(&plain, &[]);
     ok(pgrepl().arg("verify").arg(&plain).output().unwrap());
     let tar = work.join("tar");
     run(&["-D", tar.to_str().unwrap(), "-F", "t"]);
@@ -1151,15 +1119,7 @@ fn pg18_a_file_name_that_is_not_utf8() {
     assert!(std::fs::read_to_string(combined.join("backup_manifest"))
         .unwrap()
         .contains("\"Encoded-Path\": \"464f4fe0e0e0424152\""));
-    let out = Command::new(tool("pg_verifybackup"))
-        .arg(&combined)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pg_verifybackup_ok(&combined, &[]);
     let _ = std::fs::remove_dir_all(&work);
 }
 
@@ -1210,16 +1170,7 @@ fn pg18_in_place_tablespace() {
         "the backup wrote into the working directory"
     );
     for b in [&full, &incr] {
-        let out = Command::new(tool("pg_verifybackup"))
-            .arg(b)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_verifybackup {}: {}",
-            b.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg_verifybackup_ok(b, &[]);
     }
     // PostgreSQL's combine of our chain, and ours of the tar backup
     let combined = work.join("combined");
@@ -1296,15 +1247,7 @@ fn pg18_tar_to_standard_output() {
         .status()
         .unwrap();
     assert!(x.success());
-    let v = Command::new(tool("pg_verifybackup"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "pg_verifybackup: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    pg_verifybackup_ok(&dir, &[]);
     let auto = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("primary_conninfo"), "{auto}");
 
@@ -1371,11 +1314,13 @@ fn pg18_the_slot_reserves_wal_before_the_start_point() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while c.psql("SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'waiting for checkpoint to finish'") != "1" {
-            assert!(Instant::now() < deadline, "{name}: the backup never waited for its checkpoint");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(
+            &c,
+            "SELECT count(*) FROM pg_stat_progress_basebackup WHERE phase = 'waiting for checkpoint to finish'",
+            "1",
+            60,
+            &format!("{name}: the backup never waited for its checkpoint"),
+        );
         let reserved = c.psql(
             "SELECT string_agg(restart_lsn::text, ',') FROM pg_replication_slots WHERE restart_lsn IS NOT NULL",
         );
@@ -1396,35 +1341,22 @@ fn pg18_the_slot_reserves_wal_before_the_start_point() {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let label = std::fs::read_to_string(target.join("backup_label")).unwrap();
-        let start = label
-            .lines()
-            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
-            .and_then(|l| l.split(' ').next())
-            .unwrap()
-            .to_owned();
-        assert_eq!(
-            c.psql(&format!("SELECT '{reserved}'::pg_lsn <= '{start}'::pg_lsn")),
-            "t",
+        let start = backup_start(&target);
+        assert!(
+            lsn_le(&c, &reserved, &start),
             "{name}: the slot reserved WAL from {reserved}, after the backup's start {start}"
         );
-        let v = Command::new(tool("pg_verifybackup"))
-            .arg(&target)
-            .output()
-            .unwrap();
-        assert!(
-            v.status.success(),
-            "{name}: pg_verifybackup: {}",
-            String::from_utf8_lossy(&v.stderr)
-        );
+        pg_verifybackup_ok(&target, &[]);
         if name == "permanent" {
             c.psql("SELECT pg_drop_replication_slot('bbslot')");
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while c.psql("SELECT count(*) FROM pg_replication_slots") != "0" {
-            assert!(Instant::now() < deadline, "{name}: a slot was left behind");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(
+            &c,
+            "SELECT count(*) FROM pg_replication_slots",
+            "0",
+            10,
+            &format!("{name}: a slot was left behind"),
+        );
     }
     // -C for a backup the server refuses: the slot created for it is dropped again
     let out = pgrepl()
@@ -1493,11 +1425,13 @@ fn pg18_status_interval_and_sync_method() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.psql(&format!("SELECT count(*) FROM ({reply}) r")) != "1" {
-            assert!(Instant::now() < deadline, "-s {secs}: no WAL stream");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(
+            &c,
+            &format!("SELECT count(*) FROM ({reply}) r"),
+            "1",
+            30,
+            &format!("-s {secs}: no WAL stream"),
+        );
         std::thread::sleep(Duration::from_millis(2500));
         let r = c.psql(reply);
         assert_eq!(!r.is_empty(), expect_reply, "-s {secs}: reply_time {r:?}");
@@ -1542,16 +1476,7 @@ fn pg18_status_interval_and_sync_method() {
             "--sync-method=syncfs",
         ]));
         // PostgreSQL 18's pg_waldump cannot read WAL out of a tar backup
-        let v = Command::new(tool("pg_verifybackup"))
-            .args(if format == "t" { &["-n"][..] } else { &[] })
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            v.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&v.stderr)
-        );
+        pg_verifybackup_ok(&dir, if format == "t" { &["-n"][..] } else { &[] });
     }
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -1563,14 +1488,13 @@ fn pg18_backup_from_a_standby() {
     let primary = Cluster::start(PgVersion::V18);
     primary.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
     let standby = primary.standby();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while standby.psql("SELECT count(*) FROM pg_class WHERE relname = 't'") != "1" {
-        assert!(
-            Instant::now() < deadline,
-            "the standby never replayed the table"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        &standby,
+        "SELECT count(*) FROM pg_class WHERE relname = 't'",
+        "1",
+        30,
+        "the standby never replayed the table",
+    );
     let work = temp_dir("bbstandby");
     let target = work.join("b");
     ok(pgrepl()
@@ -1586,15 +1510,7 @@ fn pg18_backup_from_a_standby() {
         .arg(&target)
         .output()
         .unwrap());
-    let v = Command::new(tool("pg_verifybackup"))
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(
-        v.status.success(),
-        "pg_verifybackup: {}",
-        String::from_utf8_lossy(&v.stderr)
-    );
+    pg_verifybackup_ok(&target, &[]);
     assert_eq!(
         standby.psql("SELECT count(*) FROM pg_replication_slots"),
         "0"

@@ -419,6 +419,15 @@ fn server_segment(c: &Cluster, name: &str) -> Vec<u8> {
     std::fs::read(c.data.join("pg_wal").join(base)).unwrap()
 }
 
+/// The archived partial `name`, decompressed, is a non-empty prefix of the server's segment.
+fn partial_is_a_prefix(c: &Cluster, dir: &Path, name: &str) {
+    let bytes = &archive(dir)[name].1;
+    assert!(
+        !bytes.is_empty() && server_segment(c, name).starts_with(bytes),
+        "{name} is not a prefix of the server's segment"
+    );
+}
+
 fn partial_segments(dir: &Path) -> Vec<String> {
     archive(dir)
         .into_iter()
@@ -459,35 +468,32 @@ fn endpos_and_compression(v: PgVersion) {
 
     // gzip, as PostgreSQL's pg_receivewal test runs it: the earlier partial segment is streamed
     // again and completed as NAME.gz, the next one is being written as NAME.gz.partial
-    c.psql("SELECT pg_switch_wal()");
-    let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
-    c.psql("INSERT INTO test_table VALUES (2)");
-    ok(receive(
-        &c,
-        &dir,
-        &[
-            "--verbose",
-            "--endpos",
-            &next.to_string(),
-            "--compress",
-            "gzip:1",
-            "--no-loop",
-        ],
-    ));
+    // a new segment with a row in it, streamed up to just before the row with `--compress`
+    let switch_and_receive = |row: u32, compress: &str| {
+        c.psql("SELECT pg_switch_wal()");
+        let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
+        c.psql(&format!("INSERT INTO test_table VALUES ({row})"));
+        ok(receive(
+            &c,
+            &dir,
+            &[
+                "--verbose",
+                "--endpos",
+                &next.to_string(),
+                "--compress",
+                compress,
+                "--no-loop",
+            ],
+        ));
+    };
+    switch_and_receive(2, "gzip:1");
     assert_eq!(names(".gz"), [partials[0].replace(".partial", ".gz")]);
     let gz_partial = names(".gz.partial");
     assert_eq!(gz_partial.len(), 1, "{gz_partial:?}");
     // the complete one decompresses to the server's segment; the partial one, flushed as it
     // was written, to the start of its segment
     assert_eq!(complete_segments_match(&c, &dir), 1);
-    let partial_bytes = &archive(&dir)[&gz_partial[0]].1;
-    let server = std::fs::read(
-        c.data
-            .join("pg_wal")
-            .join(gz_partial[0].trim_end_matches(".gz.partial")),
-    )
-    .unwrap();
-    assert!(!partial_bytes.is_empty() && server.starts_with(partial_bytes));
+    partial_is_a_prefix(&c, &dir, &gz_partial[0]);
     // and wal-fetch serves both, the partial one zero-padded
     for name in [
         partials[0].trim_end_matches(".partial"),
@@ -507,21 +513,7 @@ fn endpos_and_compression(v: PgVersion) {
 
     // lz4, as the same test runs it next: the gzip partial's segment is streamed again and
     // completed as NAME.lz4, which the lz4 program checks; the next one fills NAME.lz4.partial
-    c.psql("SELECT pg_switch_wal()");
-    let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
-    c.psql("INSERT INTO test_table VALUES (3)");
-    ok(receive(
-        &c,
-        &dir,
-        &[
-            "--verbose",
-            "--endpos",
-            &next.to_string(),
-            "--compress",
-            "lz4",
-            "--no-loop",
-        ],
-    ));
+    switch_and_receive(3, "lz4");
     assert_eq!(
         names(".lz4"),
         [gz_partial[0].replace(".gz.partial", ".lz4")]
@@ -535,14 +527,7 @@ fn endpos_and_compression(v: PgVersion) {
     let lz4_partial = names(".lz4.partial");
     assert_eq!(lz4_partial.len(), 1, "{lz4_partial:?}");
     assert_eq!(complete_segments_match(&c, &dir), 2);
-    let partial_bytes = &archive(&dir)[&lz4_partial[0]].1;
-    let server = std::fs::read(
-        c.data
-            .join("pg_wal")
-            .join(lz4_partial[0].trim_end_matches(".lz4.partial")),
-    )
-    .unwrap();
-    assert!(!partial_bytes.is_empty() && server.starts_with(partial_bytes));
+    partial_is_a_prefix(&c, &dir, &lz4_partial[0]);
     let dest = dir.parent().unwrap().join("fetched");
     ok(pgrepl()
         .arg("wal-fetch")
