@@ -254,10 +254,16 @@ fn pg17_tar_chain_combines_and_starts() {
     let ts = c.root.join("ts_ts1");
     let work = temp_dir("comb17");
     let (full, i1, i2) = (work.join("full"), work.join("i1"), work.join("i2"));
-    // a tar.zst full backup, a tar incremental, a plain incremental
+    // a tar.zst full backup, a tar.lz4 incremental, a plain incremental (plain tar backups are
+    // combined in the in-place tablespace test)
     backup(&c, &full, &["-F", "t", "--compress", "zstd:3"]);
     change_1(&c);
-    backup(&c, &i1, &["-F", "t", "-i", full.to_str().unwrap()]);
+    backup(
+        &c,
+        &i1,
+        &["-F", "t", "--compress", "lz4", "-i", full.to_str().unwrap()],
+    );
+    assert!(i1.join("base.tar.lz4").exists());
     change_2(&c);
     backup(
         &c,
