@@ -18,9 +18,12 @@ pub struct ConnArgs {
     /// Connect as this role
     #[arg(short = 'U', long = "username", value_name = "NAME")]
     pub username: Option<String>,
-    /// Never prompt for a password (accepted for compatibility; pgrepl never prompts)
-    #[arg(short = 'w', long = "no-password")]
+    /// Never prompt for a password (the default: pgrepl prompts only with -W)
+    #[arg(short = 'w', long = "no-password", overrides_with = "password")]
     pub no_password: bool,
+    /// Prompt for the password before connecting (read from the terminal, not echoed)
+    #[arg(short = 'W', long = "password", overrides_with = "no_password")]
+    pub password: bool,
 }
 
 impl ConnArgs {
@@ -38,6 +41,11 @@ impl ConnArgs {
         }
         if let Some(u) = &self.username {
             p.set("user", u)?;
+        }
+        if self.password {
+            let pw = crate::tty::prompt_password("Password: ")
+                .map_err(|e| anyhow::anyhow!("could not read the password: {e}"))?;
+            p.set("password", &pw)?;
         }
         if p.get("application_name").is_none() {
             p.set("fallback_application_name", "pgrepl")?;

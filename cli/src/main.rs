@@ -8,6 +8,7 @@ mod conn;
 mod identify;
 mod receivewal;
 mod restore;
+mod tty;
 mod verify;
 mod walfetch;
 

@@ -124,3 +124,66 @@ fn help_and_version() {
         );
     }
 }
+
+/// `-W`: the password is prompted for before connecting. On a terminal (a pty from `script`)
+/// it is not echoed; without one it is read from standard input, as libpq's prompt does.
+#[test]
+fn password_prompt() {
+    let c = Cluster::start(PgVersion::V18);
+    let secret = Role::Scram.password().unwrap();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=scram_user sslmode=disable",
+        c.port
+    );
+    let bin = env!("CARGO_BIN_EXE_pgrepl");
+    for (typed, good) in [(secret, true), ("not-the-password", false)] {
+        // typed a moment after the prompt, as a person would: input that arrives before the
+        // echo is turned off would be echoed by the terminal, not by us
+        let mut child = std::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{bin} identify -W -d '{conninfo}'"),
+                "/dev/null",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the script program (util-linux), for a terminal");
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{typed}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("Password: "), "{text}");
+        assert!(!text.contains(typed), "the password was echoed: {text}");
+        assert_eq!(out.status.success(), good, "{text}");
+        assert_eq!(text.contains("system identifier:"), good, "{text}");
+    }
+    // no terminal: standard input
+    let mut child = pgrepl()
+        .args(["identify", "-W", "-d", &conninfo])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{secret}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+}
