@@ -23,7 +23,9 @@ use clap::{Parser, Subcommand};
     version,
     about,
     disable_help_flag = true,
-    propagate_version = true
+    propagate_version = true,
+    // PostgreSQL's tools keep --help within 80 columns (its tests allow 95)
+    term_width = 80
 )]
 struct Cli {
     /// Print help

@@ -187,3 +187,29 @@ fn password_prompt() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
 }
+
+/// Every subcommand's --help fits 80 columns, as PostgreSQL's tools keep theirs (its tests
+/// allow 95).
+#[test]
+fn help_fits_80_columns() {
+    for sub in [
+        "",
+        "identify",
+        "receivewal",
+        "basebackup",
+        "combine",
+        "restore",
+        "verify",
+        "wal-fetch",
+    ] {
+        let mut cmd = pgrepl();
+        if !sub.is_empty() {
+            cmd.arg(sub);
+        }
+        let out = cmd.arg("--help").output().unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "{sub}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let long: Vec<&str> = text.lines().filter(|l| l.chars().count() > 80).collect();
+        assert!(long.is_empty(), "{sub} --help: {long:?}");
+    }
+}
