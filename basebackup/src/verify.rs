@@ -377,6 +377,9 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     let mut seen: Seen = BTreeMap::new();
     let mut pg_control: Option<Vec<u8>> = None;
     let mut wal_tar: Option<PathBuf> = None;
+    // archives that could not be read to their end, with the path prefix of their files ("" for
+    // base.tar: everything outside pg_tblspc/): their unread files are counted, not listed
+    let mut damaged: Vec<(String, String)> = Vec::new();
     let mut base_tar: Option<PathBuf> = None;
     if is_tar {
         let mut names: Vec<String> = fs::read_dir(path)
@@ -457,6 +460,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                 if ctx.problem(&name, e) {
                     return ctx.report;
                 }
+                damaged.push((name.clone(), prefix.clone()));
             }
         }
     } else {
@@ -485,6 +489,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                 return ctx.report;
             }
         }
+        // a damaged base archive is reported already, with what it left unread
+        (None, _) if damaged.iter().any(|(_, p)| p.is_empty()) => {}
         (None, _) if ctx.problem("global/pg_control", "missing from the backup") => {
             return ctx.report;
         }
@@ -528,11 +534,34 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             }
         }
     }
+    let mut unread = vec![0usize; damaged.len()];
     for f in m.files.iter().filter(|f| !skip(&f.path)) {
-        if !seen.contains_key(&f.path)
+        if seen.contains_key(&f.path) {
+            continue;
+        }
+        let in_damaged = damaged.iter().position(|(_, prefix)| {
+            if prefix.is_empty() {
+                !f.path.starts_with("pg_tblspc/")
+            } else {
+                f.path.starts_with(prefix.as_str())
+            }
+        });
+        if let Some(i) = in_damaged {
+            unread[i] += 1;
+        } else if ctx.problem(
+            &f.path,
+            format!("\"{}\" is present in the manifest but not on disk", f.path),
+        ) {
+            return ctx.report;
+        }
+    }
+    for ((name, _), n) in damaged.iter().zip(unread) {
+        if n > 0
             && ctx.problem(
-                &f.path,
-                format!("\"{}\" is present in the manifest but not on disk", f.path),
+                name,
+                format!(
+                    "{n} files listed in the manifest were not checked: archive \"{name}\" could not be read to its end"
+                ),
             )
         {
             return ctx.report;

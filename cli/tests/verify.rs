@@ -95,6 +95,33 @@ fn good_backups_pass(v: PgVersion) {
     backup(&c, &work.join("tarnone"), &["-F", "t", "-X", "none"]);
     fails_naming(&work.join("tarnone"), &[], "is not in");
     assert!(verify(&work.join("tarnone"), &["-n"]).status.success());
+    // a base.tar.zst cut short: the archive and where it ends are named, and the files it no
+    // longer holds are counted in one line rather than listed one by one
+    let cut = work.join("tarzst");
+    let archive = cut.join("base.tar.zst");
+    let len = std::fs::metadata(&archive).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&archive)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let out = verify(&cut, &["-n"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines().next().unwrap_or("").contains("base.tar.zst"),
+        "{err}"
+    );
+    assert!(
+        err.contains("files listed in the manifest were not checked: archive \"base.tar.zst\" could not be read to its end"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("present in the manifest but not on disk"),
+        "{err}"
+    );
+    assert!(err.lines().count() < 10, "{err}");
     let _ = std::fs::remove_dir_all(&work);
 }
 
