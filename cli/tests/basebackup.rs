@@ -51,6 +51,13 @@ fn wait_for(c: &Cluster, sql: &str, want: &str, secs: u64, what: &str) {
     }
 }
 
+/// The command failed with exit status 1, saying `want` on stderr.
+fn fails_saying(out: &Output, want: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "expected {want:?} in {err}");
+}
+
 fn conninfo(c: &Cluster) -> String {
     c.conninfo(Role::Postgres, "sslmode=disable application_name=pgrepl_bb")
 }
@@ -209,22 +216,28 @@ fn wait_for_backup_walsender(c: &Cluster) {
     std::thread::sleep(Duration::from_millis(500));
 }
 
-#[test]
-fn pg18_a_killed_walsender_leaves_nothing_complete() {
-    let c = source(PgVersion::V18);
-    let work = temp_dir("bb");
-    let child = pgrepl()
-        .args(["basebackup", "-d", &conninfo(&c), "-D"])
-        .arg(work.join("slow"))
+/// A backup of `source`'s cluster into `target` (its tablespace into `ts`), throttled to 32 kB/s
+/// so that it is still running when the test interferes.
+fn throttled_backup(c: &Cluster, target: &Path, ts: &Path) -> std::process::Child {
+    pgrepl()
+        .args(["basebackup", "-d", &conninfo(c), "-D"])
+        .arg(target)
         .args(["-c", "fast", "-r", "32k", "-T"])
         .arg(format!(
             "{}={}",
             c.root.join("ts_ts1").display(),
-            work.join("ts").display()
+            ts.display()
         ))
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn pg18_a_killed_walsender_leaves_nothing_complete() {
+    let c = source(PgVersion::V18);
+    let work = temp_dir("bb");
+    let child = throttled_backup(&c, &work.join("slow"), &work.join("ts"));
     wait_for_backup_walsender(&c);
     c.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pgrepl_bb' AND state = 'backup'");
     let out = child.wait_with_output().unwrap();
@@ -240,18 +253,7 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
 
     // SIGTERM to pgrepl itself: it stops and removes what it wrote, the tablespace's too
     let ts2 = work.join("ts2");
-    let child = pgrepl()
-        .args(["basebackup", "-d", &conninfo(&c), "-D"])
-        .arg(work.join("term"))
-        .args(["-c", "fast", "-r", "32k", "-T"])
-        .arg(format!(
-            "{}={}",
-            c.root.join("ts_ts1").display(),
-            ts2.display()
-        ))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = throttled_backup(&c, &work.join("term"), &ts2);
     wait_for_backup_walsender(&c);
     assert!(work.join(".term.pgrepl-incomplete").exists());
     let killed = Command::new("kill")
@@ -260,11 +262,9 @@ fn pg18_a_killed_walsender_leaves_nothing_complete() {
         .unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("pgrepl: error: interrupted; the partial backup was removed"),
-        "{err}"
+    fails_saying(
+        &out,
+        "pgrepl: error: interrupted; the partial backup was removed",
     );
     nothing_complete(&work, "term");
     assert_eq!(
@@ -454,12 +454,7 @@ fn pg18_incremental_refusals() {
         .arg(work.join("bad"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("system identifier in backup manifest is"),
-        "{err}"
-    );
+    fails_saying(&out, "system identifier in backup manifest is");
     nothing_complete(&work, "bad");
 
     // summarize_wal=off: a clear error
@@ -485,9 +480,7 @@ fn pg18_incremental_refusals() {
         .arg(work.join("nosum"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("WAL summarization is enabled"), "{err}");
+    fails_saying(&out, "WAL summarization is enabled");
     nothing_complete(&work, "nosum");
 
     // a missing earlier backup is refused before anything is written

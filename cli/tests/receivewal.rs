@@ -440,20 +440,17 @@ fn endpos_and_compression(v: PgVersion) {
     let c = cluster(v);
     let dir: PathBuf = temp_dir("rw").join("archive");
     c.psql("CREATE TABLE test_table(x integer PRIMARY KEY)");
-    c.psql("SELECT pg_switch_wal()");
-    let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
-    c.psql("INSERT INTO test_table VALUES (1)");
-    ok(receive(
-        &c,
-        &dir,
-        &[
-            "--verbose",
-            "--endpos",
-            &next.to_string(),
-            "--synchronous",
-            "--no-loop",
-        ],
-    ));
+    // a new segment with a row in it, streamed up to just before the row
+    let switch_and_receive = |row: u32, extra: &[&str]| {
+        c.psql("SELECT pg_switch_wal()");
+        let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
+        c.psql(&format!("INSERT INTO test_table VALUES ({row})"));
+        let endpos = next.to_string();
+        let mut args = vec!["--verbose", "--endpos", &endpos, "--no-loop"];
+        args.extend_from_slice(extra);
+        ok(receive(&c, &dir, &args));
+    };
+    switch_and_receive(1, &["--synchronous"]);
     let partials = partial_segments(&dir);
     assert_eq!(partials.len(), 1, "{partials:?}");
     let names = |suffix: &str| -> Vec<String> {
@@ -468,25 +465,7 @@ fn endpos_and_compression(v: PgVersion) {
 
     // gzip, as PostgreSQL's pg_receivewal test runs it: the earlier partial segment is streamed
     // again and completed as NAME.gz, the next one is being written as NAME.gz.partial
-    // a new segment with a row in it, streamed up to just before the row with `--compress`
-    let switch_and_receive = |row: u32, compress: &str| {
-        c.psql("SELECT pg_switch_wal()");
-        let next = lsn(&c, "SELECT pg_current_wal_insert_lsn()");
-        c.psql(&format!("INSERT INTO test_table VALUES ({row})"));
-        ok(receive(
-            &c,
-            &dir,
-            &[
-                "--verbose",
-                "--endpos",
-                &next.to_string(),
-                "--compress",
-                compress,
-                "--no-loop",
-            ],
-        ));
-    };
-    switch_and_receive(2, "gzip:1");
+    switch_and_receive(2, &["--compress", "gzip:1"]);
     assert_eq!(names(".gz"), [partials[0].replace(".partial", ".gz")]);
     let gz_partial = names(".gz.partial");
     assert_eq!(gz_partial.len(), 1, "{gz_partial:?}");
@@ -513,7 +492,7 @@ fn endpos_and_compression(v: PgVersion) {
 
     // lz4, as the same test runs it next: the gzip partial's segment is streamed again and
     // completed as NAME.lz4, which the lz4 program checks; the next one fills NAME.lz4.partial
-    switch_and_receive(3, "lz4");
+    switch_and_receive(3, &["--compress", "lz4"]);
     assert_eq!(
         names(".lz4"),
         [gz_partial[0].replace(".gz.partial", ".lz4")]
