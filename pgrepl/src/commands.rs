@@ -174,9 +174,12 @@ impl Connection {
             .await?;
         let row = single_row(&res, "TIMELINE_HISTORY", 2)?;
         let out = TimelineHistoryFile {
-            file_name: row[0]
-                .clone()
-                .ok_or_else(|| Error::protocol("TIMELINE_HISTORY", "file name is NULL"))?,
+            file_name: check_history_name(
+                tli,
+                row[0]
+                    .clone()
+                    .ok_or_else(|| Error::protocol("TIMELINE_HISTORY", "file name is NULL"))?,
+            )?,
             content: Bytes::from(
                 row[1]
                     .clone()
@@ -359,9 +362,50 @@ pub fn parse_size_with_unit(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// The file name TIMELINE_HISTORY returned, if it is the one PostgreSQL gives `tli`'s history
+/// (`TLHistoryFileName`). Callers store the file under that name, so a name of the server's
+/// choosing (`../x`) must not get through; pg_receivewal checks it the same way.
+fn check_history_name(tli: TimelineId, name: String) -> Result<String> {
+    if name == pgwal::timeline::history_file_name(tli) {
+        Ok(name)
+    } else {
+        Err(Error::protocol(
+            "TIMELINE_HISTORY",
+            format!("server reported unexpected history file name for timeline {tli}: {name:?}"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_names_are_the_timelines_own() {
+        assert_eq!(
+            check_history_name(TimelineId(2), "00000002.history".into()).unwrap(),
+            "00000002.history"
+        );
+        assert_eq!(
+            check_history_name(TimelineId(0x1A), "0000001A.history".into()).unwrap(),
+            "0000001A.history"
+        );
+        for bad in [
+            "00000003.history",
+            "0000001a.history",
+            "../00000002.history",
+            "/etc/passwd",
+            "00000002.history/..",
+            "",
+        ] {
+            let e = check_history_name(TimelineId(2), bad.into()).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("unexpected history file name for timeline 2"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn sizes() {
