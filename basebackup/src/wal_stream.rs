@@ -1,7 +1,8 @@
 //! `-X stream`: WAL from the backup's start, received on a second replication connection with a
 //! temporary slot while the backup runs, so the backup is self-contained without racing the
 //! server's WAL recycling at the end. Segments are written complete and full-size (the last one
-//! zero-padded), as a data directory's pg_wal must hold them.
+//! zero-padded), as a data directory's pg_wal must hold them; on a timeline after the first, the
+//! timeline's history file is stored with them.
 
 use std::path::PathBuf;
 
@@ -131,6 +132,13 @@ impl WalConnection {
             let first = start.segment_start(seg);
             let mut writer = SegmentWriter::new(&dir, seg, None, sync, first);
             let mut checker = PageChecker::new(seg, system_id, timeline);
+            // A later timeline's history goes beside its WAL, as pg_basebackup stores it: a
+            // server restored from the backup reads its ancestry there (when it ends a
+            // recovery on a new timeline, the new history file is built from this one).
+            if timeline.0 > 1 {
+                let history = conn.timeline_history(timeline).await?;
+                writer.write_history(&history.file_name, &history.content)?;
+            }
             let mut stream = conn
                 .start_replication(&StartReplication {
                     slot,

@@ -585,12 +585,11 @@ impl SegmentWriter {
         self.flushed = start;
     }
 
-    /// Writes a timeline history file durably.
-    pub(crate) fn write_history(
-        &self,
-        file_name: &str,
-        content: &[u8],
-    ) -> Result<(), ReceiveError> {
+    /// Writes a timeline history file (as [`Connection::timeline_history`] returned it) into
+    /// the directory, under a temporary name renamed when complete; durably when syncing.
+    ///
+    /// [`Connection::timeline_history`]: crate::Connection::timeline_history
+    pub fn write_history(&self, file_name: &str, content: &[u8]) -> Result<(), ReceiveError> {
         let tmp = self.dir.join(format!("{file_name}.tmp"));
         let fin = self.dir.join(file_name);
         let mut f = create_private(&tmp, true)?;

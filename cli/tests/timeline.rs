@@ -1,0 +1,208 @@
+//! Backups of a server on a later timeline (a promoted standby), after PostgreSQL's
+//! pg_combinebackup/t/008_promote.pl, replayed with our CLI: the full backup, the standby made
+//! from it, the incremental taken after its promotion, our combine, and a server on the result.
+//! The server's own `pg_wal/<tli>.history` is the oracle for what the backups must carry.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pgrepl_testbed::{temp_dir, tool, Cluster, PgVersion, Role};
+
+mod common;
+use common::{ok, pgrepl};
+
+fn conninfo(c: &Cluster) -> String {
+    c.conninfo(Role::Postgres, "sslmode=disable")
+}
+
+fn wait_for(c: &Cluster, sql: &str, want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.psql(sql) != want {
+        assert!(Instant::now() < deadline, "{what}\n{}", c.log_tail(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn basebackup(c: &Cluster, target: &Path, extra: &[&str]) {
+    ok(pgrepl()
+        .args(["basebackup", "-d", &conninfo(c), "-c", "fast", "-N", "-D"])
+        .arg(target)
+        .args(extra)
+        .output()
+        .unwrap());
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// The names and contents of the entries of a tar file.
+fn tar_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
+    use basebackup::tar::{TarError, TarEvent, TarParser};
+    let bytes = std::fs::read(path).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut p = TarParser::new();
+    p.feed(&bytes, |ev| -> Result<(), TarError> {
+        match ev {
+            TarEvent::Entry(h) => out.push((h.path, Vec::new())),
+            TarEvent::Data(d) => out.last_mut().unwrap().1.extend_from_slice(d),
+            _ => {}
+        }
+        Ok(())
+    })
+    .unwrap();
+    p.finish().unwrap();
+    out
+}
+
+fn promoted_standby_chain(v: PgVersion) {
+    let node1 = Cluster::start(v);
+    node1.psql("CREATE TABLE mytable (a int, b text); INSERT INTO mytable VALUES (1, 'avocado')");
+    let work = temp_dir("bbtli");
+    let full = work.join("full");
+    basebackup(&node1, &full, &[]);
+    node1.psql("CHECKPOINT");
+    let lsn = node1.psql("SELECT pg_current_wal_insert_lsn()");
+    node1.psql("INSERT INTO mytable VALUES (2, 'beetle')");
+
+    // node2: a standby made from our full backup that stops at `lsn` and is promoted there
+    let node2_dir: PathBuf = work.join("node2");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&full)
+        .arg(&node2_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(node2_dir.join("standby.signal"), "").unwrap();
+    append(
+        &node2_dir.join("postgresql.auto.conf"),
+        &format!(
+            "primary_conninfo = '{}'\nrecovery_target_lsn = '{lsn}'\nrecovery_target_action = 'pause'\n",
+            conninfo(&node1)
+        ),
+    );
+    let node2 = Cluster::start_on(v, &node2_dir);
+    wait_for(
+        &node2,
+        "SELECT pg_get_wal_replay_pause_state()",
+        "paused",
+        "the standby never paused at its recovery target",
+    );
+    node2.psql("SELECT pg_promote()");
+    wait_for(
+        &node2,
+        "SELECT pg_is_in_recovery()",
+        "f",
+        "the standby was not promoted",
+    );
+    node2.psql("INSERT INTO mytable VALUES (2, 'blackberry')");
+    let history = std::fs::read(node2_dir.join("pg_wal/00000002.history"))
+        .expect("the promoted server has 00000002.history");
+
+    // an incremental backup of the promoted server, on timeline 2, from the timeline-1 full
+    let incr = work.join("incr");
+    basebackup(&node2, &incr, &["-i", full.to_str().unwrap()]);
+    let label = std::fs::read_to_string(incr.join("backup_label")).unwrap();
+    assert!(label.contains("START TIMELINE: 2"), "{label}");
+    assert!(label.contains("INCREMENTAL FROM TLI: 1"), "{label}");
+    // -X stream stores the timeline's history beside its WAL, as pg_basebackup does
+    assert_eq!(
+        std::fs::read(incr.join("pg_wal/00000002.history")).ok(),
+        Some(history.clone()),
+        "the backup's pg_wal lacks the server's 00000002.history"
+    );
+    // and a tar backup carries it in pg_wal.tar, before the segments
+    let tar = work.join("tar");
+    basebackup(&node2, &tar, &["-F", "t"]);
+    let entries = tar_entries(&tar.join("pg_wal.tar"));
+    assert_eq!(
+        entries[0].0,
+        "00000002.history",
+        "{:?}",
+        entries.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    assert_eq!(entries[0].1, history);
+    assert!(entries[1..]
+        .iter()
+        .all(|(n, _)| n.len() == 24 && n.starts_with("00000002")));
+    if v == PgVersion::V18 {
+        for dir in [&incr, &tar] {
+            let mut cmd = Command::new(tool("pg_verifybackup"));
+            if dir == &tar {
+                cmd.arg("-n");
+            }
+            let out = cmd.arg(dir).output().unwrap();
+            assert!(
+                out.status.success(),
+                "pg_verifybackup {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    // node3: our combine of the chain starts with node2's rows (008's check)
+    let out = work.join("out");
+    ok(pgrepl()
+        .arg("combine")
+        .arg(&full)
+        .arg(&incr)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert_eq!(
+        std::fs::read(out.join("pg_wal/00000002.history")).ok(),
+        Some(history)
+    );
+    let mut node3 = Cluster::start_on(v, &out);
+    assert_eq!(
+        node3.psql("SELECT string_agg(a::text || b, ':' ORDER BY a) FROM mytable"),
+        "1avocado:2blackberry"
+    );
+    // ... and when it ends an archive recovery on timeline 3, that timeline's history still
+    // names timeline 1: the server read it from the restored 00000002.history
+    node3.stop_server("fast");
+    std::fs::write(out.join("recovery.signal"), "").unwrap();
+    append(
+        &out.join("postgresql.auto.conf"),
+        "restore_command = 'false'\nprimary_conninfo = ''\nrecovery_target_lsn = ''\nrecovery_target_action = 'promote'\n",
+    );
+    node3.start_stopped();
+    wait_for(
+        &node3,
+        "SELECT pg_is_in_recovery()",
+        "f",
+        "the restored server did not finish recovery",
+    );
+    let h3 = std::fs::read_to_string(out.join("pg_wal/00000003.history"))
+        .expect("recovery ended on timeline 3");
+    let parents: Vec<&str> = h3
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split('\t').next())
+        .collect();
+    assert_eq!(parents, ["1", "2"], "{h3}");
+    assert_eq!(node3.psql("SELECT count(*) FROM mytable"), "2");
+    drop(node3);
+    drop(node2);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn pg17_backups_of_a_promoted_standby_carry_its_timeline_history() {
+    promoted_standby_chain(PgVersion::V17);
+}
+
+#[test]
+fn pg18_backups_of_a_promoted_standby_carry_its_timeline_history() {
+    promoted_standby_chain(PgVersion::V18);
+}
