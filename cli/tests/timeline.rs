@@ -133,6 +133,10 @@ fn promoted_standby_chain(v: PgVersion) {
     assert!(entries[1..]
         .iter()
         .all(|(n, _)| n.len() == 24 && n.starts_with("00000002")));
+    // our verify reads the WAL of both (the tar one out of pg_wal.tar) past the history file
+    for dir in [&incr, &tar] {
+        ok(pgrepl().arg("verify").arg(dir).output().unwrap());
+    }
     if v == PgVersion::V18 {
         for dir in [&incr, &tar] {
             let mut cmd = Command::new(tool("pg_verifybackup"));
