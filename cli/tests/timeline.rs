@@ -210,3 +210,67 @@ fn pg17_backups_of_a_promoted_standby_carry_its_timeline_history() {
 fn pg18_backups_of_a_promoted_standby_carry_its_timeline_history() {
     promoted_standby_chain(PgVersion::V18);
 }
+
+/// PostgreSQL's pg_combinebackup/t/003_timeline.pl with our CLI: node2 is started on our combine
+/// of node1's full and incremental backups, diverges from node1, and its own incremental (whose
+/// parent is node1's incremental) combines with the first two into a server holding node2's rows.
+fn incremental_from_a_restored_node(v: PgVersion) {
+    let node1 = Cluster::start(v);
+    node1.psql("CREATE TABLE mytable (a int, b text); INSERT INTO mytable VALUES (1, 'aardvark')");
+    let work = temp_dir("bbtli3");
+    let (b1, b2, b3) = (work.join("b1"), work.join("b2"), work.join("b3"));
+    basebackup(&node1, &b1, &[]);
+    node1.psql("INSERT INTO mytable VALUES (2, 'beetle')");
+    basebackup(&node1, &b2, &["-i", b1.to_str().unwrap()]);
+    let combine = |inputs: &[&Path], out: &Path| {
+        ok(pgrepl()
+            .arg("combine")
+            .args(inputs)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap());
+    };
+    let node2_dir = work.join("node2");
+    combine(&[&b1, &b2], &node2_dir);
+    let node2 = Cluster::start_on(v, &node2_dir);
+    node1.psql("INSERT INTO mytable VALUES (3, 'crab')");
+    node2.psql("INSERT INTO mytable VALUES (4, 'dingo')");
+    basebackup(&node2, &b3, &["-i", b2.to_str().unwrap()]);
+    let node3_dir = work.join("node3");
+    combine(&[&b1, &b2, &b3], &node3_dir);
+    let node3 = Cluster::start_on(v, &node3_dir);
+    node3.psql("INSERT INTO mytable VALUES (5, 'elephant')");
+    assert_eq!(
+        node3.psql("SELECT string_agg(a::text, ':' ORDER BY a) || '|' || string_agg(b, ':' ORDER BY a) FROM mytable"),
+        "1:2:4:5|aardvark:beetle:dingo:elephant"
+    );
+    for b in [&b1, &b2, &b3] {
+        ok(pgrepl().arg("verify").arg(b).output().unwrap());
+        if v == PgVersion::V18 {
+            let out = Command::new(tool("pg_verifybackup"))
+                .arg(b)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "pg_verifybackup {}: {}",
+                b.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    drop(node3);
+    drop(node2);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+#[test]
+fn pg17_incremental_from_a_node_restored_from_our_combine() {
+    incremental_from_a_restored_node(PgVersion::V17);
+}
+
+#[test]
+fn pg18_incremental_from_a_node_restored_from_our_combine() {
+    incremental_from_a_restored_node(PgVersion::V18);
+}
