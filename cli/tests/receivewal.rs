@@ -217,6 +217,12 @@ fn under_load(v: PgVersion) {
     c.pgbench_init(1);
     let rx = spawn(&c, &dir, &["--slot", "arch", "-v"]);
     c.pgbench(&["-T", "20", "-c", "2", "-n"]);
+    // and a fixed amount on top (about 56 MB, a record per row), so that the counts below do
+    // not depend on how many transactions a slow or busy machine ran in those 20 s
+    c.psql(
+        "CREATE TABLE bulk (g int, t text); \
+         INSERT INTO bulk SELECT g, repeat('x', 500) FROM generate_series(1, 100000) g",
+    );
     let end = lsn(&c, "SELECT pg_switch_wal()");
     wait_for("the switched segment", || {
         complete_in_archive(&dir, TimelineId(1), Lsn(end.0 - 1))
