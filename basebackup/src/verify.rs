@@ -263,6 +263,37 @@ fn read_archive(path: &Path, mut on: impl FnMut(TarEvent<'_>)) -> Result<(), Str
     parser.finish().map_err(|e| e.to_string())
 }
 
+/// The timeline history the backup's WAL follows, from the manifest's WAL ranges: the server
+/// lists one range per timeline, newest first, each older one ending at its switch point
+/// (`AddWALInfoToBackupManifest`). Read this way, WAL of a backup that crossed a timeline
+/// switch (a standby whose upstream was promoted) is found on the timeline that holds it,
+/// whether or not a history file came with the backup.
+fn history_of(ranges: &[crate::manifest::WalRange]) -> TimelineHistory {
+    TimelineHistory {
+        entries: ranges
+            .iter()
+            .skip(1)
+            .rev()
+            .map(|r| pgwal::timeline::HistoryEntry {
+                timeline: r.timeline,
+                switch_point: r.end,
+                reason: String::new(),
+            })
+            .collect(),
+    }
+}
+
+/// The timeline whose file holds segment `s` for recovery: the newest one that has begun by the
+/// segment's last byte (the segment of a switch is read from the new timeline's copy).
+fn owner_of_segment(
+    history: &TimelineHistory,
+    newest: pgwal::TimelineId,
+    start: Lsn,
+    seg: WalSegSize,
+) -> pgwal::TimelineId {
+    history.timeline_of(newest, Lsn(start.0 + seg.bytes() - 1))
+}
+
 /// Checks the WAL of `m` by decoding, from the first range's start to its end, segments fed by
 /// `next_segments` (which calls the sink with each segment's start LSN and bytes, in order).
 fn check_wal_stream(
@@ -588,11 +619,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             ctx.problem("WAL", "the manifest lists no WAL range");
             return ctx.report;
         };
-        let history =
-            fs::read_to_string(dir.join(pgwal::timeline::history_file_name(last.timeline)))
-                .ok()
-                .and_then(|t| TimelineHistory::parse(&t).ok())
-                .unwrap_or_default();
+        let history = history_of(&m.wal_ranges);
         let (tli, start, end) = (last.timeline, first.start, last.end);
         check_wal_stream(&mut ctx, &m, seg, |sink| {
             wd.read_range(tli, &history, start, Some(end), |s, b, _| {
@@ -606,6 +633,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         // -X fetch: the server put the WAL into base.tar, under pg_wal/
         .or_else(|| base_tar.map(|t| (t, "pg_wal/")))
     {
+        let history = history_of(&m.wal_ranges);
+        let newest = m.wal_ranges.first().map(|r| r.timeline);
         check_wal_stream(&mut ctx, &m, seg, |sink| {
             let mut seg_start: Option<Lsn> = None;
             let mut buf: Vec<u8> = Vec::new();
@@ -619,8 +648,12 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                         .filter(|_| h.kind == EntryKind::File)
                         .and_then(|name| pgwal::parse_wal_file_name(name, seg))
                         .filter(|p| p.kind == pgwal::WalFileKind::Segment)
-                        .and_then(|p| p.segment)
-                        .and_then(|s| s.start_lsn(seg));
+                        .and_then(|p| Some((p.timeline, p.segment?.start_lsn(seg)?)))
+                        // of a segment present on two timelines, the one recovery reads
+                        .filter(|&(t, s)| {
+                            newest.is_some_and(|n| owner_of_segment(&history, n, s, seg) == t)
+                        })
+                        .map(|(_, s)| s);
                     buf.clear();
                 }
                 TarEvent::Data(d) if seg_start.is_some() => buf.extend_from_slice(d),
@@ -649,16 +682,11 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             return ctx.report;
         };
         let (tli, start, end) = (last.timeline, first.start, last.end);
+        let history = history_of(&m.wal_ranges);
         check_wal_stream(&mut ctx, &m, seg, |sink| {
-            wd.read_range(
-                tli,
-                &TimelineHistory::default(),
-                start,
-                Some(end),
-                |s, b, _| {
-                    let _ = sink(s, b);
-                },
-            )
+            wd.read_range(tli, &history, start, Some(end), |s, b, _| {
+                let _ = sink(s, b);
+            })
             .map(|_| ())
             .map_err(|e| e.to_string())
         });
@@ -668,7 +696,51 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
 
 #[cfg(test)]
 mod tests {
-    use super::tar_member_stem;
+    use super::{history_of, owner_of_segment, tar_member_stem};
+    use pgwal::timeline::TimelineHistory;
+    use pgwal::{Lsn, TimelineId, WalSegSize};
+
+    #[test]
+    fn timelines_of_a_backup_that_crossed_a_switch() {
+        use crate::manifest::WalRange;
+        let seg = WalSegSize::new(16 << 20).unwrap();
+        let range = |t: u32, start: u64, end: u64| WalRange {
+            timeline: TimelineId(t),
+            start: Lsn(start),
+            end: Lsn(end),
+        };
+        let seg_start = |n: u64| Lsn(n << 24);
+        // one timeline: everything is on it
+        let h = history_of(&[range(1, 0x200_0028, 0x300_0100)]);
+        assert!(h.entries.is_empty());
+        assert_eq!(
+            owner_of_segment(&h, TimelineId(1), seg_start(3), seg),
+            TimelineId(1)
+        );
+        // switched on a segment boundary (0/3000000): segment 2 is timeline 1's, 3 is 2's
+        let h = history_of(&[
+            range(2, 0x300_0000, 0x301_1B18),
+            range(1, 0x200_0028, 0x300_0000),
+        ]);
+        assert_eq!(h.entries.len(), 1);
+        assert_eq!(h.entries[0].timeline, TimelineId(1));
+        assert_eq!(h.entries[0].switch_point, Lsn(0x300_0000));
+        let owner =
+            |h: &TimelineHistory, n| owner_of_segment(h, TimelineId(2), seg_start(n), seg).0;
+        assert_eq!((owner(&h, 2), owner(&h, 3)), (1, 2));
+        // switched inside segment 2 and again inside 4: the segment of a switch is read from
+        // the newer timeline's copy
+        let h = history_of(&[
+            range(3, 0x480_0000, 0x500_0000),
+            range(2, 0x280_0000, 0x480_0000),
+            range(1, 0x100_0028, 0x280_0000),
+        ]);
+        let owner = |n| owner_of_segment(&h, TimelineId(3), seg_start(n), seg).0;
+        assert_eq!(
+            (owner(1), owner(2), owner(3), owner(4), owner(5)),
+            (1, 2, 2, 3, 3)
+        );
+    }
 
     #[test]
     fn tar_member_names_as_pg_verifybackup_takes_them() {
