@@ -131,78 +131,99 @@ impl WalConnection {
         let task = tokio::spawn(async move {
             let first = start.segment_start(seg);
             let mut writer = SegmentWriter::new(&dir, seg, None, sync, first);
-            let mut checker = PageChecker::new(seg, system_id, timeline);
-            // A later timeline's history goes beside its WAL, as pg_basebackup stores it: a
-            // server restored from the backup reads its ancestry there (when it ends a
-            // recovery on a new timeline, the new history file is built from this one).
-            if timeline.0 > 1 {
-                let history = conn.timeline_history(timeline).await?;
-                writer.write_history(&history.file_name, &history.content)?;
-            }
-            let mut stream = conn
-                .start_replication(&StartReplication {
-                    slot,
-                    start: first,
-                    timeline: Some(timeline),
-                })
-                .await?;
+            let (mut tli, mut from) = (timeline, first);
             let mut end: Option<Lsn> = None;
-            if status_interval.is_some() {
-                // at once, as pg_basebackup does: a slot made without reserving WAL (or one
-                // behind) starts holding WAL from here, and pg_stat_replication shows us
-                stream
-                    .send_status(writer.written, writer.flushed, Lsn::INVALID, false)
-                    .await?;
-            }
             // -s: status messages on a timer as well as on request; a timer that never fires
             // when there is no interval
             let period = status_interval.unwrap_or(std::time::Duration::from_secs(86_400 * 365));
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // One pass per timeline: a standby whose upstream is promoted while it is backed up
+            // moves to the new timeline, and its walsender ends ours there; pg_basebackup then
+            // goes on streaming on the next timeline, and so do we.
             loop {
-                if end.is_some_and(|e| writer.written >= e) {
-                    break;
+                let mut checker = PageChecker::new(seg, system_id, tli);
+                // A later timeline's history goes beside its WAL, as pg_basebackup stores it: a
+                // server restored from the backup reads its ancestry there (when it ends a
+                // recovery on a new timeline, the new history file is built from this one).
+                if tli.0 > 1 {
+                    let history = conn.timeline_history(tli).await?;
+                    writer.write_history(&history.file_name, &history.content)?;
                 }
-                tokio::select! {
-                    ev = stream.next() => match ev? {
-                        Some(ReplicationEvent::XLogData(x)) => {
-                            checker.feed(x.wal_start, &x.data)?;
-                            writer.write(timeline, x.wal_start, &x.data)?;
-                        }
-                        Some(ReplicationEvent::Keepalive(k)) => {
-                            if k.reply_requested {
-                                let flushed = writer.flush()?;
-                                stream.send_status(writer.written, flushed, Lsn::INVALID, false).await?;
+                let mut stream = conn
+                    .start_replication(&StartReplication {
+                        slot: slot.clone(),
+                        start: from,
+                        timeline: Some(tli),
+                    })
+                    .await?;
+                if status_interval.is_some() {
+                    // at once, as pg_basebackup does: a slot made without reserving WAL (or one
+                    // behind) starts holding WAL from here, and pg_stat_replication shows us
+                    stream
+                        .send_status(writer.written, writer.flushed, Lsn::INVALID, false)
+                        .await?;
+                }
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let switch = loop {
+                    if end.is_some_and(|e| writer.written >= e) {
+                        break None;
+                    }
+                    tokio::select! {
+                        ev = stream.next() => match ev? {
+                            Some(ReplicationEvent::XLogData(x)) => {
+                                checker.feed(x.wal_start, &x.data)?;
+                                writer.write(tli, x.wal_start, &x.data)?;
                             }
+                            Some(ReplicationEvent::Keepalive(k)) => {
+                                if k.reply_requested {
+                                    let flushed = writer.flush()?;
+                                    stream.send_status(writer.written, flushed, Lsn::INVALID, false).await?;
+                                }
+                            }
+                            Some(ReplicationEvent::EndOfTimeline { next_timeline, next_timeline_start }) => {
+                                break Some((next_timeline, next_timeline_start));
+                            }
+                            Some(_) => {}
+                            None => {
+                                return Err(pgrepl::Error::Closed { state: "WAL streaming for the backup" }.into());
+                            }
+                        },
+                        _ = ticks.tick(), if status_interval.is_some() => {
+                            stream.send_status(writer.written, writer.flushed, Lsn::INVALID, false).await?;
                         }
-                        Some(ReplicationEvent::EndOfTimeline { next_timeline, .. }) => {
-                            return Err(ReceiveError::Timeline(format!(
-                                "the server switched to timeline {next_timeline} during the backup"
-                            )));
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                // the backup was abandoned
+                                return Ok(());
+                            }
+                            end = *rx.borrow();
                         }
-                        Some(_) => {}
-                        None => {
-                            return Err(pgrepl::Error::Closed { state: "WAL streaming for the backup" }.into());
-                        }
-                    },
-                    _ = ticks.tick(), if status_interval.is_some() => {
-                        stream.send_status(writer.written, writer.flushed, Lsn::INVALID, false).await?;
                     }
-                    changed = rx.changed() => {
-                        if changed.is_err() {
-                            // the backup was abandoned
-                            return Ok(());
-                        }
-                        end = *rx.borrow();
-                    }
+                };
+                let Some((next, at)) = switch else {
+                    writer.close_padded()?;
+                    // Terminate at once: the walsender exits cleanly on it, and ending the COPY
+                    // politely would first drain the rest of the switched-from segment the
+                    // server keeps sending
+                    drop(stream);
+                    let _ = conn.close().await;
+                    return Ok(());
+                };
+                drop(stream);
+                if next <= tli || at < writer.written.segment_start(seg) {
+                    return Err(ReceiveError::Timeline(format!(
+                        "server reported next timeline {next} starting at {at} after streaming timeline {tli} up to {}",
+                        writer.written
+                    )));
                 }
+                // the old timeline's last segment stays full-size, as pg_basebackup leaves it;
+                // the new timeline's copy of it is streamed again from its start
+                writer.close_padded()?;
+                tli = next;
+                from = at.segment_start(seg);
+                writer.reset(from);
             }
-            writer.close_padded()?;
-            // Terminate at once: the walsender exits cleanly on it, and ending the COPY politely
-            // would first drain the rest of the switched-from segment the server keeps sending
-            drop(stream);
-            let _ = conn.close().await;
-            Ok(())
         });
         Ok(WalStream { stop: tx, task })
     }

@@ -274,3 +274,182 @@ fn pg17_incremental_from_a_node_restored_from_our_combine() {
 fn pg18_incremental_from_a_node_restored_from_our_combine() {
     incremental_from_a_restored_node(PgVersion::V18);
 }
+
+/// A standby backed up while its upstream is promoted: the standby moves to timeline 2 during
+/// the backup, its walsender ends our WAL stream at the switch, and the stream goes on on
+/// timeline 2 (as pg_basebackup's does), so the backup ends on timeline 2, verifies and starts
+/// with what the new primary wrote before the backup ended.
+fn backup_across_a_failover(v: PgVersion) {
+    let primary = Cluster::start(v);
+    primary.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let upstream = primary.standby();
+    let standby = upstream.standby();
+    wait_for(
+        &standby,
+        "SELECT count(*) FROM pg_class WHERE relname = 't'",
+        "1",
+        "the cascading standby never replayed the table",
+    );
+    let work = temp_dir("bbfailover");
+    let (target, tar) = (work.join("b"), work.join("t"));
+    // throttled so that they are still running after the failover (a fresh cluster is ~25 MB);
+    // a plain and a tar backup at once, through the same switch
+    let spawn = |dir: &Path, extra: &[&str]| {
+        scopeguard(
+            pgrepl()
+                .args([
+                    "basebackup",
+                    "-d",
+                    &standby.conninfo(Role::Postgres, "sslmode=disable application_name=pgrepl_tl"),
+                    "-c",
+                    "fast",
+                    "-N",
+                    "-r",
+                    "3M",
+                    "-D",
+                ])
+                .arg(dir)
+                .args(extra)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut children = [spawn(&target, &[]), spawn(&tar, &["-F", "t"])];
+    wait_for(
+        &standby,
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgrepl_tl' AND state = 'backup'",
+        "2",
+        "the backups never started",
+    );
+    upstream.promote();
+    upstream.psql("INSERT INTO t SELECT g FROM generate_series(1001, 2000) g");
+    wait_for(
+        &standby,
+        "SELECT count(*) FROM t",
+        "2000",
+        "the cascading standby did not follow the promotion",
+    );
+    // A standby's backup ends at its minimum recovery point, which a restartpoint moves: make
+    // one past the switch, so that the backups must end on timeline 2.
+    upstream.psql("CHECKPOINT");
+    let lsn = upstream.psql("SELECT pg_current_wal_insert_lsn()");
+    wait_for(
+        &standby,
+        &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'"),
+        "t",
+        "the cascading standby did not replay the new primary's checkpoint",
+    );
+    standby.psql("CHECKPOINT");
+    for child in &mut children {
+        if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
+            let out = child.0.take().unwrap().wait_with_output().unwrap();
+            assert!(
+                !status.success(),
+                "a backup ended before the failover reached the standby: throttle it more"
+            );
+            panic!(
+                "a backup failed across the failover: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    for child in &mut children {
+        let out = child.0.take().unwrap().wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a backup failed across the failover: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let label = std::fs::read_to_string(target.join("backup_label")).unwrap();
+    assert!(label.contains("START TIMELINE: 1"), "{label}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(target.join("backup_manifest")).unwrap()).unwrap();
+    let timelines: Vec<u64> = manifest["WAL-Ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Timeline"].as_u64().unwrap())
+        .collect();
+    assert!(
+        timelines.contains(&1) && timelines.contains(&2),
+        "{timelines:?}"
+    );
+    let history = std::fs::read(upstream.data.join("pg_wal/00000002.history")).unwrap();
+    assert_eq!(
+        std::fs::read(target.join("pg_wal/00000002.history")).ok(),
+        Some(history)
+    );
+    ok(pgrepl().arg("verify").arg(&target).output().unwrap());
+    if v == PgVersion::V18 {
+        let out = Command::new(tool("pg_verifybackup"))
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_verifybackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // the tar backup: pg_wal.tar holds timeline 1's segment, the history, timeline 2's; our
+    // verify decodes across the switch out of the archive
+    let names: Vec<String> = tar_entries(&tar.join("pg_wal.tar"))
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names.contains(&"00000002.history".to_owned()), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("00000001")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("00000002") && n.len() == 24),
+        "{names:?}"
+    );
+    ok(pgrepl().arg("verify").arg(&tar).output().unwrap());
+    if v == PgVersion::V18 {
+        let out = Command::new(tool("pg_verifybackup"))
+            .arg("-n")
+            .arg(&tar)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_verifybackup -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // a backup of a standby would come up as a standby; let it come up on its own
+    let _ = std::fs::remove_file(target.join("standby.signal"));
+    let restored = Cluster::start_on(v, &target);
+    assert_eq!(restored.psql("SELECT count(*) FROM t"), "2000");
+    drop(restored);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Kills the child if the test fails before waiting for it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn scopeguard(c: std::process::Child) -> KillOnDrop {
+    KillOnDrop(Some(c))
+}
+
+#[test]
+fn pg17_a_standby_backed_up_across_its_upstreams_failover() {
+    backup_across_a_failover(PgVersion::V17);
+}
+
+#[test]
+fn pg18_a_standby_backed_up_across_its_upstreams_failover() {
+    backup_across_a_failover(PgVersion::V18);
+}

@@ -579,7 +579,7 @@ impl SegmentWriter {
     }
 
     /// Restarts at `start` (a segment start, on a new timeline or after a reconnect).
-    pub(crate) fn reset(&mut self, start: Lsn) {
+    pub fn reset(&mut self, start: Lsn) {
         self.current = None;
         self.written = start;
         self.flushed = start;
