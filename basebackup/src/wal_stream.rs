@@ -211,6 +211,13 @@ impl WalConnection {
                     return Ok(());
                 };
                 drop(stream);
+                if at > writer.written {
+                    // a hole between the two timelines (pg_basebackup's check and words)
+                    return Err(ReceiveError::Timeline(format!(
+                        "server stopped streaming timeline {tli} at {}, but reported next timeline {next} to begin at {at}",
+                        writer.written
+                    )));
+                }
                 if next <= tli || at < writer.written.segment_start(seg) {
                     return Err(ReceiveError::Timeline(format!(
                         "server reported next timeline {next} starting at {at} after streaming timeline {tli} up to {}",

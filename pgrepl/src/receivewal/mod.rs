@@ -530,6 +530,13 @@ async fn run_once(
                 "server reported next timeline {next}, not after {tli}"
             )));
         }
+        if at > writer.written {
+            // a hole between the two timelines (pg_receivewal's check and words)
+            return Err(ReceiveError::Timeline(format!(
+                "server stopped streaming timeline {tli} at {}, but reported next timeline {next} to begin at {at}",
+                writer.written
+            )));
+        }
         if at < writer.written.segment_start(seg_size) {
             return Err(ReceiveError::Timeline(format!(
                 "server reported switch point {at} before what was already streamed ({})",
