@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgrepl_testbed::{temp_dir, tool, Cluster, PgVersion, Role};
+use pgrepl_testbed::{temp_dir, Cluster, PgVersion, Role};
 
 mod common;
-use common::{ok, pgrepl};
+use common::{ok, pg_verifybackup_ok, pgrepl};
 
 fn conninfo(c: &Cluster) -> String {
     c.conninfo(Role::Postgres, "sslmode=disable")
@@ -29,6 +29,16 @@ fn basebackup(c: &Cluster, target: &Path, extra: &[&str]) {
         .args(["basebackup", "-d", &conninfo(c), "-c", "fast", "-N", "-D"])
         .arg(target)
         .args(extra)
+        .output()
+        .unwrap());
+}
+
+fn combine(inputs: &[&Path], out: &Path) {
+    ok(pgrepl()
+        .arg("combine")
+        .args(inputs)
+        .arg("-o")
+        .arg(out)
         .output()
         .unwrap());
 }
@@ -138,31 +148,13 @@ fn promoted_standby_chain(v: PgVersion) {
         ok(pgrepl().arg("verify").arg(dir).output().unwrap());
     }
     if v == PgVersion::V18 {
-        for dir in [&incr, &tar] {
-            let mut cmd = Command::new(tool("pg_verifybackup"));
-            if dir == &tar {
-                cmd.arg("-n");
-            }
-            let out = cmd.arg(dir).output().unwrap();
-            assert!(
-                out.status.success(),
-                "pg_verifybackup {}: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        pg_verifybackup_ok(&incr, &[]);
+        pg_verifybackup_ok(&tar, &["-n"]);
     }
 
     // node3: our combine of the chain starts with node2's rows (008's check)
     let out = work.join("out");
-    ok(pgrepl()
-        .arg("combine")
-        .arg(&full)
-        .arg(&incr)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap());
+    combine(&[&full, &incr], &out);
     assert_eq!(
         std::fs::read(out.join("pg_wal/00000002.history")).ok(),
         Some(history)
@@ -222,15 +214,6 @@ fn incremental_from_a_restored_node(v: PgVersion) {
     basebackup(&node1, &b1, &[]);
     node1.psql("INSERT INTO mytable VALUES (2, 'beetle')");
     basebackup(&node1, &b2, &["-i", b1.to_str().unwrap()]);
-    let combine = |inputs: &[&Path], out: &Path| {
-        ok(pgrepl()
-            .arg("combine")
-            .args(inputs)
-            .arg("-o")
-            .arg(out)
-            .output()
-            .unwrap());
-    };
     let node2_dir = work.join("node2");
     combine(&[&b1, &b2], &node2_dir);
     let node2 = Cluster::start_on(v, &node2_dir);
@@ -248,16 +231,7 @@ fn incremental_from_a_restored_node(v: PgVersion) {
     for b in [&b1, &b2, &b3] {
         ok(pgrepl().arg("verify").arg(b).output().unwrap());
         if v == PgVersion::V18 {
-            let out = Command::new(tool("pg_verifybackup"))
-                .arg(b)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "pg_verifybackup {}: {}",
-                b.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            pg_verifybackup_ok(b, &[]);
         }
     }
     drop(node3);
@@ -383,15 +357,7 @@ fn backup_across_a_failover(v: PgVersion) {
     );
     ok(pgrepl().arg("verify").arg(&target).output().unwrap());
     if v == PgVersion::V18 {
-        let out = Command::new(tool("pg_verifybackup"))
-            .arg(&target)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_verifybackup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg_verifybackup_ok(&target, &[]);
     }
     // the tar backup: pg_wal.tar holds timeline 1's segment, the history, timeline 2's; our
     // verify decodes across the switch out of the archive
@@ -409,16 +375,7 @@ fn backup_across_a_failover(v: PgVersion) {
     );
     ok(pgrepl().arg("verify").arg(&tar).output().unwrap());
     if v == PgVersion::V18 {
-        let out = Command::new(tool("pg_verifybackup"))
-            .arg("-n")
-            .arg(&tar)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_verifybackup -n: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        pg_verifybackup_ok(&tar, &["-n"]);
     }
     // a backup of a standby would come up as a standby; let it come up on its own
     let _ = std::fs::remove_file(target.join("standby.signal"));

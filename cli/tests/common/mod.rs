@@ -83,3 +83,19 @@ pub fn basebackup(conninfo: &str, target: &Path, extra: &[&str]) {
         .output()
         .unwrap());
 }
+
+/// PostgreSQL 18's pg_verifybackup accepts the backup in `dir` (with `extra` options).
+pub fn pg_verifybackup_ok(dir: &Path, extra: &[&str]) {
+    let out = Command::new(tool("pg_verifybackup"))
+        .args(extra)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup {}: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
