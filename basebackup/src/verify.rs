@@ -291,7 +291,8 @@ fn owner_of_segment(
     start: Lsn,
     seg: WalSegSize,
 ) -> pgwal::TimelineId {
-    history.timeline_of(newest, Lsn(start.0 + seg.bytes() - 1))
+    // (segment starts come from file names: the last possible one ends at u64::MAX exactly)
+    history.timeline_of(newest, Lsn(start.0.saturating_add(seg.bytes() - 1)))
 }
 
 /// Checks the WAL of `m` by decoding, from the first range's start to its end, segments fed by
@@ -739,6 +740,12 @@ mod tests {
         assert_eq!(
             (owner(1), owner(2), owner(3), owner(4), owner(5)),
             (1, 2, 2, 3, 3)
+        );
+        // the last segment a file name can give (as a damaged or hostile tar might)
+        let last = Lsn(u64::MAX - (seg.bytes() - 1));
+        assert_eq!(
+            owner_of_segment(&h, TimelineId(3), last, seg),
+            TimelineId(3)
         );
     }
 
