@@ -149,6 +149,23 @@ pub struct WalDecoder {
     /// Multi-page records are gathered here; single-page ones are read in place.
     assembled: Vec<u8>,
     blocks: Vec<BlockRef>,
+    /// The record whose bytes are still arriving, and how far it has been checked.
+    span: Option<Span>,
+}
+
+/// A record being waited for: checked as its bytes arrive (header first, then each
+/// continuation page), so that a bogus length is caught before its bytes are gathered.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    /// Where the record starts.
+    at: u64,
+    /// Where it ends in the stream, page headers included.
+    end: u64,
+    /// Its header (resource manager, previous-record link) was found valid.
+    header_ok: bool,
+    /// The next continuation page to check, and the record's bytes left at its start.
+    next_page: u64,
+    remaining: u64,
 }
 
 fn maxalign(v: u64) -> u64 {
@@ -183,6 +200,7 @@ impl WalDecoder {
             failed: None,
             assembled: Vec::new(),
             blocks: Vec::new(),
+            span: None,
         })
     }
 
@@ -315,6 +333,92 @@ impl WalDecoder {
         e
     }
 
+    /// Where a record of `tot_len` bytes starting at `cur` ends, page headers included; `None`
+    /// past the end of the WAL address space.
+    fn record_end(&self, cur: u64, tot_len: u32) -> Option<u64> {
+        let blk = u64::from(self.opts.block_size);
+        let mut p = cur;
+        let mut remaining = u64::from(tot_len);
+        loop {
+            let page_end = (p / blk).checked_add(1)?.checked_mul(blk)?;
+            let take = (page_end - p).min(remaining);
+            remaining -= take;
+            p = p.checked_add(take)?;
+            if remaining == 0 {
+                return Some(p);
+            }
+            p = p.checked_add(self.header_len_at(p))?;
+        }
+    }
+
+    /// The record header at `cur` (which may continue on the next page), if buffered.
+    fn record_header_bytes(&self, cur: u64) -> Option<[u8; RECORD_HEADER_LEN]> {
+        let blk = u64::from(self.opts.block_size);
+        let page_end = (cur / blk).checked_add(1)?.checked_mul(blk)?;
+        let first = ((page_end - cur) as usize).min(RECORD_HEADER_LEN);
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        h[..first].copy_from_slice(self.bytes(Lsn(cur), first)?);
+        if first < RECORD_HEADER_LEN {
+            let p = page_end.checked_add(self.header_len_at(page_end))?;
+            h[first..].copy_from_slice(self.bytes(Lsn(p), RECORD_HEADER_LEN - first)?);
+        }
+        Some(h)
+    }
+
+    /// Checks what has arrived of the record at `span.at` (its header, then each continuation
+    /// page header), as xlogreader.c does before it reads the rest: `Ok(Some(lsn))` asks for
+    /// the stream up to `lsn` before going on.
+    fn check_arriving(&mut self, mut span: Span) -> Result<Option<u64>, WalError> {
+        let blk = u64::from(self.opts.block_size);
+        if !span.header_ok {
+            let Some(raw) = self.record_header_bytes(span.at) else {
+                self.span = Some(span);
+                return Ok(Some(span.at + RECORD_HEADER_LEN as u64));
+            };
+            let h = record::read_header(&raw);
+            let at = Lsn(span.at);
+            if !rmgr::rmgr_id_is_valid(h.rmid) {
+                return Err(WalError {
+                    lsn: at,
+                    kind: WalErrorKind::InvalidRmgr(h.rmid),
+                });
+            }
+            if self.check_prev && h.prev_lsn != self.prev_lsn {
+                return Err(WalError {
+                    lsn: at,
+                    kind: WalErrorKind::IncorrectPrevLink { got: h.prev_lsn },
+                });
+            }
+            span.header_ok = true;
+        }
+        while span.next_page < span.end {
+            let p = span.next_page;
+            let Some(h) = self.page_header(Lsn(p))? else {
+                self.span = Some(span);
+                return Ok(Some(p + crate::page::LONG_HEADER_LEN as u64));
+            };
+            if h.info & XLP_FIRST_IS_CONTRECORD == 0 {
+                return Err(WalError {
+                    lsn: Lsn(p),
+                    kind: WalErrorKind::MissingContrecord,
+                });
+            }
+            if u64::from(h.rem_len) != span.remaining {
+                return Err(WalError {
+                    lsn: Lsn(p),
+                    kind: WalErrorKind::InvalidContrecordLength {
+                        got: h.rem_len,
+                        expected: span.remaining,
+                    },
+                });
+            }
+            span.remaining -= (blk - h.len() as u64).min(span.remaining);
+            span.next_page = p.saturating_add(blk);
+        }
+        self.span = Some(span);
+        Ok(None)
+    }
+
     /// The next record; `Ok(None)` when more bytes are needed; `Err` at the end of valid WAL
     /// (and on every call after it).
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, WalError> {
@@ -371,23 +475,42 @@ impl WalDecoder {
         if tot_len > MAX_RECORD_LEN {
             return Err(self.fail(Lsn(cur), WalErrorKind::RecordTooLong { len: tot_len }));
         }
-        // Where the record ends in the stream, page headers included.
-        let mut p = cur;
-        let mut remaining = u64::from(tot_len);
-        loop {
-            let page_end = (p / blk + 1) * blk;
-            let take = (page_end - p).min(remaining);
-            remaining -= take;
-            p += take;
-            if remaining == 0 {
-                break;
+        // Where the record ends in the stream, page headers included (computed once per
+        // record), and what has arrived of it checked before waiting for the rest.
+        let span = match self.span {
+            Some(s) if s.at == cur => s,
+            _ => {
+                let Some(end) = self.record_end(cur, tot_len) else {
+                    return Err(self.fail(
+                        Lsn(cur),
+                        WalErrorKind::BadPage(format!(
+                            "a record of {tot_len} bytes would run past the end of the WAL address space"
+                        )),
+                    ));
+                };
+                let next_page = (cur / blk + 1) * blk;
+                Span {
+                    at: cur,
+                    end,
+                    header_ok: false,
+                    next_page,
+                    remaining: u64::from(tot_len).saturating_sub(next_page - cur),
+                }
             }
-            p += self.header_len_at(p);
+        };
+        let end = span.end;
+        match self.check_arriving(span) {
+            Err(e) => {
+                self.span = None;
+                return Err(self.fail(e.lsn, e.kind));
+            }
+            Ok(Some(until)) => return self.need(until.min(end)),
+            Ok(None) => {}
         }
-        let end = p;
         if self.buffered_end().0 < end {
             return self.need(end);
         }
+        self.span = None;
 
         // Gather a record that crosses pages, checking each continuation page; a record
         // inside one page is read where it lies.

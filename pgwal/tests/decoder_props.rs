@@ -210,3 +210,63 @@ fn foreign_system_and_wrong_version_are_refused() {
     assert!(e.to_string().contains("PostgreSQL 18"), "{e}");
     assert_eq!(e.lsn, start);
 }
+
+/// A record whose length field claims hundreds of megabytes is judged by its header and its
+/// continuation pages as they arrive (xlogreader.c's order), not after all of it is gathered.
+#[test]
+fn a_bogus_length_is_refused_before_its_bytes_are_gathered() {
+    let (start, bytes, lsns) = write(&[
+        RecordSpec {
+            rmid: 10,
+            main_data: vec![1; 10],
+            ..Default::default()
+        },
+        RecordSpec {
+            rmid: 10,
+            main_data: vec![2; 10],
+            ..Default::default()
+        },
+        RecordSpec {
+            rmid: 10,
+            main_data: vec![3; 20_000],
+            ..Default::default()
+        },
+    ]);
+    let second = (lsns[1].0 - start.0) as usize;
+    let claim = |mutate: &dyn Fn(&mut [u8])| -> Result<(), pgwal::WalError> {
+        let mut b = bytes.clone();
+        b[second..second + 4].copy_from_slice(&(600u32 << 20).to_le_bytes());
+        mutate(&mut b[second..]);
+        let mut d = WalDecoder::new(start, DecoderOptions::new(seg())).unwrap();
+        // two pages only, of the 600 MB the record claims
+        d.feed(&b[..16384]);
+        d.next_record()
+            .unwrap()
+            .expect("the first record is intact");
+        match d.next_record() {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => panic!("a record was returned"),
+            Err(e) => Err(e),
+        }
+    };
+    // an invalid resource manager
+    let e = claim(&|r| r[17] = 100).unwrap_err();
+    assert_eq!((e.lsn, e.kind), (lsns[1], WalErrorKind::InvalidRmgr(100)));
+    // a wrong previous-record link
+    let e = claim(&|r| r[8] ^= 0x40).unwrap_err();
+    assert_eq!(e.lsn, lsns[1]);
+    assert!(
+        matches!(e.kind, WalErrorKind::IncorrectPrevLink { .. }),
+        "{e}"
+    );
+    // a valid header: the next page must then say it continues a record of that length
+    let e = claim(&|_| {}).unwrap_err();
+    assert_eq!(e.lsn, Lsn(start.0 + 8192));
+    assert!(
+        matches!(
+            e.kind,
+            WalErrorKind::MissingContrecord | WalErrorKind::InvalidContrecordLength { .. }
+        ),
+        "{e}"
+    );
+}
