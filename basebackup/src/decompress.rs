@@ -1,7 +1,9 @@
-//! Decompressing server-compressed archives as they stream, to parse and verify them: pushed
-//! chunks in, decompressed chunks out through a buffer that is drained after every chunk.
-
-use std::io::Write;
+//! Decompressing archives as they stream, to parse and verify them: compressed chunks are pushed
+//! in, decompressed bytes come out through a callback in pieces of at most [`OUTPUT_PIECE`]
+//! bytes (an LZ4 block, at most 4 MiB, for lz4), however much one chunk expands to. Nothing
+//! accumulates: a zstd "bomb" — kilobytes that claim gigabytes — costs time to read through,
+//! never memory. The decoders' own memory is bounded too: gzip's 32 kB window, zstd's window
+//! up to zstd's default limit (2^27 bytes; a frame asking for more is an error), one LZ4 block.
 
 /// The compression of an archive, from its name's suffix (`basebackup_gzip.c`, `_zstd.c`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +19,16 @@ pub enum ArchiveCompression {
 }
 
 impl ArchiveCompression {
+    /// The archive file name's ending: `.tar`, `.tar.gz`, `.tar.zst` or `.tar.lz4`.
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            ArchiveCompression::None => ".tar",
+            ArchiveCompression::Gzip => ".tar.gz",
+            ArchiveCompression::Zstd => ".tar.zst",
+            ArchiveCompression::Lz4 => ".tar.lz4",
+        }
+    }
+
     /// From an archive name.
     pub fn from_name(name: &str) -> Option<Self> {
         if name.ends_with(".tar") {
@@ -33,76 +45,333 @@ impl ArchiveCompression {
     }
 }
 
+/// The most decompressed bytes handed over at once (gzip and zstd).
+pub const OUTPUT_PIECE: usize = 128 * 1024;
+/// LZ4 input is fed in pieces this large, so that one push produces at most one block plus what
+/// this many bytes can expand to.
+const LZ4_INPUT_PIECE: usize = 4 * 1024;
+
 /// A push-fed decompressor.
 pub struct Decompressor {
-    inner: Box<dyn Write + Send>,
-    out: SharedBuf,
+    kind: Kind,
+    out: Vec<u8>,
+    /// Compressed bytes consumed so far (for messages).
+    consumed: u64,
+}
+
+enum Kind {
+    Gzip(Box<Gzip>),
+    Zstd {
+        dec: zstd::stream::raw::Decoder<'static>,
+        /// The last call ended a frame (zstd returned 0) and nothing came after it.
+        at_frame_end: bool,
+        started: bool,
+    },
+    Lz4(Box<crate::lz4::Lz4Decoder<Vec<u8>>>),
 }
 
 impl std::fmt::Debug for Decompressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Decompressor")
-    }
-}
-
-/// The decoders write into this; the caller drains it after each push.
-#[derive(Clone, Default)]
-struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for SharedBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        f.write_str(match self.kind {
+            Kind::Gzip(_) => "Decompressor(gzip)",
+            Kind::Zstd { .. } => "Decompressor(zstd)",
+            Kind::Lz4(_) => "Decompressor(lz4)",
+        })
     }
 }
 
 impl Decompressor {
     /// A decompressor for `c`; `None` for uncompressed archives.
     pub fn new(c: ArchiveCompression) -> std::io::Result<Option<Self>> {
-        let out = SharedBuf::default();
-        let inner: Box<dyn Write + Send> = match c {
+        let kind = match c {
             ArchiveCompression::None => return Ok(None),
-            ArchiveCompression::Gzip => Box::new(flate2::write::GzDecoder::new(out.clone())),
-            ArchiveCompression::Zstd => Box::new(zstd::stream::write::Decoder::new(out.clone())?),
-            ArchiveCompression::Lz4 => Box::new(crate::lz4::Lz4Decoder::new(out.clone())),
+            ArchiveCompression::Gzip => Kind::Gzip(Box::new(Gzip::new())),
+            ArchiveCompression::Zstd => Kind::Zstd {
+                dec: zstd::stream::raw::Decoder::new()?,
+                at_frame_end: false,
+                started: false,
+            },
+            ArchiveCompression::Lz4 => Kind::Lz4(Box::new(crate::lz4::Lz4Decoder::new(Vec::new()))),
         };
-        Ok(Some(Decompressor { inner, out }))
+        Ok(Some(Decompressor {
+            kind,
+            out: vec![0u8; OUTPUT_PIECE],
+            consumed: 0,
+        }))
     }
 
-    /// Decompresses `input` and hands the output to `f` (possibly in several pieces).
+    /// Decompresses `input` and hands the output to `f` in pieces of bounded size.
     pub fn push(
         &mut self,
         input: &[u8],
         mut f: impl FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(), String> {
-        // Feed in slices so one chunk never expands into more than a few MB at once.
-        for piece in input.chunks(16 * 1024) {
-            self.inner
-                .write_all(piece)
-                .map_err(|e| format!("decompression failed: {e}"))?;
-            let data = std::mem::take(&mut *self.out.0.lock().map_err(|_| "poisoned".to_string())?);
-            if !data.is_empty() {
-                f(&data)?;
+        let at = self.consumed;
+        self.consumed += input.len() as u64;
+        match &mut self.kind {
+            Kind::Gzip(g) => g.push(input, &mut self.out, &mut f, at),
+            Kind::Zstd {
+                dec,
+                at_frame_end,
+                started,
+            } => {
+                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                let mut inb = InBuffer::around(input);
+                loop {
+                    let mut outb = OutBuffer::around(&mut self.out[..]);
+                    let hint = dec.run(&mut inb, &mut outb).map_err(|e| {
+                        format!(
+                            "zstd decompression failed near byte {}: {e}",
+                            at + inb.pos() as u64
+                        )
+                    })?;
+                    let n = outb.pos();
+                    if inb.pos() > 0 || n > 0 {
+                        *started = true;
+                        *at_frame_end = hint == 0;
+                    }
+                    if n > 0 {
+                        f(&self.out[..n])?;
+                    }
+                    // done when all input is used and the output did not fill (nothing held)
+                    if inb.pos() == input.len() && n < self.out.len() {
+                        return Ok(());
+                    }
+                }
+            }
+            Kind::Lz4(d) => {
+                use std::io::Write;
+                for piece in input.chunks(LZ4_INPUT_PIECE) {
+                    d.write_all(piece).map_err(|e| e.to_string())?;
+                    let out = d.get_mut();
+                    if !out.is_empty() {
+                        f(out)?;
+                        out.clear();
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the stream (checks it is complete) and hands over what remains.
+    pub fn finish(mut self, mut f: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), String> {
+        match &mut self.kind {
+            Kind::Gzip(g) => g.finish(self.consumed),
+            Kind::Zstd {
+                at_frame_end,
+                started,
+                ..
+            } => {
+                if !*started || !*at_frame_end {
+                    return Err(format!(
+                        "zstd stream truncated: it ends inside a frame, after {} bytes",
+                        self.consumed
+                    ));
+                }
+                let _ = &mut f;
+                Ok(())
+            }
+            Kind::Lz4(d) => {
+                use std::io::Write;
+                d.flush()
+                    .map_err(|e| format!("decompression failed at the end of the archive: {e}"))?;
+                let out = d.get_mut();
+                if !out.is_empty() {
+                    f(out)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// gzip (RFC 1952) around raw deflate: member header, deflate stream, CRC-32 and size trailer,
+/// several members in a row allowed.
+struct Gzip {
+    state: GzState,
+    /// Header or trailer bytes gathered so far.
+    pending: Vec<u8>,
+    inflate: flate2::Decompress,
+    crc: flate2::Crc,
+    members: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GzState {
+    Header,
+    Body,
+    Trailer,
+}
+
+/// Longest member header accepted (a header may carry a file name and a comment).
+const MAX_GZIP_HEADER: usize = 64 * 1024;
+
+/// The length of a complete gzip member header at the start of `b`, `None` if more bytes are
+/// needed.
+fn gzip_header_len(b: &[u8]) -> Result<Option<usize>, String> {
+    if b.len() < 10 {
+        if b.first().is_some_and(|&x| x != 0x1f) || b.get(1).is_some_and(|&x| x != 0x8b) {
+            return Err("not a gzip stream (bad magic number)".into());
+        }
+        return Ok(None);
+    }
+    if b[0] != 0x1f || b[1] != 0x8b {
+        return Err("not a gzip stream (bad magic number)".into());
+    }
+    if b[2] != 8 {
+        return Err(format!("unsupported gzip compression method {}", b[2]));
+    }
+    let flags = b[3];
+    if flags & 0xE0 != 0 {
+        return Err("reserved gzip header flags are set".into());
+    }
+    let mut p = 10usize;
+    if flags & 0x04 != 0 {
+        let Some(x) = b.get(p..p + 2) else {
+            return Ok(None);
+        };
+        p += 2 + usize::from(u16::from_le_bytes([x[0], x[1]]));
+    }
+    for flag in [0x08u8, 0x10] {
+        if flags & flag != 0 {
+            match b.get(p..).and_then(|r| r.iter().position(|&c| c == 0)) {
+                Some(z) => p += z + 1,
+                None => return Ok(None),
+            }
+        }
+    }
+    if flags & 0x02 != 0 {
+        p += 2;
+    }
+    Ok((b.len() >= p).then_some(p))
+}
+
+impl Gzip {
+    fn new() -> Self {
+        Gzip {
+            state: GzState::Header,
+            pending: Vec::new(),
+            inflate: flate2::Decompress::new(false),
+            crc: flate2::Crc::new(),
+            members: 0,
+        }
+    }
+
+    fn push(
+        &mut self,
+        mut input: &[u8],
+        out: &mut [u8],
+        f: &mut impl FnMut(&[u8]) -> Result<(), String>,
+        at: u64,
+    ) -> Result<(), String> {
+        let start_len = input.len();
+        let here = |rest: &[u8]| at + (start_len - rest.len()) as u64;
+        while !input.is_empty() {
+            match self.state {
+                GzState::Header => {
+                    // gather only what the header may need, one byte beyond each known part
+                    let before = self.pending.len();
+                    let take = input.len().min(MAX_GZIP_HEADER + 1 - before);
+                    self.pending.extend_from_slice(&input[..take]);
+                    match gzip_header_len(&self.pending)
+                        .map_err(|m| format!("{m} at byte {}", here(input)))?
+                    {
+                        Some(len) => {
+                            let used = len - before;
+                            input = &input[used..];
+                            self.pending.clear();
+                            self.inflate.reset(false);
+                            self.crc.reset();
+                            self.state = GzState::Body;
+                        }
+                        None if self.pending.len() > MAX_GZIP_HEADER => {
+                            return Err(format!(
+                                "gzip member header longer than {MAX_GZIP_HEADER} bytes at byte {}",
+                                here(input)
+                            ))
+                        }
+                        None => input = &input[take..],
+                    }
+                }
+                GzState::Body => {
+                    let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
+                    let status = self
+                        .inflate
+                        .decompress(input, out, flate2::FlushDecompress::None)
+                        .map_err(|e| {
+                            format!("gzip decompression failed near byte {}: {e}", here(input))
+                        })?;
+                    let used = (self.inflate.total_in() - in0) as usize;
+                    let made = (self.inflate.total_out() - out0) as usize;
+                    input = &input[used..];
+                    if made > 0 {
+                        self.crc.update(&out[..made]);
+                        f(&out[..made])?;
+                    }
+                    if status == flate2::Status::StreamEnd {
+                        self.state = GzState::Trailer;
+                    } else if used == 0 && made == 0 {
+                        return Err(format!(
+                            "gzip decompression made no progress at byte {}",
+                            here(input)
+                        ));
+                    }
+                }
+                GzState::Trailer => {
+                    let take = input.len().min(8 - self.pending.len());
+                    self.pending.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.pending.len() == 8 {
+                        let p = &self.pending;
+                        let crc = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                        let size = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
+                        if crc != self.crc.sum() {
+                            return Err(format!(
+                                "gzip member's CRC-32 does not match its content at byte {}",
+                                here(input)
+                            ));
+                        }
+                        if u64::from(size) != self.inflate.total_out() & 0xFFFF_FFFF {
+                            return Err(format!(
+                                "gzip member's length does not match its content at byte {}",
+                                here(input)
+                            ));
+                        }
+                        self.pending.clear();
+                        self.members += 1;
+                        self.state = GzState::Header;
+                    }
+                }
+            }
+        }
+        // the deflate stream may hold decompressed bytes beyond one output buffer
+        while self.state == GzState::Body {
+            let out0 = self.inflate.total_out();
+            let status = self
+                .inflate
+                .decompress(&[], out, flate2::FlushDecompress::None)
+                .map_err(|e| format!("gzip decompression failed: {e}"))?;
+            let made = (self.inflate.total_out() - out0) as usize;
+            if made > 0 {
+                self.crc.update(&out[..made]);
+                f(&out[..made])?;
+            }
+            if status == flate2::Status::StreamEnd {
+                self.state = GzState::Trailer;
+            }
+            if made == 0 {
+                break;
             }
         }
         Ok(())
     }
 
-    /// Ends the stream (checks it is complete) and hands over what remains.
-    pub fn finish(mut self, mut f: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), String> {
-        self.inner
-            .flush()
-            .map_err(|e| format!("decompression failed at the end of the archive: {e}"))?;
-        drop(self.inner);
-        let data = std::mem::take(&mut *self.out.0.lock().map_err(|_| "poisoned".to_string())?);
-        if !data.is_empty() {
-            f(&data)?;
+    fn finish(&self, consumed: u64) -> Result<(), String> {
+        if self.state != GzState::Header || !self.pending.is_empty() || self.members == 0 {
+            return Err(format!(
+                "gzip stream truncated: it ends inside a member, after {consumed} bytes"
+            ));
         }
         Ok(())
     }
@@ -111,37 +380,136 @@ impl Decompressor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
-    #[test]
-    fn gzip_and_zstd_round_trip_in_small_pushes() {
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5));
-        gz.write_all(&data).unwrap();
-        let gz = gz.finish().unwrap();
-        let zs = zstd::encode_all(&data[..], 3).unwrap();
-        for (c, bytes) in [
-            (ArchiveCompression::Gzip, gz),
-            (ArchiveCompression::Zstd, zs),
-        ] {
-            let mut d = Decompressor::new(c).unwrap().unwrap();
-            let mut out = Vec::new();
-            for chunk in bytes.chunks(777) {
-                d.push(chunk, |b| {
-                    out.extend_from_slice(b);
-                    Ok(())
-                })
-                .unwrap();
-            }
-            d.finish(|b| {
+    fn decompress(c: ArchiveCompression, bytes: &[u8], chunk: usize) -> Result<Vec<u8>, String> {
+        let mut d = Decompressor::new(c).unwrap().unwrap();
+        let mut out = Vec::new();
+        let mut largest = 0;
+        for piece in bytes.chunks(chunk) {
+            d.push(piece, |b| {
+                largest = largest.max(b.len());
                 out.extend_from_slice(b);
                 Ok(())
-            })
-            .unwrap();
-            assert_eq!(out, data, "{c:?}");
+            })?;
         }
+        d.finish(|b| {
+            largest = largest.max(b.len());
+            out.extend_from_slice(b);
+            Ok(())
+        })?;
+        assert!(largest <= 4 << 20, "a piece of {largest} bytes");
+        Ok(out)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(5));
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn lz4(data: &[u8]) -> Vec<u8> {
+        let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trips_in_small_pushes() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for (c, bytes) in [
+            (ArchiveCompression::Gzip, gzip(&data)),
+            (
+                ArchiveCompression::Zstd,
+                zstd::encode_all(&data[..], 3).unwrap(),
+            ),
+            (ArchiveCompression::Lz4, lz4(&data)),
+        ] {
+            for chunk in [1, 7, 777, 1 << 20] {
+                assert_eq!(decompress(c, &bytes, chunk).unwrap(), data, "{c:?} {chunk}");
+            }
+        }
+        // two gzip members, two zstd frames
+        let mut two = gzip(b"hello ");
+        two.extend(gzip(b"world"));
+        assert_eq!(
+            decompress(ArchiveCompression::Gzip, &two, 3).unwrap(),
+            b"hello world"
+        );
+        let mut two = zstd::encode_all(&b"hello "[..], 1).unwrap();
+        two.extend(zstd::encode_all(&b"world"[..], 1).unwrap());
+        assert_eq!(
+            decompress(ArchiveCompression::Zstd, &two, 3).unwrap(),
+            b"hello world"
+        );
+    }
+
+    #[test]
+    fn damage_and_truncation_are_errors() {
+        let data = vec![7u8; 100_000];
+        let gz = gzip(&data);
+        let zs = zstd::encode_all(&data[..], 3).unwrap();
+        for (c, bytes) in [
+            (ArchiveCompression::Gzip, &gz),
+            (ArchiveCompression::Zstd, &zs),
+        ] {
+            let e = decompress(c, &bytes[..bytes.len() - 3], 100).unwrap_err();
+            assert!(e.contains("truncated"), "{c:?}: {e}");
+        }
+        let mut bad = gz.clone();
+        let n = bad.len();
+        bad[n - 6] ^= 1; // the CRC
+        assert!(decompress(ArchiveCompression::Gzip, &bad, 100)
+            .unwrap_err()
+            .contains("CRC"));
+        assert!(decompress(ArchiveCompression::Gzip, b"not gzip at all", 4)
+            .unwrap_err()
+            .contains("magic"));
+        let mut trailing = gz.clone();
+        trailing.extend_from_slice(b"junk");
+        assert!(decompress(ArchiveCompression::Gzip, &trailing, 100).is_err());
+        assert!(decompress(ArchiveCompression::Zstd, b"", 1)
+            .unwrap_err()
+            .contains("truncated"));
+    }
+
+    /// A few kilobytes that expand to a gigabyte come out in bounded pieces, and stop as soon
+    /// as the consumer refuses more.
+    #[test]
+    fn bombs_cost_no_memory() {
+        // 1 GiB of zeros: a few tens of kilobytes
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            enc.write_all(&zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        let mut d = Decompressor::new(ArchiveCompression::Zstd)
+            .unwrap()
+            .unwrap();
+        let (mut total, mut largest) = (0usize, 0usize);
+        let r = d.push(&bomb, |b| {
+            largest = largest.max(b.len());
+            total += b.len();
+            if total > 64 << 20 {
+                return Err("enough".into());
+            }
+            Ok(())
+        });
+        assert_eq!(r.unwrap_err(), "enough");
+        assert!(largest <= OUTPUT_PIECE);
+        // gzip likewise (deflate's ratio is ~1000:1)
+        let gz = gzip(&vec![0u8; 64 << 20]);
         let mut d = Decompressor::new(ArchiveCompression::Gzip)
             .unwrap()
             .unwrap();
-        assert!(d.push(b"not gzip at all", |_| Ok(())).is_err());
+        let mut largest = 0;
+        d.push(&gz, |b| {
+            largest = largest.max(b.len());
+            Ok(())
+        })
+        .unwrap();
+        assert!(largest <= OUTPUT_PIECE);
     }
 }

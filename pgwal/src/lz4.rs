@@ -93,6 +93,11 @@ impl<W: Write> Lz4Decoder<W> {
         &self.out
     }
 
+    /// The writer under the decoder, mutably (to drain what was decoded).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// The writer, whether or not the stream was complete.
     pub fn into_inner(self) -> W {
         self.out
