@@ -942,8 +942,10 @@ fn timeline_switch(v: PgVersion) {
 per_version!(timelines, timeline_switch, [V17, V18]);
 
 fn cancelled_reads_lose_nothing(v: PgVersion) {
-    // next() raced against a timer that fires constantly: every byte still arrives in order
-    let c = Cluster::start(v);
+    // next() raced against a branch that is ready at once: every byte still arrives in order.
+    // The WAL is written while the stream waits for it, so that reads do wait (and get
+    // cancelled) rather than find everything already buffered.
+    let c = std::sync::Arc::new(Cluster::start(v));
     rt().block_on(async {
         let mut conn = connect(&c.conninfo(Role::Postgres, "sslmode=disable"))
             .await
@@ -959,16 +961,29 @@ fn cancelled_reads_lose_nothing(v: PgVersion) {
             })
             .await
             .unwrap();
-        c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g");
-        let switch: Lsn = c.psql("SELECT pg_switch_wal()").parse().unwrap();
+        let mut writer = Some({
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    c.psql(&format!(
+                        "CREATE TABLE t{i} AS SELECT g FROM generate_series(1, 5000) g"
+                    ));
+                }
+                c.psql("SELECT pg_switch_wal()").parse::<Lsn>().unwrap()
+            })
+        });
+        let mut switch: Option<Lsn> = None;
         let mut received = start;
         let mut cancelled = 0u32;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while received <= switch {
+        while switch.is_none_or(|s| received <= s) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "timed out at {received}"
             );
+            if writer.as_ref().is_some_and(|w| w.is_finished()) {
+                switch = writer.take().map(|w| w.join().expect("the writer thread"));
+            }
             tokio::select! {
                 ev = stream.next() => {
                     if let Some(ReplicationEvent::XLogData(x)) = ev.unwrap() {
@@ -976,7 +991,7 @@ fn cancelled_reads_lose_nothing(v: PgVersion) {
                         received = x.data_end();
                     }
                 }
-                _ = tokio::task::yield_now() => cancelled += 1,
+                _ = tokio::time::sleep(Duration::from_millis(1)) => cancelled += 1,
             }
         }
         assert!(cancelled > 0, "the race never cancelled a read");
