@@ -74,7 +74,13 @@ impl WalMessage {
                 let wal_start = Lsn(r.u64()?);
                 let wal_end = Lsn(r.u64()?);
                 let send_time = r.i64()?;
-                r.rest();
+                let len = r.rest().len() as u64;
+                // everything downstream computes `wal_start + len`: refuse what cannot be
+                if wal_start.checked_add(len).is_none() {
+                    return Err(r.err(format!(
+                        "XLogData at {wal_start} with {len} bytes runs past the end of the WAL address space"
+                    )));
+                }
                 Ok(WalMessage::XLogData(XLogData {
                     wal_start,
                     wal_end,

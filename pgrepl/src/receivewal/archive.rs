@@ -206,13 +206,26 @@ impl PageChecker {
         Ok(())
     }
 
-    /// Checks the page headers inside `data`, which starts at `start`.
+    /// Checks the page headers inside `data`, which starts at `start`. Positions come from the
+    /// server: a range that would run past the end of the WAL address space is refused.
     pub fn feed(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiveError> {
-        let end = start.0 + data.len() as u64;
+        const PAGE: u64 = 8192;
+        let end = start
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| ReceiveError::BadPage {
+                lsn: start,
+                detail: format!(
+                    "{} bytes from here run past the end of the WAL address space",
+                    data.len()
+                ),
+            })?;
         if !self.pending.is_empty() {
             let want = self.header_len(self.pending_page) - self.pending.len();
-            let off = (self.pending_page.0 + self.pending.len() as u64).saturating_sub(start.0);
-            if off == 0 {
+            let at = self
+                .pending_page
+                .0
+                .saturating_add(self.pending.len() as u64);
+            if at == start.0 {
                 let take = want.min(data.len());
                 self.pending.extend_from_slice(&data[..take]);
                 if self.pending.len() == self.header_len(self.pending_page) {
@@ -221,17 +234,25 @@ impl PageChecker {
                 }
             }
         }
-        let mut page = start.0.div_ceil(8192) * 8192;
-        while page < end {
+        // the first page boundary at or after `start` (none left if it would be 2^64)
+        let Some(mut page) = start.0.checked_next_multiple_of(PAGE) else {
+            return Ok(());
+        };
+        while page < end.0 {
+            // page - start < data.len(), which is a usize
             let off = (page - start.0) as usize;
             let len = self.header_len(Lsn(page));
-            if off + len <= data.len() {
-                self.check(Lsn(page), &data[off..off + len])?;
-            } else {
-                self.pending = data[off..].to_vec();
-                self.pending_page = Lsn(page);
+            match data.get(off..off + len) {
+                Some(h) => self.check(Lsn(page), h)?,
+                None => {
+                    self.pending = data[off..].to_vec();
+                    self.pending_page = Lsn(page);
+                }
             }
-            page += 8192;
+            match page.checked_add(PAGE) {
+                Some(p) => page = p,
+                None => break,
+            }
         }
         Ok(())
     }
@@ -648,6 +669,24 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn positions_near_the_end_of_the_address_space_are_refused_not_wrapped() {
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let mut c = PageChecker::new(seg, 77, TimelineId(1));
+        // a range that would wrap
+        let e = c.feed(Lsn(u64::MAX - 100), &[0u8; 8192]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("past the end of the WAL address space"),
+            "{e}"
+        );
+        // the last page: its header is checked (a zero page mid-segment is a zeroed tail)
+        c.feed(Lsn(u64::MAX - 8191), &[0u8; 8191]).unwrap();
+        // past the last page boundary: no header to check, nothing overflows
+        c.feed(Lsn(u64::MAX - 10), &[1u8; 10]).unwrap();
+        c.feed(Lsn(u64::MAX), &[]).unwrap();
     }
 
     #[test]

@@ -206,10 +206,12 @@ impl ReceiveError {
                     let c = error.code.as_str();
                     !(c.starts_with("08") || c.starts_with("57P") || c == "53300")
                 }
+                // a server that broke the protocol once will break it again
                 crate::Error::Config(_)
                 | crate::Error::Tls(_)
                 | crate::Error::Auth(_)
-                | crate::Error::Usage(_) => true,
+                | crate::Error::Usage(_)
+                | crate::Error::Protocol { .. } => true,
                 _ => false,
             },
             ReceiveError::Io { .. } => true,
@@ -257,6 +259,17 @@ pub async fn drop_slot(config: &Config, name: &str) -> Result<(), ReceiveError> 
     conn.drop_replication_slot(name, false).await?;
     let _ = conn.close().await;
     Ok(())
+}
+
+/// Whether a server error means the WAL asked for is gone, by SQLSTATE (not by its text, which
+/// follows the server's `lc_messages`). The walsender reports a segment it cannot open because
+/// it was recycled as "requested WAL segment ... has already been removed" with
+/// `errcode_for_file_access()` on ENOENT: `58P01` (undefined_file), the one specific code.
+/// The same words come from `CheckXLogRemoved` after a read that raced with recycling, where
+/// errno is usually 0 and the code the generic `XX000`: that error is left retryable, and the
+/// reconnect's START_REPLICATION then gets the specific one.
+fn is_wal_removed(sqlstate: &str) -> bool {
+    sqlstate == "58P01"
 }
 
 enum Outcome {
@@ -378,7 +391,7 @@ async fn run_once(
             Ok(s) => s,
             Err(e) => {
                 if let Some(db) = e.as_db_error() {
-                    if db.message.contains("has already been removed") {
+                    if is_wal_removed(&db.code) {
                         return Err(ReceiveError::WalRemoved {
                             segment: segment_file_name(tli, start.segment(seg_size), seg_size),
                             lsn: start,
@@ -386,7 +399,8 @@ async fn run_once(
                             server_message: db.message.clone(),
                         });
                     }
-                    if db.message.contains("does not exist") {
+                    // ReplicationSlotAcquire: ERRCODE_UNDEFINED_OBJECT
+                    if db.code == "42704" {
                         if let Some(s) = &opts.slot {
                             return Err(ReceiveError::SlotMissing(s.clone()));
                         }
@@ -419,7 +433,7 @@ async fn run_once(
                 Ok(None) => break None,
                 Err(e) => {
                     if let Some(db) = e.as_db_error() {
-                        if db.message.contains("has already been removed") {
+                        if is_wal_removed(&db.code) {
                             return Err(ReceiveError::WalRemoved {
                                 segment: segment_file_name(
                                     tli,
