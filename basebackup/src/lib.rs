@@ -10,6 +10,7 @@ pub mod combine;
 pub mod control;
 pub mod decompress;
 pub mod incremental;
+pub mod json;
 /// LZ4 frames, push-fed (the decoder lives in pgwal, which reads `.lz4` WAL segments too).
 pub use pgwal::lz4;
 pub mod manifest;

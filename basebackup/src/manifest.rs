@@ -12,8 +12,6 @@ use std::collections::HashSet;
 use std::fmt;
 
 use pgwal::{Lsn, TimelineId};
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 use sha2::Digest;
 
 use crate::checksum::{from_hex, to_hex, ChecksumKind};
@@ -77,57 +75,6 @@ impl std::error::Error for ManifestError {}
 fn bad(message: impl Into<String>) -> ManifestError {
     ManifestError {
         message: message.into(),
-    }
-}
-
-/// Walks a JSON document and rejects objects with a repeated key (serde_json keeps the last).
-struct NoDuplicateKeys;
-
-impl<'de> Deserialize<'de> for NoDuplicateKeys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NoDuplicateKeysVisitor)
-    }
-}
-
-struct NoDuplicateKeysVisitor;
-
-impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
-    type Value = NoDuplicateKeys;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(NoDuplicateKeys)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        while a.next_element::<NoDuplicateKeys>()?.is_some() {}
-        Ok(NoDuplicateKeys)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        let mut seen = HashSet::new();
-        while let Some(k) = a.next_key::<String>()? {
-            if !seen.insert(k.clone()) {
-                return Err(de::Error::custom(format!("duplicate key \"{k}\"")));
-            }
-            a.next_value::<NoDuplicateKeys>()?;
-        }
-        Ok(NoDuplicateKeys)
     }
 }
 
@@ -287,255 +234,487 @@ fn perr(message: impl std::fmt::Display) -> ManifestError {
     bad(format!("could not parse backup manifest: {message}"))
 }
 
-/// What kind of JSON value `v` is, as "unexpected ..." errors name it.
-fn unexpected(v: &Value) -> ManifestError {
-    perr(match v {
-        Value::Object(_) => "unexpected object start",
-        Value::Array(_) => "unexpected array start",
-        _ => "unexpected scalar",
-    })
+/// What the parser meets, in manifest order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ManifestItem {
+    /// `PostgreSQL-Backup-Manifest-Version` (always first).
+    Version(u32),
+    /// `System-Identifier` (version 2).
+    SystemIdentifier(u64),
+    /// One file of `Files`, checked.
+    File(ManifestFile),
+    /// One range of `WAL-Ranges`, checked.
+    WalRange(WalRange),
 }
 
-/// Parses and checks a manifest: syntax, structure, and the manifest checksum. Errors are those
-/// of PostgreSQL's `parse_manifest.c` (prefixed "could not parse backup manifest: " for
-/// structural ones) and pg_verifybackup's (duplicate paths, checksums), so they read alike.
-pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-    let root: Value =
-        serde_json::from_slice(bytes).map_err(|e| perr(format!("parsing failed: {e}")))?;
-    let obj = match &root {
-        Value::Object(o) => o,
-        other => return Err(unexpected(other)),
-    };
-    if obj.is_empty() {
-        return Err(perr("unexpected object end"));
+/// What the whole manifest said besides its files and ranges (after [`ManifestParser::finish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestTrailer {
+    /// 1 or 2.
+    pub version: u32,
+    /// The system identifier (version 2).
+    pub system_identifier: Option<u64>,
+    /// The manifest checksum, verified.
+    pub manifest_checksum: String,
+}
+
+/// The semantic states of `parse_manifest.c`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    TopStart,
+    TopField,
+    VersionValue,
+    SystemIdValue,
+    FilesStart,
+    FilesNext,
+    FileField,
+    FileValue,
+    RangesStart,
+    RangesNext,
+    RangeField,
+    RangeValue,
+    ChecksumValue,
+    TopEnd,
+    Eof,
+}
+
+const FILE_FIELDS: [&str; 6] = [
+    "Path",
+    "Encoded-Path",
+    "Size",
+    "Last-Modified",
+    "Checksum-Algorithm",
+    "Checksum",
+];
+const RANGE_FIELDS: [&str; 3] = ["Timeline", "Start-LSN", "End-LSN"];
+const TOP_FIELDS: [&str; 5] = [
+    "PostgreSQL-Backup-Manifest-Version",
+    "System-Identifier",
+    "Files",
+    "WAL-Ranges",
+    "Manifest-Checksum",
+];
+
+/// The meaning of the JSON events (kept apart from the reader so both can be borrowed at once).
+#[derive(Debug)]
+struct Semantics {
+    state: State,
+    /// The field whose value comes next (index into FILE_FIELDS or RANGE_FIELDS).
+    field: usize,
+    /// Values of the current file's or range's fields (`None`: absent; `Some(None)`: null).
+    values: [Option<Option<String>>; 6],
+    /// Top-level fields seen (bits, by TOP_FIELDS index).
+    top_seen: u8,
+    version: Option<u32>,
+    system_identifier: Option<u64>,
+    manifest_checksum: Option<Option<String>>,
+    paths: HashSet<String>,
+}
+
+/// A manifest parser fed bytes as they come (a server's stream, a file read in pieces): it
+/// keeps the set of paths seen (to refuse duplicates), the object in progress and a running
+/// SHA-256, never the text. Errors are `parse_manifest.c`'s, prefixed "could not parse backup
+/// manifest: " for structural ones.
+#[derive(Debug)]
+pub struct ManifestParser {
+    json: crate::json::JsonStream,
+    sem: Semantics,
+    /// SHA-256 of everything so far, and as of the last two newlines: the manifest checksum
+    /// covers everything up to and including the second-last newline.
+    hash: sha2::Sha256,
+    at_last_newline: Option<sha2::Sha256>,
+    at_second_last_newline: Option<sha2::Sha256>,
+    newlines: u64,
+    last_byte: Option<u8>,
+}
+
+impl Default for ManifestParser {
+    fn default() -> Self {
+        Self::new()
     }
-    // the first key must be the version (serde's map is sorted, so look at the text)
-    let trimmed = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .map(|i| &bytes[i + 1..])
-        .unwrap_or(&[]);
-    let first_key = trimmed
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .map(|i| &trimmed[i..])
-        .unwrap_or(&[]);
-    if !first_key.starts_with(b"\"PostgreSQL-Backup-Manifest-Version\"") {
-        return Err(perr("expected version indicator"));
-    }
-    serde_json::from_slice::<NoDuplicateKeys>(bytes)
-        .map_err(|e| perr(format!("parsing failed: {e}")))?;
-    let version = match &obj["PostgreSQL-Backup-Manifest-Version"] {
-        Value::Number(n) => match n.as_u64() {
-            Some(v @ (1 | 2)) => v as u32,
-            _ => return Err(perr("unexpected manifest version")),
-        },
-        Value::String(t) if t.parse::<i64>().is_ok() => match t.parse::<i64>() {
-            Ok(v @ (1 | 2)) => v as u32,
-            _ => return Err(perr("unexpected manifest version")),
-        },
-        Value::String(_) => return Err(perr("manifest version not an integer")),
-        other => return Err(unexpected(other)),
-    };
-    for k in obj.keys() {
-        if ![
-            "PostgreSQL-Backup-Manifest-Version",
-            "System-Identifier",
-            "Files",
-            "WAL-Ranges",
-            "Manifest-Checksum",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(perr("unrecognized top-level field"));
+}
+
+fn scalar_text(s: crate::json::Scalar<'_>) -> Option<String> {
+    s.text().map(str::to_owned)
+}
+
+impl Semantics {
+    fn event(
+        &mut self,
+        ev: crate::json::JsonEvent<'_>,
+        on: &mut dyn FnMut(ManifestItem) -> Result<(), ManifestError>,
+    ) -> Result<(), ManifestError> {
+        use crate::json::JsonEvent as J;
+        match ev {
+            J::ObjectStart => match self.state {
+                State::TopStart => self.state = State::TopField,
+                State::FilesNext => {
+                    self.values = Default::default();
+                    self.state = State::FileField;
+                }
+                State::RangesNext => {
+                    self.values = Default::default();
+                    self.state = State::RangeField;
+                }
+                _ => return Err(perr("unexpected object start")),
+            },
+            J::ObjectEnd => match self.state {
+                State::TopEnd => self.state = State::Eof,
+                State::FileField => {
+                    let f = self.finish_file()?;
+                    self.state = State::FilesNext;
+                    on(ManifestItem::File(f))?;
+                }
+                State::RangeField => {
+                    let r = self.finish_range()?;
+                    self.state = State::RangesNext;
+                    on(ManifestItem::WalRange(r))?;
+                }
+                _ => return Err(perr("unexpected object end")),
+            },
+            J::ArrayStart => match self.state {
+                State::FilesStart => self.state = State::FilesNext,
+                State::RangesStart => self.state = State::RangesNext,
+                _ => return Err(perr("unexpected array start")),
+            },
+            J::ArrayEnd => match self.state {
+                State::FilesNext | State::RangesNext => self.state = State::TopField,
+                _ => return Err(perr("unexpected array end")),
+            },
+            J::Key(k) => match self.state {
+                State::TopField => {
+                    if self.top_seen == 0 && k != TOP_FIELDS[0] {
+                        return Err(perr("expected version indicator"));
+                    }
+                    let i = TOP_FIELDS
+                        .iter()
+                        .position(|f| *f == k)
+                        .ok_or_else(|| perr("unrecognized top-level field"))?;
+                    if self.top_seen & (1 << i) != 0 {
+                        return Err(perr(format!("duplicate key \"{k}\"")));
+                    }
+                    self.top_seen |= 1 << i;
+                    self.state = match i {
+                        0 => State::VersionValue,
+                        1 => State::SystemIdValue,
+                        2 => State::FilesStart,
+                        3 => State::RangesStart,
+                        _ => State::ChecksumValue,
+                    };
+                }
+                State::FileField | State::RangeField => {
+                    let (names, what, next) = if self.state == State::FileField {
+                        (&FILE_FIELDS[..], "file", State::FileValue)
+                    } else {
+                        (&RANGE_FIELDS[..], "WAL range", State::RangeValue)
+                    };
+                    let i = names
+                        .iter()
+                        .position(|f| *f == k)
+                        .ok_or_else(|| perr(format!("unexpected {what} field")))?;
+                    if self.values[i].is_some() {
+                        return Err(perr(format!("duplicate key \"{k}\"")));
+                    }
+                    self.field = i;
+                    self.state = next;
+                }
+                _ => return Err(perr("unexpected object field")),
+            },
+            J::Scalar(v) => match self.state {
+                State::VersionValue => {
+                    let t = v.text().unwrap_or_default();
+                    let n: i64 = t
+                        .parse()
+                        .map_err(|_| perr("manifest version not an integer"))?;
+                    if n != 1 && n != 2 {
+                        return Err(perr("unexpected manifest version"));
+                    }
+                    self.version = Some(n as u32);
+                    self.state = State::TopField;
+                    on(ManifestItem::Version(n as u32))?;
+                }
+                State::SystemIdValue => {
+                    let id: u64 = match v {
+                        crate::json::Scalar::Number(t) => t.parse().ok(),
+                        _ => None,
+                    }
+                    .ok_or_else(|| perr("system identifier in manifest not an integer"))?;
+                    self.system_identifier = Some(id);
+                    self.state = State::TopField;
+                    on(ManifestItem::SystemIdentifier(id))?;
+                }
+                State::FileValue => {
+                    self.values[self.field] = Some(scalar_text(v));
+                    self.state = State::FileField;
+                }
+                State::RangeValue => {
+                    self.values[self.field] = Some(scalar_text(v));
+                    self.state = State::RangeField;
+                }
+                State::ChecksumValue => {
+                    self.manifest_checksum = Some(scalar_text(v));
+                    self.state = State::TopEnd;
+                }
+                _ => return Err(perr("unexpected scalar")),
+            },
         }
+        Ok(())
     }
-    let system_identifier = match obj.get("System-Identifier") {
-        None if version >= 2 => return Err(perr("manifest system identifier not found")),
-        None => None,
-        Some(Value::Number(n)) => Some(
-            n.as_u64()
-                .ok_or_else(|| perr("system identifier in manifest not an integer"))?,
-        ),
-        Some(Value::String(_)) => return Err(perr("system identifier in manifest not an integer")),
-        Some(other) => return Err(unexpected(other)),
-    };
-    let empty = Vec::new();
-    let files_v = match obj.get("Files") {
-        None => &empty,
-        Some(Value::Array(a)) => a,
-        Some(other) => return Err(unexpected(other)),
-    };
-    let mut files = Vec::with_capacity(files_v.len());
-    let mut seen = HashSet::new();
-    for f in files_v {
-        let fo = match f {
-            Value::Object(o) => o,
-            other => return Err(unexpected(other)),
-        };
-        for (k, v) in fo {
-            if ![
-                "Path",
-                "Encoded-Path",
-                "Size",
-                "Last-Modified",
-                "Checksum-Algorithm",
-                "Checksum",
-            ]
-            .contains(&k.as_str())
-            {
-                return Err(perr("unexpected file field"));
-            }
-            if !matches!(v, Value::String(_) | Value::Number(_)) {
-                return Err(unexpected(v));
-            }
-        }
-        let text = |v: &Value| -> String {
-            match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }
-        };
-        let (path_v, encoded_v) = (fo.get("Path"), fo.get("Encoded-Path"));
-        match (path_v, encoded_v) {
-            (None, None) => return Err(perr("missing path name")),
-            (Some(_), Some(_)) => return Err(perr("both path name and encoded path name")),
+
+    fn take(&mut self, i: usize) -> Option<String> {
+        self.values[i].take().flatten()
+    }
+
+    fn finish_file(&mut self) -> Result<ManifestFile, ManifestError> {
+        let present = |s: &Self, i: usize| s.values[i].is_some();
+        match (present(self, 0), present(self, 1)) {
+            (false, false) => return Err(perr("missing path name")),
+            (true, true) => return Err(perr("both path name and encoded path name")),
             _ => {}
         }
-        let size_v = fo.get("Size").ok_or_else(|| perr("missing size"))?;
-        let (alg_v, sum_v) = (fo.get("Checksum-Algorithm"), fo.get("Checksum"));
-        if alg_v.is_some() != sum_v.is_some() {
-            return Err(perr(if alg_v.is_none() {
-                "checksum without algorithm"
-            } else {
-                "algorithm without checksum"
-            }));
+        if !present(self, 2) {
+            return Err(perr("missing size"));
         }
-        let size = text(size_v)
-            .parse::<u64>()
-            .map_err(|_| perr("file size is not an integer"))?;
-        let path = match (path_v, encoded_v) {
-            (Some(p), _) => text(p),
-            (_, Some(e)) => {
-                let raw = from_hex(&text(e)).ok_or_else(|| perr("could not decode file name"))?;
+        let (alg, sum) = (present(self, 4), present(self, 5));
+        if !alg && sum {
+            return Err(perr("checksum without algorithm"));
+        }
+        if alg && !sum {
+            return Err(perr("algorithm without checksum"));
+        }
+        let path = match self.take(0) {
+            Some(p) => p,
+            None => {
+                let e = self.take(1).unwrap_or_default();
+                let raw = from_hex(&e).ok_or_else(|| perr("could not decode file name"))?;
                 crate::pathbytes::decode(&raw)
             }
-            (None, None) => unreachable!("checked above"),
         };
-        if !seen.insert(path.clone()) {
-            return Err(bad(format!(
-                "duplicate path name in backup manifest: \"{path}\""
-            )));
-        }
-        let last_modified = fo.get("Last-Modified").map(text);
-        let (checksum_kind, checksum) = match (alg_v, sum_v) {
+        let size = self
+            .take(2)
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| perr("file size is not an integer"))?;
+        let last_modified = self.take(3);
+        let (checksum_kind, checksum) = match (self.take(4), self.take(5)) {
             (Some(a), Some(c)) => {
-                let a = text(a);
                 let kind = ChecksumKind::parse(&a)
                     .ok_or_else(|| bad(format!("unrecognized checksum algorithm: \"{a}\"")))?;
-                let c = text(c);
                 let bytes = from_hex(&c)
                     .filter(|b| b.len() == kind.digest_len())
                     .ok_or_else(|| bad(format!("invalid checksum for file \"{path}\": \"{c}\"")))?;
                 (kind, bytes)
             }
+            (Some(a), None) => {
+                return Err(bad(format!(
+                    "invalid checksum for file \"{path}\": algorithm \"{a}\" without a value"
+                )))
+            }
             _ => (ChecksumKind::None, Vec::new()),
         };
-        files.push(ManifestFile {
+        if !self.paths.insert(path.clone()) {
+            return Err(bad(format!(
+                "duplicate path name in backup manifest: \"{path}\""
+            )));
+        }
+        Ok(ManifestFile {
             path,
             size,
             last_modified,
             checksum_kind,
             checksum,
-        });
+        })
     }
-    let ranges_v = match obj.get("WAL-Ranges") {
-        None => &empty,
-        Some(Value::Array(a)) => a,
-        Some(other) => return Err(unexpected(other)),
-    };
-    let mut wal_ranges = Vec::with_capacity(ranges_v.len());
-    for r in ranges_v {
-        let ro = match r {
-            Value::Object(o) => o,
-            other => return Err(unexpected(other)),
-        };
-        for (k, v) in ro {
-            if !["Timeline", "Start-LSN", "End-LSN"].contains(&k.as_str()) {
-                return Err(perr("unexpected WAL range field"));
-            }
-            if !matches!(v, Value::String(_) | Value::Number(_)) && k != "Timeline" {
-                return Err(unexpected(v));
+
+    fn finish_range(&mut self) -> Result<WalRange, ManifestError> {
+        for (i, what) in ["missing timeline", "missing start LSN", "missing end LSN"]
+            .iter()
+            .enumerate()
+        {
+            if self.values[i].is_none() {
+                return Err(perr(what));
             }
         }
-        let tli_v = ro.get("Timeline").ok_or_else(|| perr("missing timeline"))?;
-        let start_v = ro
-            .get("Start-LSN")
-            .ok_or_else(|| perr("missing start LSN"))?;
-        let end_v = ro.get("End-LSN").ok_or_else(|| perr("missing end LSN"))?;
-        let tli = match tli_v {
-            Value::Number(n) => n.as_u64(),
-            Value::String(t) => t.parse::<u64>().ok(),
-            _ => None,
-        }
-        .filter(|t| *t <= u64::from(u32::MAX))
-        .ok_or_else(|| perr("timeline is not an integer"))?;
-        let parse_lsn = |v: &Value, what: &str| -> Result<Lsn, ManifestError> {
-            v.as_str()
-                .and_then(|t| t.parse::<Lsn>().ok())
+        let tli = self
+            .take(0)
+            .and_then(|t| t.parse::<u32>().ok())
+            .ok_or_else(|| perr("timeline is not an integer"))?;
+        let lsn = |t: Option<String>, what: &str| -> Result<Lsn, ManifestError> {
+            t.and_then(|t| t.parse::<Lsn>().ok())
                 .ok_or_else(|| perr(format!("could not parse {what} LSN")))
         };
-        let range = WalRange {
-            timeline: TimelineId(tli as u32),
-            start: parse_lsn(start_v, "start")?,
-            end: parse_lsn(end_v, "end")?,
-        };
-        if range.end < range.start {
+        let start = lsn(self.take(1), "start")?;
+        let end = lsn(self.take(2), "end")?;
+        if end < start {
             return Err(perr(format!(
-                "WAL range end {} before its start {}",
-                range.end, range.start
+                "WAL range end {end} before its start {start}"
             )));
         }
-        wal_ranges.push(range);
+        Ok(WalRange {
+            timeline: TimelineId(tli),
+            start,
+            end,
+        })
     }
-    let Some(checksum_v) = obj.get("Manifest-Checksum") else {
-        return Err(perr("unexpected object end"));
-    };
-    // the checksum covers everything up to the line holding it (verify_manifest_checksum)
-    let newlines: Vec<usize> = bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .map(|(i, _)| i)
-        .collect();
-    if newlines.len() < 2 {
-        return Err(perr("expected at least 2 lines"));
+}
+
+impl From<crate::json::JsonError> for ManifestError {
+    fn from(e: crate::json::JsonError) -> Self {
+        perr(format!("parsing failed: {e}"))
     }
-    if newlines.last() != Some(&(bytes.len() - 1)) {
-        return Err(perr("last line not newline-terminated"));
+}
+
+impl ManifestParser {
+    /// A parser at the start of a manifest.
+    pub fn new() -> Self {
+        ManifestParser {
+            json: crate::json::JsonStream::new(),
+            sem: Semantics {
+                state: State::TopStart,
+                field: 0,
+                values: Default::default(),
+                top_seen: 0,
+                version: None,
+                system_identifier: None,
+                manifest_checksum: None,
+                paths: HashSet::new(),
+            },
+            hash: sha2::Sha256::new(),
+            at_last_newline: None,
+            at_second_last_newline: None,
+            newlines: 0,
+            last_byte: None,
+        }
     }
-    let manifest_checksum = match checksum_v {
-        Value::String(t) => t.clone(),
-        other => other.to_string(),
-    };
-    if manifest_checksum.len() != 64 || from_hex(&manifest_checksum).is_none() {
-        return Err(bad(format!(
-            "invalid manifest checksum: \"{manifest_checksum}\""
-        )));
+
+    /// Feeds the next bytes; `on` gets each item as soon as it is complete and checked.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        on: &mut dyn FnMut(ManifestItem) -> Result<(), ManifestError>,
+    ) -> Result<(), ManifestError> {
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            self.hash.update(&rest[..=i]);
+            self.newlines += 1;
+            self.at_second_last_newline = self.at_last_newline.replace(self.hash.clone());
+            rest = &rest[i + 1..];
+        }
+        self.hash.update(rest);
+        if let Some(&b) = chunk.last() {
+            self.last_byte = Some(b);
+        }
+        let sem = &mut self.sem;
+        self.json.feed(chunk, &mut |ev| sem.event(ev, on))
     }
-    let actual = compute_manifest_checksum(bytes)?;
-    if !actual.eq_ignore_ascii_case(&manifest_checksum) {
-        return Err(bad(format!(
-            "manifest checksum mismatch: the manifest says {manifest_checksum}, its content hashes to {actual}"
-        )));
+
+    /// The manifest ended: checks that it is complete, has what its version requires, and
+    /// that its checksum is right.
+    pub fn finish(
+        mut self,
+        on: &mut dyn FnMut(ManifestItem) -> Result<(), ManifestError>,
+    ) -> Result<ManifestTrailer, ManifestError> {
+        let sem = &mut self.sem;
+        self.json.finish(&mut |ev| sem.event(ev, on))?;
+        if self.sem.state != State::Eof {
+            return Err(perr("manifest ended unexpectedly"));
+        }
+        let version = self.sem.version.unwrap_or(1);
+        if version >= 2 && self.sem.system_identifier.is_none() {
+            return Err(perr("manifest system identifier not found"));
+        }
+        if self.newlines < 2 {
+            return Err(perr("expected at least 2 lines"));
+        }
+        if self.last_byte != Some(b'\n') {
+            return Err(perr("last line not newline-terminated"));
+        }
+        let manifest_checksum = self
+            .sem
+            .manifest_checksum
+            .flatten()
+            .ok_or_else(|| bad("manifest has no checksum"))?;
+        if manifest_checksum.len() != 64 || from_hex(&manifest_checksum).is_none() {
+            return Err(bad(format!(
+                "invalid manifest checksum: \"{manifest_checksum}\""
+            )));
+        }
+        let covered = self
+            .at_second_last_newline
+            .ok_or_else(|| perr("expected at least 2 lines"))?;
+        let actual = to_hex(&covered.finalize());
+        if !actual.eq_ignore_ascii_case(&manifest_checksum) {
+            return Err(bad(format!(
+                "manifest checksum mismatch: the manifest says {manifest_checksum}, its content hashes to {actual}"
+            )));
+        }
+        Ok(ManifestTrailer {
+            version,
+            system_identifier: self.sem.system_identifier,
+            manifest_checksum,
+        })
     }
-    Ok(Manifest {
-        version,
-        system_identifier,
-        files,
-        wal_ranges,
-        manifest_checksum,
-    })
+
+    /// Parses a whole manifest read from `r` in pieces (a file of any size: memory grows with
+    /// the number of files, not with the text).
+    pub fn parse_reader(mut r: impl std::io::Read) -> Result<Manifest, ManifestError> {
+        let mut p = ManifestParser::new();
+        let mut m = Collect::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(bad(format!("could not read backup manifest: {e}"))),
+            };
+            p.feed(&buf[..n], &mut |i| m.push(i))?;
+        }
+        let t = p.finish(&mut |i| m.push(i))?;
+        Ok(m.into_manifest(t))
+    }
+}
+
+/// Gathers the items of a whole manifest.
+#[derive(Default)]
+struct Collect {
+    files: Vec<ManifestFile>,
+    wal_ranges: Vec<WalRange>,
+}
+
+impl Collect {
+    fn push(&mut self, i: ManifestItem) -> Result<(), ManifestError> {
+        match i {
+            ManifestItem::File(f) => self.files.push(f),
+            ManifestItem::WalRange(r) => self.wal_ranges.push(r),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn into_manifest(self, t: ManifestTrailer) -> Manifest {
+        Manifest {
+            version: t.version,
+            system_identifier: t.system_identifier,
+            files: self.files,
+            wal_ranges: self.wal_ranges,
+            manifest_checksum: t.manifest_checksum,
+        }
+    }
+}
+
+/// Parses and checks a whole manifest held in memory (see [`ManifestParser`] for one read in
+/// pieces): syntax, structure, and the manifest checksum. Errors are those of PostgreSQL's
+/// `parse_manifest.c` and pg_verifybackup's (duplicate paths, checksums), so they read alike.
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    ManifestParser::parse_reader(bytes)
+}
+
+/// Reads and parses the manifest file at `path` in pieces.
+pub fn read_manifest_file(path: &std::path::Path) -> Result<Manifest, ManifestError> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| bad(format!("could not open file \"{}\": {e}", path.display())))?;
+    ManifestParser::parse_reader(std::io::BufReader::with_capacity(0, f))
 }
 
 #[cfg(test)]

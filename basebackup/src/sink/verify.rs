@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use crate::checksum::{ChecksumKind, FileHasher};
-use crate::manifest::parse_manifest;
+use crate::manifest::{ManifestError, ManifestItem, ManifestParser};
 use crate::tar::{EntryHeader, EntryKind};
 
 /// Checks the streamed files against the server's manifest.
@@ -15,10 +15,49 @@ pub struct VerifySink {
     kind: ChecksumKind,
     prefix: String,
     current: Option<(String, u64, FileHasher)>,
+    /// Files received and not yet met in the manifest: size and checksum.
     seen: HashMap<String, (u64, Vec<u8>)>,
-    manifest: Vec<u8>,
+    checked: usize,
+    /// The manifest, parsed as it arrives (its text is never held).
+    manifest: Option<ManifestParser>,
     /// The system identifier the manifest must carry, if known.
     system_identifier: Option<u64>,
+}
+
+/// A mismatch between a manifest item and what was received.
+fn check_item(
+    item: &ManifestItem,
+    seen: &mut HashMap<String, (u64, Vec<u8>)>,
+    kind: ChecksumKind,
+    system_identifier: Option<u64>,
+) -> Result<bool, String> {
+    match item {
+        ManifestItem::SystemIdentifier(got) => match system_identifier {
+            Some(want) if want != *got => Err(format!(
+                "manifest system identifier is {got}, but the server's is {want}"
+            )),
+            _ => Ok(false),
+        },
+        ManifestItem::File(f) => {
+            let Some((size, sum)) = seen.remove(&f.path) else {
+                return Err(format!(
+                    "\"{}\" is in the manifest but was not received",
+                    f.path
+                ));
+            };
+            if size != f.size {
+                return Err(format!(
+                    "\"{}\" has size {size} but the manifest says {}",
+                    f.path, f.size
+                ));
+            }
+            if f.checksum_kind == kind && kind != ChecksumKind::None && sum != f.checksum {
+                return Err(format!("checksum mismatch for file \"{}\"", f.path));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 impl VerifySink {
@@ -29,14 +68,15 @@ impl VerifySink {
             prefix: String::new(),
             current: None,
             seen: HashMap::new(),
-            manifest: Vec::new(),
+            checked: 0,
+            manifest: None,
             system_identifier,
         }
     }
 
-    /// Files checked (after a successful finish).
+    /// Files checked against the manifest (after a successful finish).
     pub fn files_checked(&self) -> usize {
-        self.seen.len()
+        self.checked
     }
 }
 
@@ -80,52 +120,54 @@ impl BackupSink for VerifySink {
     }
 
     fn manifest(&mut self, chunk: &[u8]) -> Result<(), SinkError> {
-        self.manifest.extend_from_slice(chunk);
-        Ok(())
+        let parser = self.manifest.get_or_insert_with(ManifestParser::new);
+        let (seen, kind, id) = (&mut self.seen, self.kind, self.system_identifier);
+        let checked = &mut self.checked;
+        let mut mismatch = None;
+        let r = parser.feed(chunk, &mut |item| match check_item(&item, seen, kind, id) {
+            Ok(file) => {
+                *checked += usize::from(file);
+                Ok(())
+            }
+            Err(m) => {
+                mismatch = Some(m);
+                Err(ManifestError {
+                    message: String::new(),
+                })
+            }
+        });
+        match (r, mismatch) {
+            (_, Some(m)) => Err(SinkError::new(m)),
+            (Err(e), None) => Err(SinkError::new(format!(
+                "the server's backup manifest is invalid: {e}"
+            ))),
+            (Ok(()), None) => Ok(()),
+        }
     }
 
     fn finish(&mut self, _end: &BackupEnd) -> Result<(), SinkError> {
-        if self.manifest.is_empty() {
+        let Some(parser) = self.manifest.take() else {
             return Ok(()); // no manifest was requested: nothing to check against
+        };
+        let (seen, kind, id) = (&mut self.seen, self.kind, self.system_identifier);
+        let mut mismatch = None;
+        let r = parser.finish(&mut |item| {
+            check_item(&item, seen, kind, id).map(drop).map_err(|m| {
+                mismatch = Some(m);
+                ManifestError {
+                    message: String::new(),
+                }
+            })
+        });
+        if let Some(m) = mismatch {
+            return Err(SinkError::new(m));
         }
-        let m = parse_manifest(&self.manifest)
-            .map_err(|e| SinkError::new(format!("the server's backup manifest is invalid: {e}")))?;
-        if let (Some(want), Some(got)) = (self.system_identifier, m.system_identifier) {
-            if want != got {
-                return Err(SinkError::new(format!(
-                    "manifest system identifier is {got}, but the server's is {want}"
-                )));
-            }
-        }
-        for f in &m.files {
-            let Some((size, sum)) = self.seen.get(&f.path) else {
-                return Err(SinkError::new(format!(
-                    "\"{}\" is in the manifest but was not received",
-                    f.path
-                )));
-            };
-            if *size != f.size {
-                return Err(SinkError::new(format!(
-                    "\"{}\" has size {size} but the manifest says {}",
-                    f.path, f.size
-                )));
-            }
-            if f.checksum_kind == self.kind && self.kind != ChecksumKind::None && *sum != f.checksum
-            {
-                return Err(SinkError::new(format!(
-                    "checksum mismatch for file \"{}\"",
-                    f.path
-                )));
-            }
-        }
-        let listed: std::collections::HashSet<&str> =
-            m.files.iter().map(|f| f.path.as_str()).collect();
-        for path in self.seen.keys() {
-            if !listed.contains(path.as_str()) && !path.starts_with("pg_wal/") {
-                return Err(SinkError::new(format!(
-                    "\"{path}\" was received but is not in the manifest"
-                )));
-            }
+        r.map_err(|e| SinkError::new(format!("the server's backup manifest is invalid: {e}")))?;
+        // WAL streamed or fetched with the backup is not in the manifest's file list
+        if let Some(path) = self.seen.keys().find(|p| !p.starts_with("pg_wal/")) {
+            return Err(SinkError::new(format!(
+                "\"{path}\" was received but is not in the manifest"
+            )));
         }
         Ok(())
     }
