@@ -10,16 +10,17 @@
 //! output is removed.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 
 use crate::backup_label::{strip_incremental, BackupLabel};
 use crate::checksum::{ChecksumKind, FileHasher};
 use crate::control::ControlFile;
 use crate::incremental::{self, BlockSource, IncrementalHeader, Version, BLCKSZ};
-use crate::manifest::{parse_manifest, Manifest, ManifestWriter};
+use crate::manifest::{Manifest, ManifestParser, ManifestWriter};
+use crate::safe_dir::SafeDir;
 use crate::sink::TablespaceMapping;
 use crate::source::{BackupSource, FileLoc};
 
@@ -218,8 +219,11 @@ fn load_chain(
             return fail("internal error: label missing");
         };
         let mpath = src.root.join("backup_manifest");
-        let manifest = match fs::read(&mpath) {
-            Ok(b) => Some(parse_manifest(&b).map_err(|e| format!("\"{}\": {e}", mpath.display()))?),
+        let manifest = match File::open(&mpath) {
+            Ok(f) => Some(
+                ManifestParser::parse_reader(f)
+                    .map_err(|e| format!("\"{}\": {e}", mpath.display()))?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if i == n - 1 && need_manifest {
                     return fail(format!(
@@ -288,13 +292,80 @@ struct Writer<'a> {
     buf: Vec<u8>,
 }
 
-fn open_out(path: &Path) -> Result<File, CombineError> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("could not create file \"{}\": {e}", path.display()).into())
+/// Where combine writes: the staging directory and each relocated tablespace's directory.
+/// Every file and directory is made beneath one of them through a [`SafeDir`], never through
+/// a link (the only links in the output are the `pg_tblspc/<oid>` ones made here, and files of
+/// those tablespaces are written in their own directories, not through the links).
+struct OutTree {
+    staging: SafeDir,
+    tablespaces: BTreeMap<String, SafeDir>,
+}
+
+/// A manifest-relative path placed in the output: the root it goes under and the path below it.
+struct OutPath<'a> {
+    root: &'a SafeDir,
+    rel: PathBuf,
+    shown: PathBuf,
+}
+
+impl OutTree {
+    fn place(&self, rel: &str) -> OutPath<'_> {
+        if let Some(rest) = rel.strip_prefix("pg_tblspc/") {
+            let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if let Some(root) = self.tablespaces.get(oid) {
+                return OutPath {
+                    root,
+                    rel: crate::pathbytes::to_path(tail),
+                    shown: crate::pathbytes::join(root.path(), tail),
+                };
+            }
+        }
+        OutPath {
+            root: &self.staging,
+            rel: crate::pathbytes::to_path(rel),
+            shown: crate::pathbytes::join(self.staging.path(), rel),
+        }
+    }
+}
+
+impl OutPath<'_> {
+    /// The directory holding this path (made when missing) and the last component.
+    fn parent(&self) -> Result<(SafeDir, std::ffi::OsString), CombineError> {
+        let name = self
+            .rel
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let parent = self.rel.parent().unwrap_or(Path::new(""));
+        let d = self.root.dir(parent, true, 0o700).map_err(|e| {
+            format!(
+                "could not create directory \"{}\": {e}",
+                self.root.path().join(parent).display()
+            )
+        })?;
+        Ok((d, name))
+    }
+
+    /// Makes this path a directory (and its parents).
+    fn mkdir(&self) -> Result<(), CombineError> {
+        self.root
+            .dir(&self.rel, true, 0o700)
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "could not create directory \"{}\": {e}",
+                    self.shown.display()
+                )
+                .into()
+            })
+    }
+
+    /// Creates this path as a new file, 0600.
+    fn create(&self) -> Result<File, CombineError> {
+        let (dir, name) = self.parent()?;
+        dir.create_file(&name, 0o600, false)
+            .map_err(|e| format!("could not create file \"{}\": {e}", self.shown.display()).into())
+    }
 }
 
 fn read_err(loc: &FileLoc, e: std::io::Error) -> CombineError {
@@ -302,9 +373,16 @@ fn read_err(loc: &FileLoc, e: std::io::Error) -> CombineError {
 }
 
 impl Writer<'_> {
-    fn record(&mut self, rel: &str, out: &Path, sum: &[u8]) -> Result<(), CombineError> {
-        let meta =
-            fs::metadata(out).map_err(|e| format!("could not stat \"{}\": {e}", out.display()))?;
+    fn record(
+        &mut self,
+        rel: &str,
+        out: &OutPath<'_>,
+        file: &File,
+        sum: &[u8],
+    ) -> Result<(), CombineError> {
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("could not stat \"{}\": {e}", out.shown.display()))?;
         self.summary.files += 1;
         self.summary.bytes += meta.len();
         if rel.starts_with("pg_wal/") || rel == "pg_wal" {
@@ -385,7 +463,7 @@ impl Writer<'_> {
         rel: &str,
         loc: &FileLoc,
         known: Option<&(ChecksumKind, Vec<u8>, u64)>,
-        out: &Path,
+        out: &OutPath<'_>,
     ) -> Result<(), CombineError> {
         let reuse = known
             .filter(|(k, sum, size)| *k == self.kind && *size == loc.size && !sum.is_empty())
@@ -393,19 +471,24 @@ impl Writer<'_> {
         let mut hasher =
             (self.needs_sum(rel) && reuse.is_none()).then(|| FileHasher::new(self.kind));
         let src = File::open(&loc.path).map_err(|e| read_err(loc, e))?;
-        let mut dst = open_out(out)?;
         let method = self.opts.copy_method;
         if method == CopyMethod::Link && loc.is_whole_file() {
-            drop(dst);
-            fs::remove_file(out)
-                .and_then(|()| fs::hard_link(&loc.path, out))
-                .map_err(|e| {
-                    format!(
-                        "could not link \"{}\" to \"{}\": {e}",
-                        loc.path.display(),
-                        out.display()
-                    )
-                })?;
+            let (dir, name) = out.parent()?;
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                &loc.path,
+                dir.as_fd(),
+                &name,
+                rustix::fs::AtFlags::empty(),
+            )
+            .map_err(|e| {
+                format!(
+                    "could not link \"{}\" to \"{}\": {}",
+                    loc.path.display(),
+                    out.shown.display(),
+                    std::io::Error::from(e)
+                )
+            })?;
             let sum = match (reuse, hasher) {
                 (Some(s), _) => s,
                 (None, Some(mut h)) => {
@@ -415,21 +498,22 @@ impl Writer<'_> {
                 }
                 (None, None) => Vec::new(),
             };
-            return self.record(rel, out, &sum);
+            return self.record(rel, out, &src, &sum);
         }
+        let mut dst = out.create()?;
         if method == CopyMethod::Clone {
             if !loc.is_whole_file() {
                 return fail(format!(
                     "could not clone \"{}\" to \"{}\": files inside a tar archive cannot be cloned (use --copy or --copy-file-range)",
                     loc.path.display(),
-                    out.display()
+                    out.shown.display()
                 ));
             }
             crate::reflink::clone(&src, &dst).map_err(|e| {
                 format!(
                     "could not clone file \"{}\" to \"{}\": {e}",
                     loc.path.display(),
-                    out.display()
+                    out.shown.display()
                 )
             })?;
             if let Some(h) = &mut hasher {
@@ -454,17 +538,16 @@ impl Writer<'_> {
                 format!(
                     "could not copy \"{}\" to \"{}\": {e}",
                     loc.path.display(),
-                    out.display()
+                    out.shown.display()
                 )
             })?;
         }
-        drop(dst);
         let sum = match (reuse, hasher) {
             (Some(s), _) => s,
             (None, Some(h)) => h.finish(),
             (None, None) => Vec::new(),
         };
-        self.record(rel, out, &sum)
+        self.record(rel, out, &dst, &sum)
     }
 }
 
@@ -596,7 +679,7 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
         buf: vec![0u8; 256 * 1024],
     };
     let result = write_all(&inputs, &mut w, &staging, &ts_out, &mut created_ts);
-    let result = result.and_then(|()| {
+    let result = result.and_then(|tree| {
         if let Some(m) = w.manifest.take() {
             let ranges = newest
                 .manifest
@@ -604,11 +687,12 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
                 .map(|m| m.wal_ranges.clone())
                 .unwrap_or_default();
             let bytes = m.finish(&ranges);
-            let p = staging.join("backup_manifest");
-            let mut f = open_out(&p)?;
+            let out = tree.place("backup_manifest");
+            let mut f = out.create()?;
             f.write_all(&bytes)
-                .map_err(|e| format!("could not write \"{}\": {e}", p.display()))?;
+                .map_err(|e| format!("could not write \"{}\": {e}", out.shown.display()))?;
         }
+        drop(tree);
         if opts.sync {
             for d in std::iter::once(&staging).chain(created_ts.iter()) {
                 crate::sink::directory::sync_tree(d, opts.sync_method)
@@ -664,77 +748,66 @@ fn write_all(
     staging: &Path,
     ts_out: &BTreeMap<String, PathBuf>,
     created_ts: &mut Vec<PathBuf>,
-) -> Result<(), CombineError> {
+) -> Result<OutTree, CombineError> {
     let newest = inputs.last().expect("at least one backup");
     mkdir(staging)?;
-    // where a manifest-relative path lands
-    let target = |rel: &str| -> PathBuf {
-        if let Some(rest) = rel.strip_prefix("pg_tblspc/") {
-            let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            if let Some(dest) = ts_out.get(oid) {
-                return if tail.is_empty() {
-                    dest.clone()
-                } else {
-                    crate::pathbytes::join(dest, tail)
-                };
-            }
-        }
-        crate::pathbytes::join(staging, rel)
+    let open = |p: &Path| {
+        SafeDir::open(p).map_err(|e| format!("could not open directory \"{}\": {e}", p.display()))
+    };
+    let mut tree = OutTree {
+        staging: open(staging)?,
+        tablespaces: BTreeMap::new(),
     };
     for (oid, dest) in ts_out {
         mkdir(dest)?;
         created_ts.push(dest.clone());
-        mkdir(&staging.join("pg_tblspc"))?;
-        std::os::unix::fs::symlink(dest, staging.join("pg_tblspc").join(oid))
+        tree.tablespaces.insert(oid.clone(), open(dest)?);
+        let links = tree
+            .staging
+            .dir(Path::new("pg_tblspc"), true, 0o700)
+            .map_err(|e| {
+                format!(
+                    "could not create directory \"{}\": {e}",
+                    staging.join("pg_tblspc").display()
+                )
+            })?;
+        links
+            .symlink(std::ffi::OsStr::new(oid), dest)
             .map_err(|e| format!("could not create link for tablespace {oid}: {e}"))?;
     }
     for oid in newest.src.tablespaces.keys() {
         if !ts_out.contains_key(oid) {
             // in place: a directory of the data directory (a tar backup lists none for it)
-            mkdir(&staging.join("pg_tblspc"))?;
-            mkdir(&staging.join("pg_tblspc").join(oid))?;
+            tree.place(&format!("pg_tblspc/{oid}")).mkdir()?;
         }
     }
     for d in newest.src.dirs.keys() {
-        mkdir(&target(d))?;
+        tree.place(d).mkdir()?;
     }
     for (rel, loc) in &newest.src.files {
         if rel == "backup_manifest" || rel == "backup_label" || rel == "tablespace_map" {
             continue;
         }
-        if let Some((parent, _)) = rel.rsplit_once('/') {
-            if !parent.is_empty() {
-                let p = target(parent);
-                if !p.is_dir() {
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(&p)
-                        .map_err(|e| {
-                            format!("could not create directory \"{}\": {e}", p.display())
-                        })?;
-                }
-            }
-        }
         match incremental::reconstructed_path(rel) {
             Some(out_rel) => {
-                reconstruct(inputs, w, rel, loc, &out_rel, &target(&out_rel))?;
+                reconstruct(inputs, w, rel, loc, &out_rel, &tree.place(&out_rel))?;
             }
             None => {
-                w.copy_file(rel, loc, newest.checksums.get(rel), &target(rel))?;
+                w.copy_file(rel, loc, newest.checksums.get(rel), &tree.place(rel))?;
             }
         }
     }
     // the label of a full backup
     let label = strip_incremental(&newest.label_text);
-    let p = staging.join("backup_label");
-    let mut f = open_out(&p)?;
+    let out = tree.place("backup_label");
+    let mut f = out.create()?;
     f.write_all(label.as_bytes())
-        .map_err(|e| format!("could not write \"{}\": {e}", p.display()))?;
-    drop(f);
+        .map_err(|e| format!("could not write \"{}\": {e}", out.shown.display()))?;
     let mut h = FileHasher::new(w.kind);
     h.update(label.as_bytes());
-    w.record("backup_label", &p, &h.finish())
+    w.record("backup_label", &out, &f, &h.finish())?;
+    drop(f);
+    Ok(tree)
 }
 
 fn reconstruct(
@@ -743,7 +816,7 @@ fn reconstruct(
     rel: &str,
     loc: &FileLoc,
     out_rel: &str,
-    out: &Path,
+    out: &OutPath<'_>,
 ) -> Result<(), CombineError> {
     let n = inputs.len();
     let newest = &inputs[n - 1];
@@ -802,13 +875,13 @@ fn reconstruct(
         }
     };
     let mut hasher = w.needs_sum(out_rel).then(|| FileHasher::new(w.kind));
-    let mut dst = open_out(out)?;
+    let mut dst = out.create()?;
     let method = match w.opts.copy_method {
         CopyMethod::Clone | CopyMethod::Link => CopyMethod::Copy,
         m => m,
     };
     let wr = |e: std::io::Error| -> CombineError {
-        format!("could not write \"{}\": {e}", out.display()).into()
+        format!("could not write \"{}\": {e}", out.shown.display()).into()
     };
     let mut i = 0usize;
     while i < plan.blocks.len() {
@@ -855,7 +928,7 @@ fn reconstruct(
                     files[backup] = Some(File::open(&l.path).map_err(|e| read_err(l, e))?);
                 }
                 let src = files[backup].as_ref().expect("opened above");
-                if offset + len > l.size {
+                if offset.checked_add(len).is_none_or(|e| e > l.size) {
                     return fail(format!(
                         "could not reconstruct \"{out_rel}\": \"{}\" is shorter than its blocks need",
                         l.path.display()
@@ -869,12 +942,16 @@ fn reconstruct(
                     hasher.as_mut(),
                     method,
                 )
-                .map_err(|e| format!("could not copy blocks into \"{}\": {e}", out.display()))?;
+                .map_err(|e| {
+                    format!(
+                        "could not copy blocks into \"{}\": {e}",
+                        out.shown.display()
+                    )
+                })?;
             }
         }
         i = j;
     }
-    drop(dst);
     let sum = hasher.map(FileHasher::finish).unwrap_or_default();
-    w.record(out_rel, out, &sum)
+    w.record(out_rel, out, &dst, &sum)
 }

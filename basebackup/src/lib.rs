@@ -4,6 +4,7 @@
 //! Status: the tar parser, manifest parser and file checksums are in place; sinks, incremental
 //! files, combine and verify are being built (see README.md).
 
+pub mod archive_rules;
 pub mod backup_label;
 pub mod checksum;
 pub mod combine;
@@ -18,8 +19,10 @@ pub mod pathbytes;
 pub mod reflink;
 pub mod restore;
 pub mod run;
+pub mod safe_dir;
 pub mod sink;
 pub mod source;
+pub mod standby;
 pub mod tar;
 pub mod verify;
 pub mod wal_stream;

@@ -21,7 +21,7 @@ use pgwal::{DecoderOptions, Lsn, TimelineId, WalDecoder, WalDir, WalSegSize};
 
 use crate::combine::{combine, CombineError, CombineOptions, CombineSummary};
 use crate::control::ControlFile;
-use crate::manifest::parse_manifest;
+use crate::manifest::ManifestParser;
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's timestamp epoch).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -123,6 +123,46 @@ pub fn format_timestamp(us: i64) -> String {
     format!("{}.{frac:06}+00", base.trim_end_matches(" GMT"))
 }
 
+/// What the restored server does at its recovery target (`recovery_target_action`).
+///
+/// PostgreSQL's own default is `pause`, which leaves a read-only server waiting for
+/// `pg_wal_replay_resume()`; someone who restores wants a usable primary, so ours is `promote`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TargetAction {
+    /// End recovery at the target and start accepting writes.
+    #[default]
+    Promote,
+    /// Pause at the target (read-only) until `pg_wal_replay_resume()`.
+    Pause,
+    /// Shut down at the target.
+    Shutdown,
+}
+
+impl TargetAction {
+    /// The setting's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::str::FromStr for TargetAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "promote" => Ok(TargetAction::Promote),
+            "pause" => Ok(TargetAction::Pause),
+            "shutdown" => Ok(TargetAction::Shutdown),
+            _ => Err(format!(
+                "invalid target action \"{s}\", must be \"pause\", \"promote\" or \"shutdown\""
+            )),
+        }
+    }
+}
+
 /// Options of a restore.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -132,9 +172,8 @@ pub struct RestoreOptions {
     pub wal_archive: PathBuf,
     /// Where to stop; `None` replays to the end of the archive.
     pub target: Option<RecoveryTarget>,
-    /// `recovery_target_action` (`pause`, `promote`, `shutdown`); `None` leaves PostgreSQL's
-    /// default (`pause`).
-    pub target_action: Option<String>,
+    /// What the server does once it reaches the target (`recovery_target_action`).
+    pub target_action: TargetAction,
     /// The full restore_command, `%f` and `%p` included.
     pub restore_command: String,
     /// Everything else is as for combine (tablespace mappings, sync, copy method).
@@ -191,7 +230,7 @@ fn scan_archive(
     // default recovery_target_timeline = 'latest' does
     let mut current = tli;
     let mut history = TimelineHistory::default();
-    for t in (tli.0 + 1..tli.0 + 1000).rev() {
+    for t in (tli.0.saturating_add(1)..tli.0.saturating_add(1000)).rev() {
         if let Ok(text) = fs::read_to_string(archive.join(history_file_name(TimelineId(t)))) {
             if let Ok(h) = TimelineHistory::parse(&text) {
                 if h.timeline_of(TimelineId(t), start) == tli {
@@ -381,13 +420,6 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
     let Some(newest) = backups.last() else {
         return err("no backup given");
     };
-    if let Some(a) = &opts.target_action {
-        if !["pause", "promote", "shutdown"].contains(&a.as_str()) {
-            return err(format!(
-                "invalid target action \"{a}\", must be \"pause\", \"promote\" or \"shutdown\""
-            ));
-        }
-    }
     if !opts.wal_archive.is_dir() {
         return err(format!(
             "WAL archive \"{}\" is not a directory",
@@ -395,13 +427,13 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
         ));
     }
     let mpath = newest.join("backup_manifest");
-    let mbytes = fs::read(&mpath).map_err(|e| CombineError {
+    let mfile = fs::File::open(&mpath).map_err(|e| CombineError {
         message: format!(
             "could not read \"{}\": {e} (restore needs the newest backup's manifest for its WAL range)",
             mpath.display()
         ),
     })?;
-    let m = parse_manifest(&mbytes).map_err(|e| CombineError {
+    let m = ManifestParser::parse_reader(mfile).map_err(|e| CombineError {
         message: format!("\"{}\": {e}", mpath.display()),
     })?;
     let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
@@ -456,8 +488,11 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
                 conf.push_str(&format!("recovery_target_name = {}\n", guc_quote(n)))
             }
         }
-        if let Some(a) = &opts.target_action {
-            conf.push_str(&format!("recovery_target_action = '{a}'\n"));
+        if opts.target.is_some() {
+            conf.push_str(&format!(
+                "recovery_target_action = '{}'\n",
+                opts.target_action.as_str()
+            ));
         }
         let auto = opts.data_dir.join("postgresql.auto.conf");
         let mut f = fs::OpenOptions::new()

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use pgrepl::{BaseBackupEvent, BaseBackupOptions, Connection, DbError};
 use pgwal::{Lsn, TimelineId};
 
-use crate::decompress::{ArchiveCompression, Decompressor};
+use crate::archive_rules::{check_archive_name, ArchiveRole, EntryRules};
+use crate::decompress::Decompressor;
 use crate::sink::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use crate::tar::{TarError, TarEvent, TarParser};
 use crate::wal_stream::{WalConnection, WalStream};
@@ -86,6 +87,14 @@ pub enum BackupError {
     /// Something this version does not handle yet.
     #[error("{0}")]
     Unsupported(String),
+}
+
+/// A protocol violation during the backup's COPY.
+fn protocol(detail: String) -> BackupError {
+    BackupError::Server(pgrepl::Error::Protocol {
+        state: "BASE_BACKUP copy",
+        detail,
+    })
 }
 
 enum Step {
@@ -306,6 +315,7 @@ async fn run(
         duration: Duration::ZERO,
     };
     let mut locations: HashMap<String, u32> = HashMap::new();
+    let mut announced: HashMap<u32, String> = HashMap::new();
     let mut estimate = None;
     let mut cur: Option<Current> = None;
     loop {
@@ -356,14 +366,28 @@ async fn run(
             BaseBackupEvent::Tablespaces(ts) => {
                 for t in &ts {
                     if let (Some(oid), Some(loc)) = (t.oid, &t.location) {
-                        locations.insert(loc.clone(), oid);
+                        if locations.insert(loc.clone(), oid).is_some()
+                            || announced.insert(oid, loc.clone()).is_some()
+                        {
+                            return Err(protocol(format!(
+                                "tablespace {oid} at \"{loc}\" is announced twice"
+                            )));
+                        }
                     }
                 }
-                estimate = ts
-                    .iter()
-                    .map(|t| t.size_kb)
-                    .sum::<Option<u64>>()
-                    .map(|kb| kb * 1024);
+                // the server's estimate, in kB per tablespace (absent without PROGRESS)
+                estimate = match ts.iter().map(|t| t.size_kb).collect::<Option<Vec<u64>>>() {
+                    None => None,
+                    Some(sizes) => Some(
+                        sizes
+                            .iter()
+                            .try_fold(0u64, |a, kb| a.checked_add(*kb))
+                            .and_then(|kb| kb.checked_mul(1024))
+                            .ok_or_else(|| {
+                                protocol("the tablespace size estimates overflow 64 bits".into())
+                            })?,
+                    ),
+                };
                 on_event(&BackupEvent::Started {
                     start_lsn: summary.start_lsn,
                     timeline: summary.timeline,
@@ -377,19 +401,23 @@ async fn run(
                 tablespace_location,
             } => {
                 finish_archive(&mut cur, sink, &mut summary)?;
-                let compression = ArchiveCompression::from_name(&name).ok_or_else(|| {
-                    BackupError::Unsupported(format!("unexpected archive name \"{name}\""))
-                })?;
-                let decompressor = Decompressor::new(compression)
-                    .map_err(|e| BackupError::Unsupported(format!("archive \"{name}\": {e}")))?;
                 let oid = match &tablespace_location {
                     Some(l) => Some(*locations.get(l).ok_or_else(|| {
-                        BackupError::Server(pgrepl::Error::Protocol {
-                            state: "BASE_BACKUP copy",
-                            detail: format!("archive {name} for unknown tablespace location {l}"),
-                        })
+                        protocol(format!(
+                            "archive {name} for unknown tablespace location {l}"
+                        ))
                     })?),
                     None => None,
+                };
+                // the name becomes a file name in tar-format backups: base.tar or <oid>.tar only
+                let compression = check_archive_name(&name, oid).map_err(protocol)?;
+                let decompressor = Decompressor::new(compression)
+                    .map_err(|e| BackupError::Unsupported(format!("archive \"{name}\": {e}")))?;
+                let role = match oid {
+                    None => ArchiveRole::Base {
+                        tablespaces: Some(announced.clone()),
+                    },
+                    Some(_) => ArchiveRole::Tablespace,
                 };
                 sink.archive_begin(&ArchiveInfo {
                     name: name.clone(),
@@ -398,7 +426,7 @@ async fn run(
                 })?;
                 cur = Some(Current {
                     name,
-                    parser: TarParser::new(),
+                    parser: TarParser::with_rules(EntryRules::new(role)),
                     decompressor,
                     bytes: 0,
                 });

@@ -109,11 +109,20 @@ impl BackupSource {
         Ok(s)
     }
 
-    /// Reads a whole (small) file of the backup, if present.
+    /// Reads a whole small file of the backup (a label, a map, pg_control), if present; one
+    /// larger than 16 MiB is refused rather than read into memory.
     pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, String> {
+        const MAX: u64 = 16 << 20;
         let Some(loc) = self.files.get(rel) else {
             return Ok(None);
         };
+        if loc.size > MAX {
+            return Err(format!(
+                "\"{}\" is {} bytes, more than the {MAX} bytes such a file can have",
+                self.describe(rel),
+                loc.size
+            ));
+        }
         let f = File::open(&loc.path)
             .map_err(|e| format!("could not open file \"{}\": {e}", loc.path.display()))?;
         let mut buf = vec![0u8; loc.size as usize];
@@ -226,7 +235,9 @@ impl BackupSource {
                 (tmp, Some(f))
             };
             let mut found_map = None;
-            scan_archive(&archive, comp, spill, |h, data_offset| {
+            let role = crate::archive_rules::role_of_archive_file(&name)
+                .unwrap_or(crate::archive_rules::ArchiveRole::Base { tablespaces: None });
+            scan_archive(&archive, comp, role, spill, |h, data_offset| {
                 let p = format!("{prefix}{}", h.path);
                 match h.kind {
                     EntryKind::Directory => {
@@ -299,11 +310,12 @@ impl BackupSource {
 fn scan_archive(
     path: &Path,
     comp: ArchiveCompression,
+    role: crate::archive_rules::ArchiveRole,
     mut spill: Option<File>,
     mut on: impl FnMut(&crate::tar::EntryHeader, u64),
 ) -> Result<(), String> {
     let mut dec = Decompressor::new(comp).map_err(|e| e.to_string())?;
-    let mut parser = TarParser::new();
+    let mut parser = TarParser::with_rules(crate::archive_rules::EntryRules::new(role));
     let mut f = File::open(path).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 1 << 20];
     let mut plain_pos = 0u64;

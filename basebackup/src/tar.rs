@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::archive_rules::{check_syntax, EntryRules};
+
 const BLOCK: u64 = 512;
 
 /// What an entry is.
@@ -86,6 +88,7 @@ pub struct TarParser {
     filled: usize,
     offset: u64,
     zero_blocks: u8,
+    rules: Option<EntryRules>,
 }
 
 impl Default for TarParser {
@@ -145,28 +148,9 @@ fn text(field: &[u8], _what: &str, _at: u64) -> Result<String, TarError> {
     Ok(crate::pathbytes::decode(&field[..end]))
 }
 
-/// A path must stay inside the directory it is extracted to.
-fn check_path(path: &str, at: u64) -> Result<(), TarError> {
-    if path.is_empty() {
-        return Err(err(at, "empty entry name"));
-    }
-    if path.starts_with('/') {
-        return Err(err(at, format!("absolute entry name \"{path}\"")));
-    }
-    if path.split('/').any(|c| c == "..") {
-        return Err(err(
-            at,
-            format!("entry name \"{path}\" leaves the archive's directory"),
-        ));
-    }
-    if path.contains('\0') {
-        return Err(err(at, "entry name contains NUL"));
-    }
-    Ok(())
-}
-
 impl TarParser {
-    /// A parser at the start of an archive.
+    /// A parser at the start of an archive. Entry names are checked for syntax only (plain
+    /// relative paths); [`TarParser::with_rules`] checks what a backup archive may hold.
     pub fn new() -> Self {
         TarParser {
             state: State::Header,
@@ -174,6 +158,16 @@ impl TarParser {
             filled: 0,
             offset: 0,
             zero_blocks: 0,
+            rules: None,
+        }
+    }
+
+    /// A parser that also refuses every entry `rules` refuse (links, duplicates, names that do
+    /// not fit the archive), with the entry's header offset.
+    pub fn with_rules(rules: EntryRules) -> Self {
+        TarParser {
+            rules: Some(rules),
+            ..Self::new()
         }
     }
 
@@ -241,7 +235,7 @@ impl TarParser {
         if let Some(p) = path.strip_prefix("./") {
             path = p.to_owned();
         }
-        check_path(&path, at)?;
+        check_syntax(&path).map_err(|m| err(at, m))?;
         let size = number(&h[124..136], "size", at)?;
         if kind != EntryKind::File && size != 0 {
             return Err(err(
@@ -254,6 +248,10 @@ impl TarParser {
         } else {
             None
         };
+        if let Some(r) = &mut self.rules {
+            r.check(&path, kind, link_target.as_deref())
+                .map_err(|m| err(at, m))?;
+        }
         Ok(Some(EntryHeader {
             path,
             kind,
@@ -504,7 +502,9 @@ mod tests {
         assert!(e.message.contains("checksum"), "{e}");
         // path traversal
         let evil = archive(&[file("../etc/passwd", b"x")]);
-        assert!(collect(&evil, 512).unwrap_err().message.contains("leaves"));
+        let e = collect(&evil, 512).unwrap_err();
+        assert!(e.message.contains("\"..\" component"), "{e}");
+        assert_eq!(e.offset, 0);
         // trailing garbage
         let mut tail = good.clone();
         tail.extend_from_slice(b"junk");

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use pgwal::timeline::TimelineHistory;
 use pgwal::{DecoderOptions, Lsn, WalDecoder, WalDir, WalSegSize};
 
+use crate::archive_rules::{role_of_archive_file, ArchiveRole, EntryRules};
 use crate::checksum::{ChecksumKind, FileHasher};
 use crate::decompress::{ArchiveCompression, Decompressor};
-use crate::manifest::{parse_manifest, Manifest};
+use crate::manifest::{Manifest, ManifestParser};
 use crate::tar::{EntryKind, TarError, TarEvent, TarParser};
 
 const IGNORED: &[&str] = &[
@@ -236,7 +237,8 @@ fn read_archive(path: &Path, mut on: impl FnMut(TarEvent<'_>)) -> Result<(), Str
     let comp =
         ArchiveCompression::from_name(&name).ok_or_else(|| format!("{name}: not an archive"))?;
     let mut dec = Decompressor::new(comp).map_err(|e| format!("{name}: {e}"))?;
-    let mut parser = TarParser::new();
+    let role = role_of_archive_file(&name).unwrap_or(ArchiveRole::Base { tablespaces: None });
+    let mut parser = TarParser::with_rules(EntryRules::new(role));
     let mut f = fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut feed = |parser: &mut TarParser, data: &[u8]| -> Result<(), String> {
@@ -245,7 +247,7 @@ fn read_archive(path: &Path, mut on: impl FnMut(TarEvent<'_>)) -> Result<(), Str
                 on(ev);
                 Ok(())
             })
-            .map_err(|Step::Tar(e)| e.to_string())
+            .map_err(|Step::Tar(e)| format!("archive \"{}\": {e}", path.display()))
     };
     loop {
         let k = f.read(&mut buf).map_err(|e| format!("{name}: {e}"))?;
@@ -260,7 +262,9 @@ fn read_archive(path: &Path, mut on: impl FnMut(TarEvent<'_>)) -> Result<(), Str
     if let Some(d) = dec {
         d.finish(|plain| feed(&mut parser, plain))?;
     }
-    parser.finish().map_err(|e| e.to_string())
+    parser
+        .finish()
+        .map_err(|e| format!("archive \"{}\": {e}", path.display()))
 }
 
 /// The timeline history the backup's WAL follows, from the manifest's WAL ranges: the server
@@ -371,8 +375,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         .manifest_path
         .clone()
         .unwrap_or_else(|| path.join("backup_manifest"));
-    let manifest_bytes = match fs::read(&manifest_path) {
-        Ok(b) => b,
+    let manifest_file = match fs::File::open(&manifest_path) {
+        Ok(f) => f,
         Err(e) => {
             ctx.problem(
                 "backup_manifest",
@@ -381,7 +385,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             return ctx.report;
         }
     };
-    let m = match parse_manifest(&manifest_bytes) {
+    // read in pieces: memory grows with the number of files, not with the manifest's text
+    let m = match ManifestParser::parse_reader(manifest_file) {
         Ok(m) => m,
         Err(e) => {
             ctx.problem("backup_manifest", e.message);

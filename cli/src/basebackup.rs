@@ -13,6 +13,7 @@ use basebackup::sink::{
     BackupSink, ClientCompression, DirectorySink, SyncMethod, TablespaceMapping, TarSink,
     TarStreamSink, Tee, VerifySink, ZstdCompression,
 };
+use basebackup::standby::StandbySettings;
 use basebackup::wal_stream::SlotChoice;
 use clap::Args;
 use pgrepl::{BaseBackupOptions, CheckpointMode, ServerCompression};
@@ -177,85 +178,18 @@ fn parse_compress(option: &str) -> anyhow::Result<Compression> {
     })
 }
 
-/// `primary_conninfo` for `-R`: the connection's parameters as a conninfo string (the password
-/// is left out: a standby should read it from a password file).
-fn primary_conninfo(c: &pgrepl::Config) -> String {
-    let q = |v: &str| -> String {
-        if !v.is_empty()
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/._-:".contains(&b))
-        {
-            v.to_owned()
-        } else {
-            format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
-        }
-    };
-    let mut parts = vec![format!("user={}", q(&c.user))];
-    match &c.host {
-        pgrepl::Host::Tcp(h) => parts.push(format!("host={}", q(h))),
-        pgrepl::Host::Unix(d) => parts.push(format!("host={}", q(&d.to_string_lossy()))),
-    }
-    parts.push(format!("port={}", c.port));
-    parts.push(format!(
-        "sslmode={}",
-        format!("{:?}", c.sslmode)
-            .to_ascii_lowercase()
-            .replace("verify", "verify-")
-            .replace("verify--", "verify-")
-    ));
-    if let Some(db) = &c.dbname {
-        parts.push(format!("dbname={}", q(db)));
-    }
-    if let Some(a) = &c.application_name {
-        parts.push(format!("application_name={}", q(a)));
-    }
-    parts.join(" ")
-}
-
-/// What happens to the finished plain backup before it is renamed into place: `-R`, `--waldir`
-/// and group-readable modes.
+/// Group-readable modes for a cluster initialised with group access, applied to the finished
+/// plain backup (and its WAL directory) before it is renamed into place.
 fn finishing(
-    recovery: Option<String>,
     waldir: Option<PathBuf>,
-    group: bool,
 ) -> impl FnMut(&std::path::Path) -> Result<(), basebackup::sink::SinkError> + Send {
     use basebackup::sink::SinkError;
     move |root: &std::path::Path| {
-        if let Some(conf) = &recovery {
-            let auto = root.join("postgresql.auto.conf");
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&auto)
-                .map_err(|e| SinkError::io("could not open", &auto, e))?;
-            use std::io::Write;
-            f.write_all(conf.as_bytes())
-                .map_err(|e| SinkError::io("could not write", &auto, e))?;
-            let sig = root.join("standby.signal");
-            std::fs::write(&sig, b"").map_err(|e| SinkError::io("could not create", &sig, e))?;
-        }
+        group_modes(root)
+            .map_err(|e| SinkError::io("could not set group permissions under", root, e))?;
         if let Some(w) = &waldir {
-            let pg_wal = root.join("pg_wal");
-            for e in std::fs::read_dir(&pg_wal)
-                .map_err(|e| SinkError::io("could not read", &pg_wal, e))?
-                .flatten()
-            {
-                let to = w.join(e.file_name());
-                std::fs::rename(e.path(), &to)
-                    .map_err(|err| SinkError::io("could not move WAL to", &to, err))?;
-            }
-            std::fs::remove_dir(&pg_wal)
-                .map_err(|e| SinkError::io("could not remove", &pg_wal, e))?;
-            std::os::unix::fs::symlink(w, &pg_wal)
-                .map_err(|e| SinkError::io("could not create the link", &pg_wal, e))?;
-        }
-        if group {
-            group_modes(root)
-                .map_err(|e| SinkError::io("could not set group permissions under", root, e))?;
-            if let Some(w) = &waldir {
-                group_modes(w)
-                    .map_err(|e| SinkError::io("could not set group permissions under", w, e))?;
-            }
+            group_modes(w)
+                .map_err(|e| SinkError::io("could not set group permissions under", w, e))?;
         }
         Ok(())
     }
@@ -316,7 +250,9 @@ fn parse_rate(s: &str) -> anyhow::Result<u32> {
 }
 
 /// The parent's manifest (`-i`), read up front so a bad path fails before anything is written.
-fn parent_manifest(args: &BaseBackupArgs) -> anyhow::Result<Option<Vec<u8>>> {
+/// The earlier backup's manifest for `-i`, opened to be streamed to the server (a manifest can
+/// be larger than memory should hold).
+fn parent_manifest(args: &BaseBackupArgs) -> anyhow::Result<Option<tokio::fs::File>> {
     let Some(p) = &args.incremental else {
         return Ok(None);
     };
@@ -325,12 +261,14 @@ fn parent_manifest(args: &BaseBackupArgs) -> anyhow::Result<Option<Vec<u8>>> {
     } else {
         p.clone()
     };
-    std::fs::read(&file).map(Some).with_context(|| {
-        format!(
-            "could not read the manifest of the earlier backup \"{}\"",
-            file.display()
-        )
-    })
+    std::fs::File::open(&file)
+        .map(|f| Some(tokio::fs::File::from_std(f)))
+        .with_context(|| {
+            format!(
+                "could not read the manifest of the earlier backup \"{}\"",
+                file.display()
+            )
+        })
 }
 
 /// The option checks pg_basebackup makes before it connects, in its order and words.
@@ -510,8 +448,8 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     let config = args.conn.config()?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
     let id = conn.identify_system().await?;
-    if let Some(m) = &parent_manifest {
-        conn.upload_manifest(&m[..]).await?;
+    if let Some(m) = parent_manifest {
+        conn.upload_manifest(m).await?;
     }
     // a cluster initialised with group access gets group-readable backups, as pg_basebackup
     // gives (SHOW data_directory_mode)
@@ -521,17 +459,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         .map(|m| m.trim() == "0750")
         .unwrap_or(false);
     let recovery = args.write_recovery_conf.then(|| {
-        let mut conf = format!(
-            "primary_conninfo = '{}'\n",
-            primary_conninfo(&config).replace('\'', "''")
-        );
-        if let Some(n) = &args.slot {
-            conf.push_str(&format!(
-                "primary_slot_name = '{}'\n",
-                n.replace('\'', "''")
-            ));
-        }
-        conf
+        StandbySettings::new(&config.to_conninfo_without_password(), args.slot.as_deref())
     });
     let writer: Box<dyn BackupSink> = if to_stdout {
         let stdout = std::fs::File::from(
@@ -549,24 +477,20 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             },
         )?;
         if let Some(r) = recovery {
-            t.set_recovery_conf(r);
+            t.set_standby(r);
         }
         Box::new(t)
     } else if plain {
         let mut d = DirectorySink::new(&pgdata, mappings, !args.no_sync)?;
         d.set_sync_method(args.sync_method.unwrap_or_default());
         if let Some(w) = &args.waldir {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .create(w)
-                .with_context(|| format!("could not create directory \"{}\"", w.display()))?;
+            d.set_wal_dir(w)?;
         }
-        if recovery.is_some() || args.waldir.is_some() || group {
-            d.set_finishing(Box::new(finishing(
-                recovery.clone(),
-                args.waldir.clone(),
-                group,
-            )));
+        if let Some(r) = recovery {
+            d.set_standby(r);
+        }
+        if group {
+            d.set_finishing(Box::new(finishing(args.waldir.clone())));
         }
         d.set_keep_on_abort(args.no_clean);
         Box::new(d)
@@ -578,7 +502,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         let mut t = TarSink::with_compression(&pgdata, !args.no_sync, zstd)?;
         t.set_sync_method(args.sync_method.unwrap_or_default());
         if let Some(r) = recovery {
-            t.set_recovery_conf(r);
+            t.set_standby(r);
         }
         Box::new(t)
     };
@@ -608,7 +532,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
                 "\r{}/{} kB ({}%)   ",
                 done / 1024,
                 t / 1024,
-                (done * 100 / t).min(100)
+                (u128::from(*done) * 100 / u128::from(*t)).min(100)
             ),
             _ => eprint!("\r{} kB   ", done / 1024),
         },
@@ -701,8 +625,8 @@ async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitC
     };
     let config = args.conn.config()?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
-    if let Some(m) = &parent {
-        conn.upload_manifest(&m[..]).await?;
+    if let Some(m) = parent {
+        conn.upload_manifest(m).await?;
     }
     let mut sink = basebackup::sink::NullSink;
     let summary = take_backup(&mut conn, &options, &WalMethod::None, &mut sink, |ev| {

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use basebackup::combine::{CombineOptions, CopyMethod};
-use basebackup::restore::{parse_timestamp, restore, shell_quote, RecoveryTarget, RestoreOptions};
+use basebackup::restore::{
+    parse_timestamp, restore, shell_quote, RecoveryTarget, RestoreOptions, TargetAction,
+};
 use basebackup::sink::TablespaceMapping;
 use clap::Args;
 
@@ -37,9 +39,14 @@ pub struct RestoreArgs {
     /// "immediate": stop as soon as the backup is consistent
     #[arg(long = "target", value_name = "immediate")]
     target: Option<String>,
-    /// What the server does at the target: pause (PostgreSQL's default), promote or shutdown
-    #[arg(long = "target-action", value_name = "ACTION")]
-    target_action: Option<String>,
+    /// What the server does at the target: promote (the default: a usable primary), pause
+    /// (read-only until pg_wal_replay_resume(); PostgreSQL's own default) or shutdown
+    #[arg(
+        long = "target-action",
+        value_name = "ACTION",
+        default_value = "promote"
+    )]
+    target_action: TargetAction,
     /// Relocate the tablespace at OLDDIR (its location in the newest backup) to NEWDIR
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR")]
     tablespace_mapping: Vec<String>,
@@ -115,7 +122,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.pgdata.clone(),
         wal_archive: archive,
         target,
-        target_action: args.target_action.clone(),
+        target_action: args.target_action,
         restore_command,
         combine: CombineOptions {
             tablespace_mappings,
@@ -150,11 +157,26 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 "consistent_lsn": s.consistent_at.to_string(),
                 "archive_end_lsn": s.archive_end.to_string(),
                 "restore_command": opts.restore_command,
+                "target_action": opts.target.is_some().then(|| opts.target_action.as_str()),
             })
         );
     } else {
+        let at_target = match (&opts.target, opts.target_action) {
+            (None, _) => "replays the whole archive and promotes".to_owned(),
+            (Some(_), TargetAction::Promote) => {
+                "stops at the target and promotes (--target-action promote)".to_owned()
+            }
+            (Some(_), a) => format!(
+                "stops at the target and will {} (--target-action {})",
+                match a {
+                    TargetAction::Pause => "pause, read-only, until pg_wal_replay_resume()",
+                    _ => "shut down",
+                },
+                a.as_str()
+            ),
+        };
         eprintln!(
-            "pgrepl: restored into \"{}\"; the backup is consistent at {}, the WAL archive reaches {}. Start the server to recover.",
+            "pgrepl: restored into \"{}\"; the backup is consistent at {}, the WAL archive reaches {}. Start the server to recover: it {at_target}.",
             args.pgdata.display(),
             s.consistent_at,
             s.archive_end

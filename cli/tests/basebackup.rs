@@ -964,6 +964,41 @@ fn pg18_pg_basebackup_flags() {
         .unwrap()
         .any(|e| e.unwrap().file_name().len() == 24));
     assert!(!work.join("w/backup_manifest").exists());
+    // --waldir on another file system (tmpfs), the usual reason for it, with the WAL from the
+    // server's archive (-X fetch): written there directly, never moved by rename
+    let shm =
+        std::path::Path::new("/dev/shm").join(format!("pgrepl-waldir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shm);
+    ok(run(&[
+        "-D",
+        &t("w3"),
+        "--waldir",
+        &shm.display().to_string(),
+        "-X",
+        "fetch",
+    ]));
+    {
+        use std::os::unix::fs::MetadataExt;
+        let seg = std::fs::read_dir(&shm)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.file_name().len() == 24)
+            .expect("a WAL segment in the WAL directory");
+        assert_eq!(seg.metadata().unwrap().len(), 16 << 20);
+        assert_eq!(std::fs::read_link(work.join("w3/pg_wal")).unwrap(), shm);
+        assert!(shm.join("archive_status").is_dir());
+        println!(
+            "WAL directory on device {}, backup on {}",
+            std::fs::metadata(&shm).unwrap().dev(),
+            std::fs::metadata(&work).unwrap().dev()
+        );
+    }
+    ok(pgrepl()
+        .arg("verify")
+        .arg(work.join("w3"))
+        .output()
+        .unwrap());
+    std::fs::remove_dir_all(&shm).unwrap();
     // --target: the server keeps the backup
     fails(
         run(&["--target", "blackhole"]),

@@ -148,14 +148,15 @@ fn restore(f: &Fixture, name: &str, backups: &[&Path], target: &[&str]) -> (Outp
         .args(backups)
         .arg("--wal-archive")
         .arg(&f.archive)
-        .args(["--target-action", "promote", "--no-sync"])
+        .arg("--no-sync")
         .args(target)
         .output()
         .unwrap();
     (out, pgdata)
 }
 
-/// Restores, starts a server, waits for recovery to end, and returns (count, max k).
+/// Restores, starts a server, waits for recovery to end (the default target action is to
+/// promote), and returns (count, max k).
 fn recovered_rows(
     v: PgVersion,
     f: &Fixture,
@@ -256,6 +257,26 @@ fn pitr(v: PgVersion) {
     );
     // no target: the whole archive
     assert_eq!(recovered_rows(v, &f, "all", &[full, inc], &[]), (45, 45));
+
+    // --target-action pause, as asked and said: a read-only server waiting at the target
+    let (out, pgdata) = restore(
+        &f,
+        "pause",
+        &[full, inc],
+        &["--target-name", "rp38", "--target-action", "pause"],
+    );
+    let said = String::from_utf8_lossy(&ok(out).stderr).into_owned();
+    assert!(said.contains("--target-action pause"), "{said}");
+    let auto = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("recovery_target_action = 'pause'"), "{auto}");
+    let r = Cluster::start_on(v, &pgdata);
+    wait_for("replay to pause at the target", || {
+        r.psql("SELECT pg_get_wal_replay_pause_state()") == "paused"
+    });
+    assert_eq!(r.psql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(r.psql("SELECT count(*) FROM ticks"), "38");
+    drop(r);
+    let _ = std::fs::remove_dir_all(&pgdata);
 
     // refused, with nothing written: before the chain's consistency point, or never reached
     let refusals: Vec<(Vec<&Path>, Vec<String>, &str)> = vec![

@@ -40,6 +40,18 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// The name libpq uses (`verify-full`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
     fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "disable" => SslMode::Disable,
@@ -451,7 +463,59 @@ impl ConnParams {
     }
 }
 
+/// Quotes a conninfo value when it needs it (libpq's rules: single quotes, `\\` and `\'`).
+fn conninfo_value(v: &str) -> String {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:".contains(&b))
+    {
+        v.to_owned()
+    } else {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
 impl Config {
+    /// The connection as a key=value conninfo string without the password, as a standby's
+    /// `primary_conninfo` takes it (pg_basebackup `-R`): user, host, port, TLS settings,
+    /// database and application name. A standby reads the password from a password file.
+    pub fn to_conninfo_without_password(&self) -> String {
+        let q = conninfo_value;
+        let mut parts = vec![format!("user={}", q(&self.user))];
+        match &self.host {
+            Host::Tcp(h) => parts.push(format!("host={}", q(h))),
+            Host::Unix(d) => parts.push(format!("host={}", q(&d.to_string_lossy()))),
+        }
+        parts.push(format!("port={}", self.port));
+        parts.push(format!("sslmode={}", self.sslmode.as_str()));
+        if self.sslnegotiation == SslNegotiation::Direct {
+            parts.push("sslnegotiation=direct".into());
+        }
+        match &self.sslrootcert {
+            Some(RootCert::File(p)) => {
+                parts.push(format!("sslrootcert={}", q(&p.to_string_lossy())))
+            }
+            Some(RootCert::System) => parts.push("sslrootcert=system".into()),
+            None => {}
+        }
+        if let Some(p) = &self.sslcert {
+            parts.push(format!("sslcert={}", q(&p.to_string_lossy())));
+        }
+        if let Some(p) = &self.sslkey {
+            parts.push(format!("sslkey={}", q(&p.to_string_lossy())));
+        }
+        if self.channel_binding == ChannelBinding::Require {
+            parts.push("channel_binding=require".into());
+        }
+        if let Some(db) = &self.dbname {
+            parts.push(format!("dbname={}", q(db)));
+        }
+        if let Some(a) = &self.application_name {
+            parts.push(format!("application_name={}", q(a)));
+        }
+        parts.join(" ")
+    }
+
     /// Parses a conninfo string and resolves it against the environment.
     pub fn from_conninfo(conninfo: &str) -> Result<Self> {
         ConnParams::parse(conninfo)?.resolve()

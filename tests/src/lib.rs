@@ -9,6 +9,7 @@
 
 mod certs;
 mod cluster;
+pub mod fake;
 mod install;
 mod user;
 

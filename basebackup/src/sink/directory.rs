@@ -1,15 +1,23 @@
 //! The plain-format sink (as `pg_basebackup -Fp`): entries become files under a temporary
 //! directory beside the target, which is fsynced and renamed to the target only when the backup
 //! is complete. Tablespaces are written to their (possibly remapped) locations, and
-//! `pg_tblspc/<oid>` links point there.
+//! `pg_tblspc/<oid>` links point there; with a separate WAL directory (`--waldir`) the WAL goes
+//! there directly and `pg_wal` is a link to it.
+//!
+//! Every entry is written beneath its archive's root through a [`SafeDir`]: no link below a
+//! root is ever followed, whatever the archive holds (which entries are allowed at all was
+//! checked by the archive's [`crate::archive_rules::EntryRules`] before the entry got here).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::outfile::OutFile;
 use super::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
+use crate::safe_dir::{split_entry_path, SafeDir};
+use crate::standby::StandbySettings;
 use crate::tar::{EntryHeader, EntryKind};
 
 /// `-T OLD=NEW`: write the tablespace at OLD on the server to NEW.
@@ -72,20 +80,36 @@ impl TablespaceMapping {
 /// A step run on a finished plain backup before it is renamed into place.
 pub type Finishing = Box<dyn FnMut(&Path) -> Result<(), SinkError> + Send>;
 
+/// Where the entries of the current archive go.
+#[derive(Debug)]
+struct Root {
+    dir: SafeDir,
+    /// The directory the previous file went to (relative to `dir`), known to exist.
+    last_parent: Option<(PathBuf, SafeDir)>,
+    /// Whether this is the base archive (where `pg_wal` and the tablespace links are).
+    base: bool,
+}
+
 /// Writes a plain data directory.
 pub struct DirectorySink {
     target: PathBuf,
     staging: PathBuf,
+    staging_dir: SafeDir,
     mappings: Vec<TablespaceMapping>,
     sync: bool,
     sync_method: SyncMethod,
-    root: PathBuf,
+    root: Option<Root>,
     file: Option<(OutFile, PathBuf)>,
-    tablespace_dirs: Vec<PathBuf>,
+    /// Tablespace directories written, and whether this sink created them.
+    tablespace_dirs: Vec<(PathBuf, bool)>,
+    /// `--waldir`: the directory and, once made, the link `pg_wal` to it.
+    wal_dir: Option<SafeDir>,
+    wal_dir_created: bool,
+    wal_linked: bool,
+    manifest: Option<File>,
+    standby: Option<StandbySettings>,
     finishing: Option<Finishing>,
     keep_on_abort: bool,
-    /// The directory the previous file went to, known to exist.
-    last_parent: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DirectorySink {
@@ -144,7 +168,8 @@ pub(crate) fn sync_tree(root: &Path, method: SyncMethod) -> Result<(), SinkError
     }
 }
 
-/// fsync every file and directory under `root`, as fsync_pgdata does.
+/// fsync every file and directory under `root`, as fsync_pgdata does (links are not followed:
+/// tablespaces and a separate WAL directory are synced as trees of their own).
 pub(crate) fn fsync_tree(root: &Path) -> Result<(), SinkError> {
     let meta = fs::symlink_metadata(root).map_err(|e| SinkError::io("could not stat", root, e))?;
     if meta.is_dir() {
@@ -160,6 +185,31 @@ pub(crate) fn fsync_tree(root: &Path) -> Result<(), SinkError> {
     File::open(root)
         .and_then(|f| f.sync_all())
         .map_err(|e| SinkError::io("could not fsync", root, e))
+}
+
+/// Removes what a failed backup wrote into `dir` (a tablespace or WAL directory): the whole
+/// directory if the backup created it, else its contents (it was empty before).
+fn remove_written(dir: &Path, created: bool) {
+    if created {
+        let _ = fs::remove_dir_all(dir);
+    } else {
+        empty_dir(dir);
+    }
+}
+
+/// Removes what is inside `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let is_dir = fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir());
+            let _ = if is_dir {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
 }
 
 impl DirectorySink {
@@ -184,28 +234,39 @@ impl DirectorySink {
             .unwrap_or(Path::new("."));
         mkdir_private(parent)?;
         let staging = parent.join(format!(".{}.pgrepl-incomplete", name.to_string_lossy()));
-        if staging.exists() {
+        if fs::symlink_metadata(&staging).is_ok() {
             fs::remove_dir_all(&staging)
+                .or_else(|_| fs::remove_file(&staging))
                 .map_err(|e| SinkError::io("could not remove leftover", &staging, e))?;
         }
-        mkdir_private(&staging)?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .map_err(|e| SinkError::io("could not create directory", &staging, e))?;
+        let staging_dir = SafeDir::open(&staging)
+            .map_err(|e| SinkError::io("could not open directory", &staging, e))?;
         Ok(DirectorySink {
             target: target.to_path_buf(),
-            root: staging.clone(),
             staging,
+            staging_dir,
             mappings,
             sync,
             sync_method: SyncMethod::Fsync,
+            root: None,
             file: None,
             tablespace_dirs: Vec::new(),
+            wal_dir: None,
+            wal_dir_created: false,
+            wal_linked: false,
+            manifest: None,
+            standby: None,
             finishing: None,
             keep_on_abort: false,
-            last_parent: None,
         })
     }
 
     /// Runs `f` on the finished directory (still under its temporary name) before it is
-    /// synced and renamed: for recovery settings, a separate WAL directory, permissions.
+    /// synced and renamed: for permissions, or anything else of the caller's.
     pub fn set_finishing(&mut self, f: Finishing) {
         self.finishing = Some(f);
     }
@@ -220,86 +281,188 @@ impl DirectorySink {
         self.keep_on_abort = keep;
     }
 
+    /// The staging directory (for the tar sink, which keeps its archives there).
+    pub(crate) fn staging_dir(&self) -> &SafeDir {
+        &self.staging_dir
+    }
+
+    /// `-R`: the finished backup starts as a standby (see [`StandbySettings`]).
+    pub fn set_standby(&mut self, settings: StandbySettings) {
+        self.standby = Some(settings);
+    }
+
+    /// `--waldir`: WAL goes into `dir` (absolute; absent or empty), and `pg_wal` is a link to
+    /// it. WAL from the server (`-X fetch`) and streamed WAL (`-X stream`) are written there
+    /// directly, and synced there.
+    pub fn set_wal_dir(&mut self, dir: &Path) -> Result<(), SinkError> {
+        if !dir.is_absolute() {
+            return Err(SinkError::new(
+                "WAL directory location must be an absolute path",
+            ));
+        }
+        if dir.exists() && !(dir.is_dir() && is_empty_dir(dir)?) {
+            return Err(SinkError::new(format!(
+                "directory \"{}\" exists but is not empty",
+                dir.display()
+            )));
+        }
+        self.wal_dir_created = !dir.exists();
+        let d = SafeDir::create(dir, 0o700)
+            .map_err(|e| SinkError::io("could not create directory", dir, e))?;
+        self.wal_dir = Some(d);
+        Ok(())
+    }
+
     fn map(&self, location: &str) -> PathBuf {
-        let loc = Path::new(location);
+        let loc = crate::pathbytes::to_path(location);
         self.mappings
             .iter()
             .find(|m| m.old == loc)
             .map(|m| m.new.clone())
-            .unwrap_or_else(|| loc.to_path_buf())
+            .unwrap_or(loc)
+    }
+
+    /// The link `pg_wal` -> the WAL directory, made once.
+    fn link_wal(&mut self) -> Result<(), SinkError> {
+        if let (Some(w), false) = (&self.wal_dir, self.wal_linked) {
+            self.staging_dir
+                .symlink(OsStr::new("pg_wal"), w.path())
+                .map_err(|e| {
+                    SinkError::io("could not create the link", &self.staging.join("pg_wal"), e)
+                })?;
+            self.wal_linked = true;
+        }
+        Ok(())
+    }
+
+    fn root(&mut self) -> Result<&mut Root, SinkError> {
+        self.root
+            .as_mut()
+            .ok_or_else(|| SinkError::new("an entry arrived outside any archive"))
+    }
+
+    /// The directory an entry's parent is (made when missing), under `dir`.
+    fn parent_of<'a>(root: &'a mut Root, parent: &Path) -> Result<&'a SafeDir, SinkError> {
+        if root.last_parent.as_ref().map(|(p, _)| p.as_path()) != Some(parent) {
+            let d = root.dir.dir(parent, true, 0o700).map_err(|e| {
+                SinkError::io(
+                    "could not create directory",
+                    &root.dir.path().join(parent),
+                    e,
+                )
+            })?;
+            root.last_parent = Some((parent.to_path_buf(), d));
+        }
+        Ok(&root.last_parent.as_ref().expect("set above").1)
+    }
+
+    /// Writes the files `-R` asks for into the finished staging directory.
+    fn write_standby(&self, s: &StandbySettings) -> Result<(), SinkError> {
+        let auto = self.staging.join(crate::standby::AUTO_CONF);
+        let mut existing = Vec::new();
+        match self
+            .staging_dir
+            .open_file(OsStr::new(crate::standby::AUTO_CONF))
+        {
+            Ok(mut f) => {
+                f.read_to_end(&mut existing)
+                    .map_err(|e| SinkError::io("could not read", &auto, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SinkError::io("could not open", &auto, e)),
+        }
+        for (name, content) in s.files(existing) {
+            let tmp = format!("{name}.pgrepl-tmp");
+            let p = self.staging.join(name);
+            let mut f = self
+                .staging_dir
+                .create_file(OsStr::new(&tmp), 0o600, false)
+                .map_err(|e| SinkError::io("could not create", &p, e))?;
+            f.write_all(&content)
+                .map_err(|e| SinkError::io("could not write", &p, e))?;
+            drop(f);
+            self.staging_dir
+                .rename(OsStr::new(&tmp), &self.staging_dir, OsStr::new(name))
+                .map_err(|e| SinkError::io("could not write", &p, e))?;
+        }
+        Ok(())
     }
 }
 
 impl BackupSink for DirectorySink {
     fn archive_begin(&mut self, a: &ArchiveInfo) -> Result<(), SinkError> {
-        self.root = match &a.tablespace_location {
-            None => self.staging.clone(),
+        let ts = a.tablespace_oid.map(|o| o.to_string()).unwrap_or_default();
+        let dir = match &a.tablespace_location {
+            None => self
+                .staging_dir
+                .dir(Path::new(""), false, 0o700)
+                .map_err(|e| SinkError::io("could not open directory", &self.staging, e))?,
             // An in-place tablespace (allow_in_place_tablespaces) is a directory inside the
-            // data directory: its location is relative to it, never to our working directory.
-            Some(loc) if Path::new(loc).is_relative() => {
-                let rel = crate::pathbytes::to_path(loc);
-                if rel
-                    .components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-                {
+            // data directory: its location is pg_tblspc/<oid>, relative to it.
+            Some(loc) if !loc.starts_with('/') => {
+                if *loc != format!("pg_tblspc/{ts}") {
                     return Err(SinkError::new(format!(
-                        "invalid location \"{loc}\" for tablespace {}",
-                        a.tablespace_oid.map(|o| o.to_string()).unwrap_or_default()
+                        "invalid location \"{loc}\" for tablespace {ts}"
                     )));
                 }
-                let dir = self.staging.join(rel);
-                mkdir_private(&dir)?;
-                dir
+                self.staging_dir
+                    .dir(Path::new(loc), true, 0o700)
+                    .map_err(|e| {
+                        SinkError::io("could not create directory", &self.staging.join(loc), e)
+                    })?
             }
             Some(loc) => {
                 let dir = self.map(loc);
                 if dir.exists() && !is_empty_dir(&dir)? {
                     return Err(SinkError::new(format!(
-                        "directory \"{}\" exists but is not empty (tablespace {}; map it elsewhere with -T)",
+                        "directory \"{}\" exists but is not empty (tablespace {ts}; map it elsewhere with -T)",
                         dir.display(),
-                        a.tablespace_oid.map(|o| o.to_string()).unwrap_or_default()
                     )));
                 }
-                mkdir_private(&dir)?;
-                self.tablespace_dirs.push(dir.clone());
-                dir
+                let created = !dir.exists();
+                let d = SafeDir::create(&dir, 0o700)
+                    .map_err(|e| SinkError::io("could not create directory", &dir, e))?;
+                self.tablespace_dirs.push((dir, created));
+                d
             }
         };
+        self.root = Some(Root {
+            dir,
+            last_parent: None,
+            base: a.tablespace_oid.is_none(),
+        });
         Ok(())
     }
 
     fn entry_begin(&mut self, e: &EntryHeader) -> Result<(), SinkError> {
-        let path = crate::pathbytes::join(&self.root, &e.path);
-        match e.kind {
-            EntryKind::Directory => mkdir_private(&path)?,
-            EntryKind::File => {
-                if let Some(parent) = path.parent() {
-                    // files come directory by directory: create each parent once
-                    if self.last_parent.as_deref() != Some(parent) {
-                        mkdir_private(parent)?;
-                        self.last_parent = Some(parent.to_path_buf());
-                    }
-                }
-                let f = OutFile::create(&path, 0o600, Some(e.size))
-                    .map_err(|err| SinkError::io("could not create file", &path, err))?;
-                self.file = Some((f, path));
-            }
-            EntryKind::Symlink => {
-                let target = e.link_target.clone().unwrap_or_default();
-                // tablespace links follow the mapping
-                let target = if e.path.starts_with("pg_tblspc/") {
-                    self.map(&target)
-                } else {
-                    crate::pathbytes::to_path(&target)
-                };
-                if let Some(parent) = path.parent() {
-                    mkdir_private(parent)?;
-                }
-                std::os::unix::fs::symlink(&target, &path)
-                    .map_err(|err| SinkError::io("could not create symbolic link", &path, err))?;
-            }
+        let base = self.root()?.base;
+        // --waldir: the base archive's pg_wal goes to the WAL directory
+        if base && self.wal_dir.is_some() && (e.path == "pg_wal" || e.path.starts_with("pg_wal/")) {
+            self.link_wal()?;
+            let Some(rel) = e.path.strip_prefix("pg_wal/") else {
+                return Ok(()); // the directory itself: the link stands for it
+            };
+            let wal = self.wal_dir.as_ref().expect("checked above");
+            let mut root = Root {
+                dir: wal
+                    .dir(Path::new(""), false, 0o700)
+                    .map_err(|err| SinkError::io("could not open directory", wal.path(), err))?,
+                last_parent: None,
+                base: false,
+            };
+            let entry = EntryHeader {
+                path: rel.to_owned(),
+                ..e.clone()
+            };
+            return self.write_entry(&mut root, &entry);
         }
-        Ok(())
+        let mut root = self
+            .root
+            .take()
+            .ok_or_else(|| SinkError::new("an entry arrived outside any archive"))?;
+        let r = self.write_entry(&mut root, e);
+        self.root = Some(root);
+        r
     }
 
     fn entry_data(&mut self, d: &[u8]) -> Result<(), SinkError> {
@@ -319,34 +482,59 @@ impl BackupSink for DirectorySink {
     }
 
     fn archive_end(&mut self) -> Result<(), SinkError> {
+        self.root = None;
         self.entry_end()
     }
 
     fn manifest(&mut self, chunk: &[u8]) -> Result<(), SinkError> {
         let path = self.staging.join("backup_manifest");
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| SinkError::io("could not write", &path, e))?;
+        if self.manifest.is_none() {
+            let f = self
+                .staging_dir
+                .create_file(OsStr::new("backup_manifest"), 0o600, false)
+                .map_err(|e| SinkError::io("could not create", &path, e))?;
+            self.manifest = Some(f);
+        }
+        let f = self.manifest.as_mut().expect("opened above");
         f.write_all(chunk)
             .map_err(|e| SinkError::io("could not write", &path, e))
     }
 
     fn wal_dir(&mut self) -> Result<Option<PathBuf>, SinkError> {
+        if let Some(w) = &self.wal_dir {
+            let p = w.path().to_path_buf();
+            self.link_wal()?;
+            return Ok(Some(p));
+        }
         let d = self.staging.join("pg_wal");
-        mkdir_private(&d)?;
+        self.staging_dir
+            .dir(Path::new("pg_wal"), true, 0o700)
+            .map_err(|e| SinkError::io("could not create directory", &d, e))?;
         Ok(Some(d))
     }
 
     fn finish(&mut self, _end: &BackupEnd) -> Result<(), SinkError> {
+        if let Some(mut f) = self.manifest.take() {
+            f.flush().map_err(|e| {
+                SinkError::io("could not write", &self.staging.join("backup_manifest"), e)
+            })?;
+        }
+        if self.wal_dir.is_some() {
+            // -X none with --waldir: the link still stands for the (empty) WAL directory
+            self.link_wal()?;
+        }
+        if let Some(s) = self.standby.clone() {
+            self.write_standby(&s)?;
+        }
         if let Some(f) = &mut self.finishing {
             f(&self.staging)?;
         }
         if self.sync {
-            for d in &self.tablespace_dirs {
+            for (d, _) in &self.tablespace_dirs {
                 sync_tree(d, self.sync_method)?;
+            }
+            if let Some(w) = &self.wal_dir {
+                sync_tree(w.path(), self.sync_method)?;
             }
             sync_tree(&self.staging, self.sync_method)?;
         }
@@ -370,17 +558,53 @@ impl BackupSink for DirectorySink {
 
     fn abort(&mut self) {
         self.file = None;
+        self.manifest = None;
         if self.keep_on_abort {
             return;
         }
         let _ = fs::remove_dir_all(&self.staging);
-        for d in &self.tablespace_dirs {
-            if let Ok(entries) = fs::read_dir(d) {
-                for e in entries.flatten() {
-                    let _ = fs::remove_dir_all(e.path()).or_else(|_| fs::remove_file(e.path()));
-                }
+        for (d, created) in &self.tablespace_dirs {
+            remove_written(d, *created);
+        }
+        if let Some(w) = &self.wal_dir {
+            remove_written(w.path(), self.wal_dir_created);
+        }
+    }
+}
+
+impl DirectorySink {
+    /// Creates the entry `e` beneath `root`.
+    fn write_entry(&mut self, root: &mut Root, e: &EntryHeader) -> Result<(), SinkError> {
+        let (parent, name) = split_entry_path(&e.path);
+        let shown = crate::pathbytes::join(root.dir.path(), &e.path);
+        match e.kind {
+            EntryKind::Directory => {
+                root.dir
+                    .dir(&crate::pathbytes::to_path(&e.path), true, 0o700)
+                    .map_err(|err| SinkError::io("could not create directory", &shown, err))?;
+            }
+            EntryKind::File => {
+                let dir = Self::parent_of(root, &parent)?;
+                let f = OutFile::create_in(
+                    dir,
+                    &name,
+                    &shown,
+                    0o600,
+                    Some(e.size),
+                    super::outfile::DIRECT_BUF,
+                )
+                .map_err(|err| SinkError::io("could not create file", &shown, err))?;
+                self.file = Some((f, shown));
+            }
+            EntryKind::Symlink => {
+                // only pg_tblspc/<oid> of the base archive gets here: the link follows -T
+                let target = self.map(e.link_target.as_deref().unwrap_or_default());
+                let dir = Self::parent_of(root, &parent)?;
+                dir.symlink(&name, &target)
+                    .map_err(|err| SinkError::io("could not create symbolic link", &shown, err))?;
             }
         }
+        Ok(())
     }
 }
 

@@ -11,19 +11,21 @@
 //! with zeros and the file is then truncated to its true length; the tail stays buffered, so
 //! writing may go on after a flush.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::safe_dir::SafeDir;
 use std::thread::JoinHandle;
 
 /// Direct I/O alignment of memory, offsets and lengths (covers 512- and 4096-byte devices).
 const ALIGN: usize = 4096;
 /// The buffer of a direct file: one write per 4 MiB (a virtio request of 4096 kB).
-const DIRECT_BUF: usize = 4 << 20;
+pub(crate) const DIRECT_BUF: usize = 4 << 20;
 /// Files at least this large are written directly.
 pub(crate) const DIRECT_MIN: u64 = 1 << 20;
 /// Threads writing a direct file: two writes in flight keep a virtio disk busier than one
@@ -56,44 +58,40 @@ impl Block {
 
 /// The open file, shared by its writer threads (positioned writes need no exclusion).
 struct Disk {
-    file: RwLock<File>,
-    path: PathBuf,
+    file: File,
     direct: AtomicBool,
+    /// Held while `O_DIRECT` is being cleared, so that writers retry only after it is.
+    clearing: Mutex<()>,
 }
 
 impl Disk {
-    fn file(&self) -> std::sync::RwLockReadGuard<'_, File> {
-        self.file.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Writes at `pos`. A filesystem that accepted `O_DIRECT` at open but refuses the write
-    /// gets the file reopened buffered (once, whichever writer sees the refusal first).
+    /// gets the flag cleared on the open file (`fcntl(F_SETFL)`: no second open by name, so
+    /// nothing can be swapped in under us), then the write is made again.
     fn write_at(&self, data: &[u8], pos: u64) -> io::Result<()> {
-        match self.file().write_all_at(data, pos) {
+        match self.file.write_all_at(data, pos) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EINVAL)
                     && self.direct.load(Ordering::Acquire) =>
             {
                 {
-                    let mut f = self.file.write().unwrap_or_else(PoisonError::into_inner);
+                    let _held = self.clearing.lock().unwrap_or_else(PoisonError::into_inner);
                     if self.direct.swap(false, Ordering::AcqRel) {
-                        *f = OpenOptions::new().write(true).open(&self.path)?;
+                        clear_direct(&self.file)?;
                     }
                 }
-                self.file().write_all_at(data, pos)
+                self.file.write_all_at(data, pos)
             }
             r => r,
         }
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file().set_len(len)
+        self.file.set_len(len)
     }
 
     fn into_file(self) -> File {
         self.file
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -163,7 +161,11 @@ impl std::fmt::Debug for OutFile {
     }
 }
 
+/// Opens `path` (which must not exist) with `mode`, `O_DIRECT` when `direct`.
+#[cfg(test)]
 fn open(path: &Path, mode: u32, direct: bool) -> io::Result<File> {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut o = OpenOptions::new();
     o.write(true).create_new(true).mode(mode);
     #[cfg(target_os = "linux")]
@@ -175,6 +177,18 @@ fn open(path: &Path, mode: u32, direct: bool) -> io::Result<File> {
     o.open(path)
 }
 
+/// Clears `O_DIRECT` on an open file.
+fn clear_direct(f: &File) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let flags = rustix::fs::fcntl_getfl(f)?;
+        rustix::fs::fcntl_setfl(f, flags - rustix::fs::OFlags::DIRECT)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = f;
+    Ok(())
+}
+
 fn writer_gone() -> io::Error {
     io::Error::other("the file's writer thread ended")
 }
@@ -183,35 +197,60 @@ impl OutFile {
     /// Creates `path` (which must not exist) with `mode`; `size_hint` is the expected length
     /// when known (a tar entry's size), `None` for archives of unknown length, which are
     /// written directly.
+    #[cfg(test)]
     pub(crate) fn create(path: &Path, mode: u32, size_hint: Option<u64>) -> io::Result<OutFile> {
         Self::create_with(path, mode, size_hint, DIRECT_BUF)
     }
 
-    /// As [`OutFile::create`], with `block` bytes per direct write (a multiple of 4096): less
-    /// for the output of a compressor, which is smaller and slower to come.
+    /// As `create`, with `block` bytes per direct write (a multiple of 4096).
+    #[cfg(test)]
     pub(crate) fn create_with(
         path: &Path,
         mode: u32,
         size_hint: Option<u64>,
         block: usize,
     ) -> io::Result<OutFile> {
+        Self::create_by(path, size_hint, block, |direct| open(path, mode, direct))
+    }
+
+    /// Creates the file `name` in `dir` (never through a link; see [`SafeDir`]); `path` names it
+    /// in messages. `block` bytes go to each direct write (a multiple of 4096; [`DIRECT_BUF`] by
+    /// default, less for the output of a compressor, which is smaller and slower to come).
+    pub(crate) fn create_in(
+        dir: &SafeDir,
+        name: &std::ffi::OsStr,
+        path: &Path,
+        mode: u32,
+        size_hint: Option<u64>,
+        block: usize,
+    ) -> io::Result<OutFile> {
+        Self::create_by(path, size_hint, block, |direct| {
+            dir.create_file(name, mode, direct)
+        })
+    }
+
+    /// Creates the file with `opener` (given whether to ask for `O_DIRECT`).
+    fn create_by(
+        path: &Path,
+        size_hint: Option<u64>,
+        block: usize,
+        opener: impl Fn(bool) -> io::Result<File>,
+    ) -> io::Result<OutFile> {
         let block = block.max(ALIGN) / ALIGN * ALIGN;
         let want_direct = size_hint.is_none_or(|s| s >= DIRECT_MIN);
         let (file, direct) = if want_direct {
-            match open(path, mode, true) {
+            match opener(true) {
                 Ok(f) => (f, true),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    (open(path, mode, false)?, false)
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (opener(false)?, false),
                 Err(e) => return Err(e),
             }
         } else {
-            (open(path, mode, false)?, false)
+            (opener(false)?, false)
         };
         let disk = Disk {
-            file: RwLock::new(file),
-            path: path.to_path_buf(),
+            file,
             direct: AtomicBool::new(direct),
+            clearing: Mutex::new(()),
         };
         let (cap, out) = if direct {
             let (jobs, rx) = sync_channel(DIRECT_BLOCKS);

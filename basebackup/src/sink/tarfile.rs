@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::outfile::OutFile;
 use super::{ArchiveInfo, BackupEnd, BackupSink, DirectorySink, SinkError};
+use crate::standby::StandbySettings;
 
 /// Client-side compression of the archives (`-Z zstd[:LEVEL]`, with worker threads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,11 +145,17 @@ impl<W: Write> Compressed<W> {
 
 type Out = Compressed<OutFile>;
 
-fn create_out(path: &Path, comp: Option<ClientCompression>) -> Result<Out, SinkError> {
+/// Creates the archive file `name` in `dir` (one file name: never a path the server chose).
+fn create_out(
+    dir: &crate::safe_dir::SafeDir,
+    name: &str,
+    comp: Option<ClientCompression>,
+) -> Result<Out, SinkError> {
+    let path = dir.path().join(name);
     // a compressor's output is a fraction of its input: smaller direct writes suffice
     let block = if comp.is_some() { 1 << 20 } else { 4 << 20 };
-    let w = OutFile::create_with(path, 0o600, None, block)
-        .map_err(|e| SinkError::io("could not create file", path, e))?;
+    let w = OutFile::create_in(dir, std::ffi::OsStr::new(name), &path, 0o600, None, block)
+        .map_err(|e| SinkError::io("could not create file", &path, e))?;
     Compressed::new(w, comp, &format!("\"{}\"", path.display()))
 }
 
@@ -175,17 +182,41 @@ pub(super) fn file_entry(path: &str, size: u64) -> crate::tar::EntryHeader {
     }
 }
 
-/// The entries `-R` adds to base.tar: postgresql.auto.conf (the server's, held back, or a new
-/// one) with `lines` appended, and an empty standby.signal.
+/// The largest `postgresql.auto.conf` held in memory to add `-R`'s settings to it.
+pub(super) const MAX_AUTO_CONF: usize = 1 << 20;
+
+/// Holds back `postgresql.auto.conf`'s data, refusing one larger than [`MAX_AUTO_CONF`].
+pub(super) fn hold_auto_conf(buf: &mut Vec<u8>, d: &[u8]) -> Result<(), SinkError> {
+    if buf.len() + d.len() > MAX_AUTO_CONF {
+        return Err(SinkError::new(format!(
+            "postgresql.auto.conf in the backup is larger than {MAX_AUTO_CONF} bytes; refusing to hold it in memory to add the -R settings"
+        )));
+    }
+    buf.extend_from_slice(d);
+    Ok(())
+}
+
+/// The entries `-R` adds to base.tar (see [`StandbySettings::files`]): postgresql.auto.conf
+/// (the server's, held back, or a new one) with the settings appended, and standby.signal.
 pub(super) fn recovery_entries(
+    settings: &StandbySettings,
     auto_conf: Option<(crate::tar::EntryHeader, Vec<u8>)>,
-    lines: &str,
-) -> [(crate::tar::EntryHeader, Vec<u8>); 2] {
-    let (mut h, mut conf) =
-        auto_conf.unwrap_or_else(|| (file_entry("postgresql.auto.conf", 0), Vec::new()));
-    conf.extend_from_slice(lines.as_bytes());
-    h.size = conf.len() as u64;
-    [(h, conf), (file_entry("standby.signal", 0), Vec::new())]
+) -> Vec<(crate::tar::EntryHeader, Vec<u8>)> {
+    let (header, existing) =
+        auto_conf.unwrap_or_else(|| (file_entry(crate::standby::AUTO_CONF, 0), Vec::new()));
+    settings
+        .files(existing)
+        .into_iter()
+        .map(|(name, data)| {
+            let mut h = if name == crate::standby::AUTO_CONF {
+                header.clone()
+            } else {
+                file_entry(name, 0)
+            };
+            h.size = data.len() as u64;
+            (h, data)
+        })
+        .collect()
 }
 
 /// Writes `base.tar`, `<oid>.tar`, `pg_wal.tar` (each `.zst` with client compression, or as
@@ -198,7 +229,7 @@ pub struct TarSink {
     zstd: Option<ClientCompression>,
     current: Option<(Out, PathBuf)>,
     /// `-R`: lines appended to postgresql.auto.conf, and standby.signal, in base.tar.
-    recovery: Option<String>,
+    recovery: Option<StandbySettings>,
     /// Rewriting the current archive from its entries (base.tar with `-R`).
     rewrite: Option<Rewrite>,
 }
@@ -243,11 +274,11 @@ impl TarSink {
         })
     }
 
-    /// Writes standby settings into base.tar as pg_basebackup -R does: `lines` appended to
-    /// postgresql.auto.conf, and an empty standby.signal. Archives the server compressed cannot
-    /// be rewritten; base.tar is then left as it came and this fails the backup.
-    pub fn set_recovery_conf(&mut self, lines: String) {
-        self.recovery = Some(lines);
+    /// Writes standby settings into base.tar as pg_basebackup -R does (see
+    /// [`StandbySettings`]). Archives the server compressed cannot be rewritten; base.tar is
+    /// then left as it came and this fails the backup.
+    pub fn set_standby(&mut self, settings: StandbySettings) {
+        self.recovery = Some(settings);
     }
 
     /// How the finished backup is synced (when syncing at all): fsync by default.
@@ -281,8 +312,10 @@ impl BackupSink for TarSink {
             Some(c) => format!("{}{}", a.name, c.suffix()),
             None => a.name.clone(),
         };
-        let path = self.staging.join(name);
-        self.current = Some((create_out(&path, zstd)?, path));
+        crate::archive_rules::check_archive_name(&a.name, a.tablespace_oid)
+            .map_err(SinkError::new)?;
+        let path = self.staging.join(&name);
+        self.current = Some((create_out(self.dir.staging_dir(), &name, zstd)?, path));
         if self.recovery.is_some() && a.tablespace_oid.is_none() {
             if !a.name.ends_with(".tar") {
                 return Err(SinkError::new(
@@ -315,7 +348,7 @@ impl BackupSink for TarSink {
         };
         if rw.in_auto_conf {
             if let Some((_, buf)) = &mut rw.auto_conf {
-                buf.extend_from_slice(d);
+                hold_auto_conf(buf, d)?;
             }
             return Ok(());
         }
@@ -343,8 +376,11 @@ impl BackupSink for TarSink {
 
     fn archive_end(&mut self) -> Result<(), SinkError> {
         if let Some(rw) = self.rewrite.take() {
-            let lines = self.recovery.clone().unwrap_or_default();
-            for (h, data) in recovery_entries(rw.auto_conf, &lines) {
+            let settings = self
+                .recovery
+                .clone()
+                .ok_or_else(|| SinkError::new("base.tar was rewritten without standby settings"))?;
+            for (h, data) in recovery_entries(&settings, rw.auto_conf) {
                 self.write_entry(&h, &data)?;
             }
             self.write_current(&[0u8; 1024])?;
@@ -373,11 +409,12 @@ impl BackupSink for TarSink {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
         names.sort();
-        let path = self.staging.join(match self.zstd {
+        let name = match self.zstd {
             Some(c) => format!("pg_wal.tar{}", c.suffix()),
             None => "pg_wal.tar".to_owned(),
-        });
-        let mut out = create_out(&path, self.zstd)?;
+        };
+        let path = self.staging.join(&name);
+        let mut out = create_out(self.dir.staging_dir(), &name, self.zstd)?;
         let werr = |e| SinkError::io("could not write to file", &path, e);
         let mut buf = vec![0u8; 1 << 20];
         for n in &names {

@@ -10,8 +10,9 @@
 
 use std::io::Write;
 
-use super::tarfile::{file_entry, recovery_entries, Compressed};
+use super::tarfile::{file_entry, hold_auto_conf, recovery_entries, Compressed};
 use super::{ArchiveInfo, BackupEnd, BackupSink, ClientCompression, SinkError};
+use crate::standby::StandbySettings;
 use crate::tar::{EntryHeader, EntryKind};
 
 /// Writes the backup as one tar stream to `W` (standard output, a pipe, a socket).
@@ -19,7 +20,7 @@ pub struct TarStreamSink<W: Write> {
     out: Option<Compressed<W>>,
     /// What the stream is, for messages ("standard output").
     name: String,
-    recovery: Option<String>,
+    recovery: Option<StandbySettings>,
     /// postgresql.auto.conf, held back with `-R` to be written with the settings added.
     auto_conf: Option<(EntryHeader, Vec<u8>)>,
     in_auto_conf: bool,
@@ -55,10 +56,10 @@ impl<W: Write> TarStreamSink<W> {
         })
     }
 
-    /// Writes standby settings into the stream as pg_basebackup -R does: `lines` appended to
-    /// postgresql.auto.conf, and an empty standby.signal.
-    pub fn set_recovery_conf(&mut self, lines: String) {
-        self.recovery = Some(lines);
+    /// Writes standby settings into the stream as pg_basebackup -R does (see
+    /// [`StandbySettings`]).
+    pub fn set_standby(&mut self, settings: StandbySettings) {
+        self.recovery = Some(settings);
     }
 
     fn write(&mut self, b: &[u8]) -> Result<(), SinkError> {
@@ -111,7 +112,7 @@ impl<W: Write> BackupSink for TarStreamSink<W> {
     fn entry_data(&mut self, d: &[u8]) -> Result<(), SinkError> {
         if self.in_auto_conf {
             if let Some((_, buf)) = &mut self.auto_conf {
-                buf.extend_from_slice(d);
+                hold_auto_conf(buf, d)?;
             }
             return Ok(());
         }
@@ -127,8 +128,8 @@ impl<W: Write> BackupSink for TarStreamSink<W> {
     }
 
     fn archive_end(&mut self) -> Result<(), SinkError> {
-        if let Some(lines) = self.recovery.take() {
-            for (h, data) in recovery_entries(self.auto_conf.take(), &lines) {
+        if let Some(settings) = self.recovery.take() {
+            for (h, data) in recovery_entries(&settings, self.auto_conf.take()) {
                 self.write_entry(&h, &data)?;
             }
         }
@@ -216,7 +217,7 @@ mod tests {
     fn the_manifest_and_recovery_settings_go_in_before_the_end() {
         let mut buf = Vec::new();
         let mut s = TarStreamSink::new(&mut buf, "standard output", None).unwrap();
-        s.set_recovery_conf("primary_conninfo = 'x'\n".into());
+        s.set_standby(StandbySettings::new("x", None));
         s.archive_begin(&base()).unwrap();
         feed(&mut s, "PG_VERSION", b"18\n");
         feed(&mut s, "postgresql.auto.conf", b"work_mem = 1MB\n");

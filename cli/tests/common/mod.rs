@@ -6,9 +6,13 @@ use std::process::{Command, Output};
 
 use pgrepl_testbed::{tool, Cluster};
 
-/// The `pgrepl` binary under test.
+/// The `pgrepl` binary under test (`PGREPL_TEST_BIN` runs the tests against another build,
+/// for instance to see a new test fail on an older one).
 pub fn pgrepl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    match std::env::var_os("PGREPL_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_pgrepl")),
+    }
 }
 
 /// Asserts that a run succeeded, showing its output if not.
