@@ -84,20 +84,25 @@ impl RecordSpec {
             body.extend_from_slice(&b.data);
         }
         body.extend_from_slice(&self.main_data);
-        let tot = (RECORD_HEADER_LEN + body.len()) as u32;
-        let mut rec = Vec::with_capacity(tot as usize);
-        rec.extend_from_slice(&tot.to_le_bytes());
-        rec.extend_from_slice(&self.xid.to_le_bytes());
-        rec.extend_from_slice(&prev.0.to_le_bytes());
-        rec.push(self.info);
-        rec.push(self.rmid);
-        rec.extend_from_slice(&[0, 0]);
-        rec.extend_from_slice(&[0; 4]);
-        rec.extend_from_slice(&body);
-        let crc = record_crc(&rec);
-        rec[20..24].copy_from_slice(&crc.to_le_bytes());
-        rec
+        raw_record(self.xid, prev, self.info, self.rmid, &body)
     }
+}
+
+/// A record with an arbitrary body: header (length, xid, prev link, info, rmgr, CRC) + `body`.
+fn raw_record(xid: u32, prev: Lsn, info: u8, rmid: u8, body: &[u8]) -> Vec<u8> {
+    let tot = (RECORD_HEADER_LEN + body.len()) as u32;
+    let mut rec = Vec::with_capacity(tot as usize);
+    rec.extend_from_slice(&tot.to_le_bytes());
+    rec.extend_from_slice(&xid.to_le_bytes());
+    rec.extend_from_slice(&prev.0.to_le_bytes());
+    rec.push(info);
+    rec.push(rmid);
+    rec.extend_from_slice(&[0, 0]);
+    rec.extend_from_slice(&[0; 4]);
+    rec.extend_from_slice(body);
+    let crc = record_crc(&rec);
+    rec[20..24].copy_from_slice(&crc.to_le_bytes());
+    rec
 }
 
 /// Writes records into a WAL byte stream starting at a segment boundary.
@@ -167,6 +172,18 @@ impl WalWriter {
     /// Appends a record; returns its LSN.
     pub fn append(&mut self, spec: &RecordSpec) -> Lsn {
         let rec = spec.encode(self.prev);
+        self.place(&rec)
+    }
+
+    /// Appends a record whose body (everything after the 24-byte header) is `body` as given,
+    /// well-formed or not, with a correct length, previous-record link and CRC: so that a fuzzer
+    /// reaches the body decoders past the checks that guard them.
+    pub fn append_raw(&mut self, xid: u32, info: u8, rmid: u8, body: &[u8]) -> Lsn {
+        let rec = raw_record(xid, self.prev, info, rmid, body);
+        self.place(&rec)
+    }
+
+    fn place(&mut self, rec: &[u8]) -> Lsn {
         if self.pos().is_multiple_of(self.block_size) {
             self.page_header(0);
         }
