@@ -12,17 +12,15 @@ pub mod control;
 pub mod decompress;
 pub mod incremental;
 pub mod json;
-/// LZ4 frames, push-fed (the decoder lives in pgwal, which reads `.lz4` WAL segments too).
-pub use pgwal::lz4;
+/// LZ4 frames, push-fed (the decoder lives in walarchive, which reads `.lz4` WAL segments too).
+pub use walarchive::lz4;
 pub mod manifest;
 pub mod pathbytes;
 pub mod reflink;
 pub mod restore;
-pub mod run;
 pub mod safe_dir;
 pub mod sink;
 pub mod source;
 pub mod standby;
 pub mod tar;
 pub mod verify;
-pub mod wal_stream;

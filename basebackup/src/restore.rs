@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use pgwal::timeline::{history_file_name, TimelineHistory};
 use pgwal::xact::decode_xact_end;
 use pgwal::xlog::{decode_xlog, XlogRecord};
-use pgwal::{DecoderOptions, Lsn, TimelineId, WalDecoder, WalDir, WalSegSize};
+use pgwal::{DecoderOptions, Lsn, TimelineId, WalDecoder, WalSegSize};
+use walarchive::WalDir;
 
 use crate::combine::{combine, CombineError, CombineOptions, CombineSummary};
 use crate::control::ControlFile;

@@ -85,8 +85,9 @@ impl std::error::Error for SinkError {
     }
 }
 
-/// Receives a backup as it streams.
-pub trait BackupSink {
+/// Receives a backup as it streams. Sinks are `Send`: a backup runs its sink on a thread of its
+/// own, off the async threads.
+pub trait BackupSink: Send {
     /// An archive begins.
     fn archive_begin(&mut self, archive: &ArchiveInfo) -> Result<(), SinkError>;
     /// Raw archive bytes, exactly as the server sent them.

@@ -12,7 +12,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use pgwal::timeline::TimelineHistory;
-use pgwal::{DecoderOptions, Lsn, WalDecoder, WalDir, WalSegSize};
+use pgwal::{DecoderOptions, Lsn, WalDecoder, WalSegSize};
+use walarchive::WalDir;
 
 use crate::archive_rules::{role_of_archive_file, ArchiveRole, EntryRules};
 use crate::checksum::{ChecksumKind, FileHasher};
@@ -653,7 +654,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                         .strip_prefix(prefix)
                         .filter(|_| h.kind == EntryKind::File)
                         .and_then(|name| pgwal::parse_wal_file_name(name, seg))
-                        .filter(|p| p.kind == pgwal::WalFileKind::Segment)
+                        .filter(|p| p.kind == pgwal::WalFileKind::SEGMENT)
                         .and_then(|p| Some((p.timeline, p.segment?.start_lsn(seg)?)))
                         // of a segment present on two timelines, the one recovery reads
                         .filter(|&(t, s)| {

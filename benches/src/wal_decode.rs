@@ -19,7 +19,7 @@ pub fn decode_dir(dir: &Path) -> (u64, u64, Lsn) {
             let n = e.file_name().into_string().ok()?;
             let p = parse_wal_file_name(&n, seg)?;
             let s = p.segment?.0;
-            (p.kind == WalFileKind::Segment).then_some((s, e.path()))
+            (p.kind == WalFileKind::SEGMENT).then_some((s, e.path()))
         })
         .collect();
     names.sort();
@@ -82,7 +82,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| {
             parse_wal_file_name(n, WalSegSize::DEFAULT)
-                .is_some_and(|p| p.kind == WalFileKind::Segment)
+                .is_some_and(|p| p.kind == WalFileKind::SEGMENT)
         })
         .collect();
     names.sort();

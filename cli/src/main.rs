@@ -1,18 +1,14 @@
 //! `pgrepl`: the command-line face of the pgrepl crates. It parses flags, draws progress and
 //! prints; every capability is one library call with a typed result.
 
-mod basebackup;
-mod combine;
+mod cmd;
 mod compress_spec;
 mod conn;
-mod identify;
-mod receivewal;
-mod restore;
 mod tty;
-mod verify;
-mod walfetch;
 
 use std::process::ExitCode;
+
+use cmd::{basebackup, combine, identify, receivewal, restore, verify, walfetch};
 
 use clap::{Parser, Subcommand};
 

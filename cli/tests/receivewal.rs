@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use pgrepl_testbed::{temp_dir, Cluster, ClusterOptions, PgVersion, Role};
 use pgwal::timeline::TimelineHistory;
 use pgwal::{
-    parse_wal_file_name, segment_file_name, DecoderOptions, Lsn, TimelineId, WalDecoder, WalDir,
+    parse_wal_file_name, segment_file_name, DecoderOptions, Lsn, TimelineId, WalDecoder,
     WalFileKind, WalSegSize,
 };
+use walarchive::WalDir;
 
 mod common;
 use common::{ok, pgrepl};
@@ -108,13 +109,7 @@ fn complete_in_archive(dir: &Path, tli: TimelineId, lsn: Lsn) -> bool {
 fn complete_segments_match(c: &Cluster, dir: &Path) -> usize {
     let mut n = 0;
     for (name, (kind, bytes)) in archive(dir) {
-        if matches!(
-            kind,
-            WalFileKind::Segment
-                | WalFileKind::SegmentZst
-                | WalFileKind::SegmentGz
-                | WalFileKind::SegmentLz4
-        ) {
+        if matches!(kind, WalFileKind::Segment { partial: false, .. }) {
             let base = name
                 .trim_end_matches(".zst")
                 .trim_end_matches(".gz")
@@ -437,7 +432,7 @@ fn partial_is_a_prefix(c: &Cluster, dir: &Path, name: &str) {
 fn partial_segments(dir: &Path) -> Vec<String> {
     archive(dir)
         .into_iter()
-        .filter(|(_, (k, _))| *k == WalFileKind::Partial)
+        .filter(|(_, (k, _))| *k == WalFileKind::PARTIAL)
         .map(|(n, _)| n)
         .collect()
 }

@@ -29,7 +29,6 @@ mod error;
 pub mod message;
 mod osuser;
 pub mod quote;
-pub mod receivewal;
 pub mod replication;
 mod socket;
 mod sockopt;

@@ -285,7 +285,7 @@ impl WalDecoder {
         let Some(short) = self.bytes(page, crate::page::SHORT_HEADER_LEN) else {
             return Ok(None);
         };
-        let info = u16::from_le_bytes([short[2], short[3]]);
+        let info = crate::le::u16_at(short, 2).unwrap_or(0);
         let len = if info & crate::page::XLP_LONG_HEADER != 0 {
             crate::page::LONG_HEADER_LEN
         } else {
@@ -468,7 +468,7 @@ impl WalDecoder {
         let Some(len_bytes) = self.bytes(Lsn(cur), 4) else {
             return self.need(cur + 4);
         };
-        let tot_len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        let tot_len = crate::le::u32_at(len_bytes, 0).unwrap_or(0);
         if (tot_len as usize) < RECORD_HEADER_LEN {
             return Err(self.fail(Lsn(cur), WalErrorKind::InvalidRecordLength { got: tot_len }));
         }
@@ -532,7 +532,10 @@ impl WalDecoder {
         } else {
             &self.assembled
         };
-        let h = record::read_header(raw);
+        let Ok(head) = <&[u8; RECORD_HEADER_LEN]>::try_from(&raw[..RECORD_HEADER_LEN]) else {
+            return Err(self.fail(at, WalErrorKind::InvalidRecordLength { got: tot_len }));
+        };
+        let h = record::read_header(head);
         let checked = if !rmgr::rmgr_id_is_valid(h.rmid) {
             Err(WalErrorKind::InvalidRmgr(h.rmid))
         } else if self.check_prev && h.prev_lsn != self.prev_lsn {

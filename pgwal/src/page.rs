@@ -4,7 +4,7 @@
 //! `XLogLongPageHeaderData`, `XLP_*` flags, `XLOG_PAGE_MAGIC`). On-disk integers are in host
 //! byte order; we read little-endian, the order of every platform PostgreSQL ships on today.
 
-use crate::le::{le16, le32, le64};
+use crate::le::LeReader;
 use crate::{Lsn, TimelineId};
 
 /// Size of a short page header (`SizeOfXLogShortPHD`).
@@ -117,28 +117,28 @@ impl PageHeader {
     /// Decodes a header from the start of `page`. Returns `None` if `page` is too short for the
     /// header its flags announce. Nothing is validated here; see [`PageHeader::validate`].
     pub fn parse(page: &[u8]) -> Option<PageHeader> {
-        if page.len() < SHORT_HEADER_LEN {
-            return None;
-        }
-        let info = le16(page, 2);
+        let mut r = LeReader::new(page);
+        let magic = r.u16()?;
+        let info = r.u16()?;
+        let timeline = TimelineId(r.u32()?);
+        let page_addr = Lsn(r.u64()?);
+        let rem_len = r.u32()?;
+        r.skip(SHORT_HEADER_LEN - 20)?;
         let long = if info & XLP_LONG_HEADER != 0 {
-            if page.len() < LONG_HEADER_LEN {
-                return None;
-            }
             Some(LongHeader {
-                system_id: le64(page, 24),
-                seg_size: le32(page, 32),
-                block_size: le32(page, 36),
+                system_id: r.u64()?,
+                seg_size: r.u32()?,
+                block_size: r.u32()?,
             })
         } else {
             None
         };
         Some(PageHeader {
-            magic: le16(page, 0),
+            magic,
             info,
-            timeline: TimelineId(le32(page, 4)),
-            page_addr: Lsn(le64(page, 8)),
-            rem_len: le32(page, 16),
+            timeline,
+            page_addr,
+            rem_len,
             long,
         })
     }

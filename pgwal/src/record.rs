@@ -5,7 +5,7 @@
 //! `XLogRecordBlockImageHeader`, `XLR_BLOCK_ID_*`, `BKPBLOCK_*`, `BKPIMAGE_*`); decoding rules from
 //! `DecodeXLogRecord` and `ValidXLogRecord` in `src/backend/access/transam/xlogreader.c`.
 
-use crate::le::{le16, le32};
+use crate::le::{u32_at, LeReader};
 use std::ops::Range;
 
 use crate::{rmgr, Lsn};
@@ -204,43 +204,67 @@ pub fn record_crc(raw: &[u8]) -> u32 {
 }
 
 /// Reads the fixed header from `r` (which must hold at least 24 bytes).
-pub(crate) fn read_header(r: &[u8]) -> Header {
+pub(crate) fn read_header(r: &[u8; RECORD_HEADER_LEN]) -> Header {
+    let f32 = |o| u32_at(r, o).unwrap_or(0);
     Header {
-        total_len: le32(r, 0),
-        xid: le32(r, 4),
-        prev_lsn: Lsn(u64::from(le32(r, 8)) | (u64::from(le32(r, 12)) << 32)),
+        total_len: f32(0),
+        xid: f32(4),
+        prev_lsn: Lsn(u64::from(f32(8)) | (u64::from(f32(12)) << 32)),
         info: r[16],
         rmid: r[17],
-        crc: le32(r, 20),
+        crc: f32(20),
     }
+}
+
+/// The body's reader: a record too short for what its headers announce is an error.
+/// A record's payload is not what its resource manager and kind say it holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The payload is shorter than its kind needs.
+    #[error("{what} record at {lsn} has {len} bytes of data, expected {need}")]
+    TooShort {
+        /// The kind of record.
+        what: &'static str,
+        /// Where it is.
+        lsn: Lsn,
+        /// Its length.
+        len: usize,
+        /// What its kind needs (at least).
+        need: usize,
+    },
+    /// A field says what the payload cannot hold.
+    #[error("{what} record at {lsn}: {problem}")]
+    Malformed {
+        /// The kind of record.
+        what: &'static str,
+        /// Where it is.
+        lsn: Lsn,
+        /// What is wrong.
+        problem: &'static str,
+    },
 }
 
 struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
+    r: LeReader<'a>,
 }
+
+const SHORT: &str = "record too short for its block headers";
 
 impl Cursor<'_> {
     fn take(&mut self, n: usize) -> Result<usize, String> {
-        let start = self.pos;
-        let end = start
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| "record too short for its block headers".to_owned())?;
-        self.pos = end;
+        let start = self.r.position();
+        self.r.skip(n).ok_or(SHORT)?;
         Ok(start)
     }
     fn u8(&mut self) -> Result<u8, String> {
-        let p = self.take(1)?;
-        Ok(self.b[p])
+        Ok(self.r.u8().ok_or(SHORT)?)
     }
     fn u16(&mut self) -> Result<u16, String> {
-        let p = self.take(2)?;
-        Ok(le16(self.b, p))
+        Ok(self.r.u16().ok_or(SHORT)?)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        let p = self.take(4)?;
-        Ok(le32(self.b, p))
+        Ok(self.r.u32().ok_or(SHORT)?)
     }
 }
 
@@ -250,15 +274,14 @@ pub(crate) fn decode_body(raw: &[u8], blocks: &mut Vec<BlockRef>) -> Result<Body
     blocks.clear();
     let mut out = Body::default();
     let mut c = Cursor {
-        b: raw,
-        pos: RECORD_HEADER_LEN,
+        r: LeReader::at(raw, RECORD_HEADER_LEN),
     };
     let remaining = raw.len() - RECORD_HEADER_LEN;
     let mut datatotal: usize = 0;
     let mut main_len: usize = 0;
     let mut last_id: Option<u8> = None;
     let mut last_rel: Option<RelFileLocator> = None;
-    while remaining - (c.pos - RECORD_HEADER_LEN) > datatotal {
+    while remaining - (c.r.position() - RECORD_HEADER_LEN) > datatotal {
         let id = c.u8()?;
         match id {
             XLR_BLOCK_ID_DATA_SHORT => {
@@ -340,9 +363,9 @@ pub(crate) fn decode_body(raw: &[u8], blocks: &mut Vec<BlockRef>) -> Result<Body
                 if flags & BKPBLOCK_SAME_REL == 0 {
                     let p = c.take(12)?;
                     let rl = RelFileLocator {
-                        spc_oid: le32(raw, p),
-                        db_oid: le32(raw, p + 4),
-                        rel_number: le32(raw, p + 8),
+                        spc_oid: u32_at(raw, p).ok_or(SHORT)?,
+                        db_oid: u32_at(raw, p + 4).ok_or(SHORT)?,
+                        rel_number: u32_at(raw, p + 8).ok_or(SHORT)?,
                     };
                     last_rel = Some(rl);
                     b.rlocator = rl;
@@ -358,14 +381,14 @@ pub(crate) fn decode_body(raw: &[u8], blocks: &mut Vec<BlockRef>) -> Result<Body
             other => return Err(format!("invalid block_id {other}")),
         }
     }
-    let header_bytes = c.pos - RECORD_HEADER_LEN;
+    let header_bytes = c.r.position() - RECORD_HEADER_LEN;
     if remaining - header_bytes != datatotal {
         return Err(format!(
             "record has {} bytes of payload, its headers describe {datatotal}",
             remaining - header_bytes
         ));
     }
-    let mut p = c.pos;
+    let mut p = c.r.position();
     for b in blocks.iter_mut() {
         let (image_len, data_len) = (b.image.len(), b.data.len());
         b.image = p..p + image_len;

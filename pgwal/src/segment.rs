@@ -63,28 +63,71 @@ pub fn segment_file_name(tli: TimelineId, seg: SegmentNo, seg_size: WalSegSize) 
     format!("{:08X}{:08X}{:08X}", tli.0, seg.0 / per, seg.0 % per)
 }
 
+/// How a stored WAL file is compressed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[non_exhaustive]
+pub enum WalCompression {
+    /// As PostgreSQL writes it.
+    None,
+    /// zstd (`.zst`, our archive's).
+    Zstd,
+    /// gzip (`.gz`, pg_receivewal's).
+    Gzip,
+    /// LZ4 frames (`.lz4`, pg_receivewal's).
+    Lz4,
+}
+
 /// What a file in `pg_wal` or a WAL archive is.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[non_exhaustive]
 pub enum WalFileKind {
-    /// A complete segment, `000000010000000000000002`.
-    Segment,
-    /// A segment still being filled, `….partial`.
-    Partial,
-    /// A complete segment stored zstd-compressed by our archive, `….zst`.
-    SegmentZst,
-    /// A partial segment stored compressed, `….partial.zst`.
-    PartialZst,
-    /// A complete segment stored gzip-compressed (pg_receivewal's `….gz`).
-    SegmentGz,
-    /// A partial segment being written gzip-compressed (pg_receivewal's `….gz.partial`).
-    PartialGz,
-    /// A complete segment stored as LZ4 frames (pg_receivewal's `….lz4`).
-    SegmentLz4,
-    /// A partial segment being written as LZ4 frames (pg_receivewal's `….lz4.partial`).
-    PartialLz4,
+    /// A segment: complete, or `.partial` (still being filled, possibly short), stored with
+    /// `compression`.
+    Segment {
+        /// A `.partial` segment.
+        partial: bool,
+        /// How it is stored.
+        compression: WalCompression,
+    },
     /// A timeline history file, `00000002.history`.
     History,
+}
+
+impl WalFileKind {
+    /// A complete, uncompressed segment (`000000010000000000000002`).
+    pub const SEGMENT: WalFileKind = WalFileKind::Segment {
+        partial: false,
+        compression: WalCompression::None,
+    };
+    /// An uncompressed partial segment (`….partial`).
+    pub const PARTIAL: WalFileKind = WalFileKind::Segment {
+        partial: true,
+        compression: WalCompression::None,
+    };
+}
+
+/// Every form a segment may be stored in, in the order a reader prefers them (complete before
+/// partial, uncompressed first), with the suffix after the segment's name. This table is the
+/// one place that knows the names: pg_wal's, our archive's (`.zst`, `.partial.zst`) and
+/// pg_receivewal's (`.gz`, `.gz.partial`, `.lz4`, `.lz4.partial`).
+pub const SEGMENT_FORMS: [(bool, WalCompression, &str); 8] = [
+    (false, WalCompression::None, ""),
+    (false, WalCompression::Zstd, ".zst"),
+    (false, WalCompression::Gzip, ".gz"),
+    (false, WalCompression::Lz4, ".lz4"),
+    (true, WalCompression::None, ".partial"),
+    (true, WalCompression::Zstd, ".partial.zst"),
+    (true, WalCompression::Gzip, ".gz.partial"),
+    (true, WalCompression::Lz4, ".lz4.partial"),
+];
+
+/// The suffix of a segment stored as `partial` with `compression` (see [`SEGMENT_FORMS`]).
+pub fn segment_suffix(partial: bool, compression: WalCompression) -> &'static str {
+    SEGMENT_FORMS
+        .iter()
+        .find(|(p, c, _)| *p == partial && *c == compression)
+        .map(|(_, _, s)| *s)
+        .unwrap_or("")
 }
 
 /// A parsed WAL file name.
@@ -96,6 +139,32 @@ pub struct WalFileName {
     pub segment: Option<SegmentNo>,
     /// What the file holds.
     pub kind: WalFileKind,
+}
+
+impl WalFileName {
+    /// The name back (what [`parse_wal_file_name`] read).
+    pub fn file_name(&self, seg_size: WalSegSize) -> String {
+        match (self.kind, self.segment) {
+            (
+                WalFileKind::Segment {
+                    partial,
+                    compression,
+                },
+                Some(seg),
+            ) => format!(
+                "{}{}",
+                segment_file_name(self.timeline, seg, seg_size),
+                segment_suffix(partial, compression)
+            ),
+            _ => crate::timeline::history_file_name(self.timeline),
+        }
+    }
+
+    /// A segment's name (`None` for a history file), without the storage suffix.
+    pub fn segment_name(&self, seg_size: WalSegSize) -> Option<String> {
+        self.segment
+            .map(|s| segment_file_name(self.timeline, s, seg_size))
+    }
 }
 
 /// Parses a WAL file name; `None` for anything else. Segment names need the segment size to turn
@@ -122,24 +191,20 @@ pub fn parse_wal_file_name(name: &str, seg_size: WalSegSize) -> Option<WalFileNa
         }
         return None;
     }
-    let (base, kind) = if let Some(b) = name.strip_suffix(".partial.zst") {
-        (b, WalFileKind::PartialZst)
-    } else if let Some(b) = name.strip_suffix(".gz.partial") {
-        (b, WalFileKind::PartialGz)
-    } else if let Some(b) = name.strip_suffix(".gz") {
-        (b, WalFileKind::SegmentGz)
-    } else if let Some(b) = name.strip_suffix(".lz4.partial") {
-        (b, WalFileKind::PartialLz4)
-    } else if let Some(b) = name.strip_suffix(".lz4") {
-        (b, WalFileKind::SegmentLz4)
-    } else if let Some(b) = name.strip_suffix(".partial") {
-        (b, WalFileKind::Partial)
-    } else if let Some(b) = name.strip_suffix(".zst") {
-        (b, WalFileKind::SegmentZst)
-    } else {
-        (name, WalFileKind::Segment)
-    };
-    if base.len() != 24 || !base.is_ascii() {
+    // the base must be exactly 24 characters: that decides between suffixes that end alike
+    let (base, kind) = SEGMENT_FORMS
+        .iter()
+        .find_map(|&(partial, compression, suffix)| {
+            let base = name.strip_suffix(suffix)?;
+            (base.len() == 24).then_some((
+                base,
+                WalFileKind::Segment {
+                    partial,
+                    compression,
+                },
+            ))
+        })?;
+    if !base.is_ascii() {
         return None;
     }
     let tli = hex(&base[0..8])?;
@@ -193,31 +258,22 @@ mod tests {
     fn parses_kinds() {
         let s = WalSegSize::DEFAULT;
         let p = parse_wal_file_name("000000010000000000000002.partial", s).unwrap();
-        assert_eq!(p.kind, WalFileKind::Partial);
+        assert_eq!(p.kind, WalFileKind::PARTIAL);
         assert_eq!(p.segment, Some(SegmentNo(2)));
         let h = parse_wal_file_name("0000000A.history", s).unwrap();
         assert_eq!((h.kind, h.timeline), (WalFileKind::History, TimelineId(10)));
-        assert_eq!(
-            parse_wal_file_name("000000010000000000000002.zst", s)
-                .unwrap()
-                .kind,
-            WalFileKind::SegmentZst
-        );
-        for (name, kind) in [
-            ("000000010000000000000002.gz", WalFileKind::SegmentGz),
-            (
-                "000000010000000000000002.gz.partial",
-                WalFileKind::PartialGz,
-            ),
-            ("000000010000000000000002.lz4", WalFileKind::SegmentLz4),
-            (
-                "000000010000000000000002.lz4.partial",
-                WalFileKind::PartialLz4,
-            ),
-        ] {
-            let p = parse_wal_file_name(name, s).unwrap();
+        // every stored form parses back to its own kind, and names itself the same way
+        for (partial, compression, suffix) in SEGMENT_FORMS {
+            let name = format!("000000010000000000000002{suffix}");
+            let p = parse_wal_file_name(&name, s).unwrap();
+            let kind = WalFileKind::Segment {
+                partial,
+                compression,
+            };
             assert_eq!((p.kind, p.segment), (kind, Some(SegmentNo(2))), "{name}");
+            assert_eq!(p.file_name(s), name);
         }
+        assert_eq!(h.file_name(s), "0000000A.history");
         for bad in [
             "00000001000000000000000",
             "000000010000000000000100", // segment 0x100 is out of range for 16 MiB

@@ -4,8 +4,9 @@
 //! and the parse order of `ParseCommitRecord` / `ParseAbortRecord` in
 //! `src/backend/access/rmgrdesc/xactdesc.c`.
 
+use crate::le::LeReader;
 use crate::page::WalVersion;
-use crate::record::Record;
+use crate::record::{Record, RecordError};
 use crate::rmgr::RM_XACT_ID;
 
 /// `XLOG_XACT_COMMIT`.
@@ -50,16 +51,9 @@ pub struct XactEnd {
     pub prepared: bool,
 }
 
-fn le32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-fn le64(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
-}
-
 /// Decodes a commit or abort record; `Ok(None)` for any other record. The record's WAL version
 /// selects the size of dropped-statistics items (12 bytes before PostgreSQL 18, 16 from 18 on).
-pub fn decode_xact_end(rec: &Record<'_>) -> Result<Option<XactEnd>, String> {
+pub fn decode_xact_end(rec: &Record<'_>) -> Result<Option<XactEnd>, RecordError> {
     let version = rec.wal_version.unwrap_or(WalVersion::V18);
     if rec.rmid != RM_XACT_ID {
         return Ok(None);
@@ -73,58 +67,55 @@ pub fn decode_xact_end(rec: &Record<'_>) -> Result<Option<XactEnd>, String> {
         _ => return Ok(None),
     };
     let d = rec.main_data();
-    let short = || format!("transaction record at {} is too short", rec.lsn);
-    let time = le64(d, 0).ok_or_else(short)? as i64;
+    let what = "transaction";
+    let short = || RecordError::TooShort {
+        what,
+        lsn: rec.lsn,
+        len: d.len(),
+        need: 8,
+    };
+    let malformed = |problem| RecordError::Malformed {
+        what,
+        lsn: rec.lsn,
+        problem,
+    };
+    let mut r = LeReader::new(d);
+    let time = r.i64().ok_or_else(short)?;
     let mut xid = rec.xid;
     if prepared {
         // The two-phase xid sits behind the optional parts that precede it.
         if rec.info & XLOG_XACT_HAS_INFO == 0 {
-            return Err(format!(
-                "prepared-transaction record at {} has no xinfo",
-                rec.lsn
-            ));
+            return Err(malformed("a prepared transaction's record has no xinfo"));
         }
-        let xinfo = le32(d, 8).ok_or_else(short)?;
-        let mut p = 12usize;
-        let count = |p: usize| -> Result<usize, String> {
-            let n = le32(d, p).ok_or_else(short)?;
-            Ok(n as usize)
-        };
-        let skip = |p: &mut usize, n: usize, item: usize| -> Result<(), String> {
-            *p = n
-                .checked_mul(item)
-                .and_then(|b| b.checked_add(*p + 4))
-                .filter(|&e| e <= d.len())
-                .ok_or_else(short)?;
-            Ok(())
+        let xinfo = r.u32().ok_or_else(short)?;
+        // skips `count` items of `item` bytes after their 4-byte count
+        // skips a 4-byte count and that many items of `item` bytes
+        let skip_items = |r: &mut LeReader<'_>, item: usize| -> Result<(), RecordError> {
+            let n = r.u32().ok_or_else(short)? as usize;
+            let len = n.checked_mul(item).ok_or_else(short)?;
+            r.skip(len).ok_or_else(short)
         };
         if xinfo & XINFO_HAS_DBINFO != 0 {
-            p += 8;
+            r.skip(8).ok_or_else(short)?;
         }
         if xinfo & XINFO_HAS_SUBXACTS != 0 {
-            let n = count(p)?;
-            skip(&mut p, n, 4)?;
+            skip_items(&mut r, 4)?;
         }
         if xinfo & XINFO_HAS_RELFILELOCATORS != 0 {
-            let n = count(p)?;
-            skip(&mut p, n, 12)?;
+            skip_items(&mut r, 12)?;
         }
         if xinfo & XINFO_HAS_DROPPED_STATS != 0 {
-            let n = count(p)?;
-            let item = if version >= WalVersion::V18 { 16 } else { 12 };
-            skip(&mut p, n, item)?;
+            skip_items(&mut r, if version >= WalVersion::V18 { 16 } else { 12 })?;
         }
         if op == XLOG_XACT_COMMIT_PREPARED && xinfo & XINFO_HAS_INVALS != 0 {
-            let n = count(p)?;
-            skip(&mut p, n, 16)?;
+            skip_items(&mut r, 16)?;
         }
         if xinfo & XINFO_HAS_TWOPHASE == 0 {
-            return Err(format!(
-                "prepared-transaction record at {} has no two-phase xid",
-                rec.lsn
+            return Err(malformed(
+                "a prepared transaction's record has no two-phase xid",
             ));
         }
-        xid = le32(d, p).ok_or_else(short)?;
+        xid = r.u32().ok_or_else(short)?;
     }
     Ok(Some(XactEnd {
         outcome,

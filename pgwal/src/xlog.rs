@@ -4,8 +4,9 @@
 //! Info values from `src/include/catalog/pg_control.h`; payloads from `CheckPoint`
 //! (pg_control.h), `xl_restore_point` and `xl_end_of_recovery` (`xlog_internal.h`).
 
-use crate::le::{le32, le64};
+use crate::le::LeReader;
 use crate::record::Record;
+use crate::record::RecordError;
 use crate::rmgr::RM_XLOG_ID;
 use crate::{Lsn, TimelineId};
 
@@ -84,61 +85,68 @@ pub enum XlogRecord {
 
 /// Decodes an XLOG record, or `Ok(None)` for other records and kinds we do not decode. A
 /// payload of the wrong size is an error naming the record.
-pub fn decode_xlog(rec: &Record<'_>) -> Result<Option<XlogRecord>, String> {
+pub fn decode_xlog(rec: &Record<'_>) -> Result<Option<XlogRecord>, RecordError> {
     if rec.rmid != RM_XLOG_ID {
         return Ok(None);
     }
     let d = rec.main_data();
-    let need = |n: usize, what: &str| -> Result<(), String> {
-        if d.len() < n {
-            Err(format!(
-                "{what} record at {} has {} bytes of data, expected {n}",
-                rec.lsn,
-                d.len()
-            ))
-        } else {
-            Ok(())
-        }
+    let mut r = LeReader::new(d);
+    // every field read checks the length: a short payload is an error naming the record
+    let short = |what: &'static str, need: usize| RecordError::TooShort {
+        what,
+        lsn: rec.lsn,
+        len: d.len(),
+        need,
     };
     Ok(Some(match rec.rmgr_info() {
         i @ (XLOG_CHECKPOINT_SHUTDOWN | XLOG_CHECKPOINT_ONLINE) => {
-            need(88, "checkpoint")?;
+            let e = || short("checkpoint", 88);
+            let redo = Lsn(r.u64().ok_or_else(e)?);
+            let timeline = TimelineId(r.u32().ok_or_else(e)?);
+            let prev_timeline = TimelineId(r.u32().ok_or_else(e)?);
+            let full_page_writes = r.u8().ok_or_else(e)? != 0;
+            r.skip(7).ok_or_else(e)?;
+            let next_xid = r.u64().ok_or_else(e)?;
+            let next_oid = r.u32().ok_or_else(e)?;
+            r.skip(28).ok_or_else(e)?;
+            let time = r.i64().ok_or_else(e)?;
+            r.skip(8).ok_or_else(e)?;
+            let oldest_active_xid = r.u32().ok_or_else(e)?;
+            r.skip(4).ok_or_else(e)?;
             XlogRecord::Checkpoint(Checkpoint {
                 shutdown: i == XLOG_CHECKPOINT_SHUTDOWN,
-                redo: Lsn(le64(d, 0)),
-                timeline: TimelineId(le32(d, 8)),
-                prev_timeline: TimelineId(le32(d, 12)),
-                full_page_writes: d[16] != 0,
-                next_xid: le64(d, 24),
-                next_oid: le32(d, 32),
-                time: le64(d, 64) as i64,
-                oldest_active_xid: le32(d, 80),
+                redo,
+                timeline,
+                prev_timeline,
+                full_page_writes,
+                next_xid,
+                next_oid,
+                time,
+                oldest_active_xid,
             })
         }
         XLOG_SWITCH => XlogRecord::Switch,
         XLOG_RESTORE_POINT => {
-            need(72, "restore point")?;
-            let name = &d[8..72];
+            let e = || short("restore point", 72);
+            let time = r.i64().ok_or_else(e)?;
+            let name = r.bytes(64).ok_or_else(e)?;
             let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
             XlogRecord::RestorePoint {
-                time: le64(d, 0) as i64,
+                time,
                 name: String::from_utf8_lossy(&name[..end]).into_owned(),
             }
         }
         XLOG_END_OF_RECOVERY => {
-            need(16, "end-of-recovery")?;
+            let e = || short("end-of-recovery", 16);
             XlogRecord::EndOfRecovery {
-                time: le64(d, 0) as i64,
-                timeline: TimelineId(le32(d, 8)),
-                prev_timeline: TimelineId(le32(d, 12)),
+                time: r.i64().ok_or_else(e)?,
+                timeline: TimelineId(r.u32().ok_or_else(e)?),
+                prev_timeline: TimelineId(r.u32().ok_or_else(e)?),
             }
         }
-        XLOG_BACKUP_END => {
-            need(8, "backup-end")?;
-            XlogRecord::BackupEnd {
-                start: Lsn(le64(d, 0)),
-            }
-        }
+        XLOG_BACKUP_END => XlogRecord::BackupEnd {
+            start: Lsn(r.u64().ok_or_else(|| short("backup-end", 8))?),
+        },
         XLOG_CHECKPOINT_REDO => XlogRecord::CheckpointRedo,
         _ => return Ok(None),
     }))

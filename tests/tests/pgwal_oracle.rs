@@ -43,7 +43,7 @@ fn decode_pg_wal(pg_wal: &Path, seg_size: WalSegSize) -> Decoded {
             let n = e.ok()?.file_name().into_string().ok()?;
             let p = parse_wal_file_name(&n, seg_size)?;
             let s = p.segment?.0;
-            (p.kind == WalFileKind::Segment).then_some((s, n))
+            (p.kind == WalFileKind::SEGMENT).then_some((s, n))
         })
         .collect();
     names.sort();
@@ -371,7 +371,8 @@ fn pg17_matches_pg_walinspect() {
 #[test]
 fn pg18_promotion_is_decoded_from_the_new_timeline() {
     use pgwal::timeline::TimelineHistory;
-    use pgwal::{TimelineId, WalDir};
+    use pgwal::TimelineId;
+    use walarchive::WalDir;
     let primary = cluster(PgVersion::V18);
     primary.psql("CREATE TABLE before AS SELECT 1 AS x");
     let standby = primary.standby();

@@ -79,7 +79,7 @@ impl<W: Write> TarStreamSink<W> {
     }
 }
 
-impl<W: Write> BackupSink for TarStreamSink<W> {
+impl<W: Write + Send> BackupSink for TarStreamSink<W> {
     fn archive_begin(&mut self, a: &ArchiveInfo) -> Result<(), SinkError> {
         if let Some(oid) = a.tablespace_oid {
             return Err(SinkError::new(format!(

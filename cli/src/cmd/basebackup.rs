@@ -8,15 +8,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use basebackup::checksum::ChecksumKind;
-use basebackup::run::{take_backup, BackupEvent, WalMethod};
+use basebackup::sink::NullSink;
 use basebackup::sink::{
     BackupSink, ClientCompression, DirectorySink, SyncMethod, TablespaceMapping, TarSink,
     TarStreamSink, Tee, VerifySink, ZstdCompression,
 };
 use basebackup::standby::StandbySettings;
-use basebackup::wal_stream::SlotChoice;
 use clap::Args;
 use pgrepl::{BaseBackupOptions, CheckpointMode, ServerCompression};
+use pgstream::{take_backup, take_backup_until, BackupError, BackupEvent, SlotChoice, WalMethod};
 
 use crate::compress_spec::{self, Algorithm, Location};
 use crate::conn::ConnArgs;
@@ -214,13 +214,18 @@ fn group_modes(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// A refusal of the BASE_BACKUP command itself (before the backup started) is worded as
 /// pg_basebackup words it.
-fn backup_error(e: basebackup::run::BackupError, started: bool) -> anyhow::Error {
+fn backup_error(e: BackupError, started: bool) -> anyhow::Error {
     match e {
-        basebackup::run::BackupError::Server(pgrepl::Error::Db { error, .. }) if !started => {
+        BackupError::Server(pgrepl::Error::Db { error, .. }) if !started => {
             anyhow::anyhow!("could not initiate base backup: {error}")
         }
         e => e.into(),
     }
+}
+
+/// The BASE_BACKUP option for a manifest checksum algorithm (the two crates name it alike).
+fn protocol_checksums(kind: ChecksumKind) -> pgrepl::ManifestChecksums {
+    pgrepl::ManifestChecksums::parse(kind.as_str()).unwrap_or_default()
 }
 
 /// `-c fast|spread`.
@@ -433,7 +438,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         verify_checksums: !args.no_verify_checksums,
         manifest: !args.no_manifest,
         manifest_force_encode: args.manifest_force_encode,
-        manifest_checksums: kind,
+        manifest_checksums: protocol_checksums(kind),
         incremental: parent_manifest.is_some(),
         // as pg_basebackup: a tar backup carries tablespace_map, so a restore from it can
         // recreate the pg_tblspc links (a plain backup has the links themselves)
@@ -506,7 +511,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         }
         Box::new(t)
     };
-    let mut sink = Tee(VerifySink::new(kind, Some(id.system_id)), writer);
+    let sink = Tee(VerifySink::new(kind, Some(id.system_id)), writer);
     let wal_plan = match wal_method {
         Wal::None => WalMethod::None,
         Wal::Fetch => WalMethod::Fetch,
@@ -522,8 +527,13 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     let started = std::cell::Cell::new(false);
     // SIGINT/SIGTERM: stop, and remove what was written (unless --no-clean), rather than
     // leave a partial backup for someone to find
-    let outcome = tokio::select! {
-        r = take_backup(&mut conn, &options, &wal_plan, &mut sink, |ev| match ev {
+    let outcome = take_backup_until(
+        &mut conn,
+        &options,
+        &wal_plan,
+        sink,
+        crate::cmd::receivewal::shutdown_signal(),
+        |ev| match ev {
         BackupEvent::Started { .. } if args.verbose == 0 => started.set(true),
         // relayed verbatim, as libpq prints a server's notices
         BackupEvent::Notice(n) => eprintln!("{}:  {}", n.severity, n.message),
@@ -541,21 +551,20 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
             eprintln!("pgrepl: checkpoint completed; write-ahead log start point: {start_lsn} on timeline {timeline}")
         }
         _ => {}
-        }) => Some(r),
-        () = crate::receivewal::shutdown_signal() => None,
-    };
+        },
+    )
+    .await;
     if show_progress {
         eprintln!();
     }
-    let Some(summary) = outcome else {
-        sink.abort();
+    if let Err(BackupError::Cancelled) = outcome {
         bail!(if args.no_clean {
             "interrupted; the partial backup was left in place (--no-clean)"
         } else {
             "interrupted; the partial backup was removed"
         });
-    };
-    let summary = summary.map_err(|e| backup_error(e, started.get()))?;
+    }
+    let (summary, _) = outcome.map_err(|e| backup_error(e, started.get()))?;
     let _ = conn.close().await;
     if args.verbose > 0 {
         eprintln!(
@@ -617,7 +626,7 @@ async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitC
         verify_checksums: !args.no_verify_checksums,
         manifest: !args.no_manifest,
         manifest_force_encode: args.manifest_force_encode,
-        manifest_checksums: kind,
+        manifest_checksums: protocol_checksums(kind),
         compression,
         target: Some((name, detail)),
         incremental: parent.is_some(),
@@ -628,14 +637,13 @@ async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitC
     if let Some(m) = parent {
         conn.upload_manifest(m).await?;
     }
-    let mut sink = basebackup::sink::NullSink;
-    let summary = take_backup(&mut conn, &options, &WalMethod::None, &mut sink, |ev| {
+    let summary = take_backup(&mut conn, &options, &WalMethod::None, NullSink, |ev| {
         if let BackupEvent::Notice(n) = ev {
             eprintln!("{}:  {}", n.severity, n.message)
         }
     })
     .await;
-    let summary = summary.map_err(|e| backup_error(e, false))?;
+    let (summary, _) = summary.map_err(|e| backup_error(e, false))?;
     let _ = conn.close().await;
     if args.verbose > 0 {
         eprintln!(

@@ -12,8 +12,10 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::timeline::TimelineHistory;
-use crate::{segment_file_name, Lsn, SegmentNo, TimelineId, WalSegSize};
+use pgwal::timeline::TimelineHistory;
+use pgwal::{
+    segment_file_name, Lsn, SegmentNo, TimelineId, WalCompression, WalSegSize, SEGMENT_FORMS,
+};
 
 /// Why a WAL range could not be read.
 #[derive(Debug)]
@@ -71,52 +73,26 @@ impl std::error::Error for ArchiveError {
     }
 }
 
-/// How a stored WAL file is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoredAs {
-    /// As is.
-    Plain,
-    /// zstd (our archive's `.zst`).
-    Zstd,
-    /// gzip (pg_receivewal's `.gz`, `.gz.partial`).
-    Gzip,
-    /// LZ4 frames (pg_receivewal's `.lz4`, `.lz4.partial`).
-    Lz4,
-}
-
-/// The names a segment may be stored under, in order of preference: suffix after the segment
-/// name, compression, and whether it is a `.partial` (possibly incomplete) segment.
-pub const SEGMENT_NAMES: [(&str, StoredAs, bool); 8] = [
-    ("", StoredAs::Plain, false),
-    (".zst", StoredAs::Zstd, false),
-    (".gz", StoredAs::Gzip, false),
-    (".lz4", StoredAs::Lz4, false),
-    (".partial", StoredAs::Plain, true),
-    (".partial.zst", StoredAs::Zstd, true),
-    (".gz.partial", StoredAs::Gzip, true),
-    (".lz4.partial", StoredAs::Lz4, true),
-];
-
 /// Reads a stored WAL file decompressed, at most `limit` bytes. A partial gzip or lz4 file may lack
 /// its end (it is being written, flushed as it goes): what decompresses is returned.
 pub fn read_stored(
     path: &Path,
-    stored: StoredAs,
+    stored: WalCompression,
     partial: bool,
     limit: u64,
 ) -> std::io::Result<Vec<u8>> {
     let file = std::fs::File::open(path)?;
     let mut out = Vec::new();
     match stored {
-        StoredAs::Plain => {
+        WalCompression::None => {
             file.take(limit).read_to_end(&mut out)?;
         }
-        StoredAs::Zstd => {
+        WalCompression::Zstd => {
             zstd::stream::read::Decoder::new(file)?
                 .take(limit)
                 .read_to_end(&mut out)?;
         }
-        StoredAs::Gzip => {
+        WalCompression::Gzip => {
             match flate2::read::GzDecoder::new(file)
                 .take(limit)
                 .read_to_end(&mut out)
@@ -127,7 +103,7 @@ pub fn read_stored(
                 }
             }
         }
-        StoredAs::Lz4 => {
+        WalCompression::Lz4 => {
             let mut d = crate::lz4::Lz4Decoder::new(Capped {
                 out: Vec::new(),
                 limit: limit as usize,
@@ -144,6 +120,11 @@ pub fn read_stored(
                 Err(e) => return Err(e),
             }
             out = d.into_inner().out;
+        }
+        other => {
+            return Err(std::io::Error::other(format!(
+                "{other:?} compression is not supported"
+            )))
         }
     }
     Ok(out)
@@ -185,7 +166,7 @@ pub struct FoundSegment {
     /// Its timeline.
     pub timeline: TimelineId,
     /// How it is compressed.
-    pub stored: StoredAs,
+    pub stored: WalCompression,
     /// A `.partial` (possibly incomplete) segment.
     pub partial: bool,
 }
@@ -207,7 +188,7 @@ impl WalDir {
     /// Finds segment `seg` on `tli` under any of its stored names.
     pub fn find(&self, tli: TimelineId, seg: SegmentNo) -> Option<FoundSegment> {
         let name = segment_file_name(tli, seg, self.seg_size);
-        for (suffix, stored, partial) in SEGMENT_NAMES {
+        for (partial, stored, suffix) in SEGMENT_FORMS {
             let path = self.dir.join(format!("{name}{suffix}"));
             if path.is_file() {
                 return Some(FoundSegment {
@@ -327,8 +308,8 @@ impl WalDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::{RecordSpec, WalWriter};
-    use crate::{DecoderOptions, WalDecoder, WalVersion};
+    use pgwal::writer::{RecordSpec, WalWriter};
+    use pgwal::{DecoderOptions, WalDecoder, WalVersion};
 
     #[test]
     fn lz4_files_whole_partial_and_capped() {
@@ -352,21 +333,21 @@ mod tests {
         std::fs::write(&w, &whole).unwrap();
         std::fs::write(&p, &open).unwrap();
         assert_eq!(
-            read_stored(&w, StoredAs::Lz4, false, 1 << 30).unwrap(),
+            read_stored(&w, WalCompression::Lz4, false, 1 << 30).unwrap(),
             data
         );
         assert_eq!(
-            read_stored(&w, StoredAs::Lz4, false, 40).unwrap(),
+            read_stored(&w, WalCompression::Lz4, false, 40).unwrap(),
             data[..40]
         );
         assert_eq!(
-            read_stored(&p, StoredAs::Lz4, true, 1 << 30).unwrap(),
+            read_stored(&p, WalCompression::Lz4, true, 1 << 30).unwrap(),
             data[..200_000]
         );
         // an open frame is damage in a file that claims to be complete
-        assert!(read_stored(&p, StoredAs::Lz4, false, 1 << 30).is_err());
+        assert!(read_stored(&p, WalCompression::Lz4, false, 1 << 30).is_err());
         std::fs::write(&w, b"garbage").unwrap();
-        assert!(read_stored(&w, StoredAs::Lz4, false, 1 << 30).is_err());
+        assert!(read_stored(&w, WalCompression::Lz4, false, 1 << 30).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 

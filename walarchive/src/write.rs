@@ -1,5 +1,6 @@
-//! The on-disk side of the WAL receiver: segments as `.partial` while they fill, made durable
-//! and renamed when complete, page headers checked as bytes land.
+//! Writing a WAL archive directory: segments as `.partial` while they fill, made durable and
+//! renamed when complete (the bytes come checked from [`pgwal::receiver::Receiver`]), timeline
+//! history files, and where a restart resumes.
 //!
 //! Layout of the archive directory (0700, files 0600):
 //! - `<segment>` — a complete segment, or `<segment>.zst` when stored zstd-compressed, or
@@ -23,24 +24,56 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use pgwal::page::{PageExpectations, PageHeader, WalVersion, LONG_HEADER_LEN, SHORT_HEADER_LEN};
+use pgwal::page::{PageHeader, LONG_HEADER_LEN};
 use pgwal::{
-    parse_wal_file_name, read_stored, segment_file_name, Lsn, SegmentNo, StoredAs, TimelineId,
-    WalFileKind, WalSegSize,
+    parse_wal_file_name, segment_file_name, segment_suffix, Lsn, SegmentNo, TimelineId,
+    WalCompression, WalFileKind, WalSegSize,
 };
 
-use super::ReceiveError;
+use crate::read::read_stored;
 
-fn io_err(path: &Path, what: &str, e: std::io::Error) -> ReceiveError {
-    ReceiveError::Io {
+/// Writing the archive failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A file operation failed.
+    #[error("could not {what} \"{}\": {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done ("create", "fsync", "rename", ...).
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bytes were handed over that do not continue what was written (a caller's mistake: the
+    /// receiver checks the stream before anything gets here).
+    #[error("WAL handed to the archive out of order: expected data at {expected}, got {got}")]
+    OutOfOrder {
+        /// Where the next byte was expected.
+        expected: Lsn,
+        /// Where the data started.
+        got: Lsn,
+    },
+    /// A compressed partial segment cannot be made a full-size segment.
+    #[error("a compressed partial segment cannot be padded: \"{}\"", path.display())]
+    CannotPad {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+fn io_err(path: &Path, what: &'static str, e: std::io::Error) -> WriteError {
+    WriteError::Io {
         path: path.to_path_buf(),
-        what: what.to_owned(),
+        what,
         source: e,
     }
 }
 
 /// Opens `path` for writing, creating it 0600; `truncate` empties an existing file.
-fn create_private(path: &Path, truncate: bool) -> Result<File, ReceiveError> {
+fn create_private(path: &Path, truncate: bool) -> Result<File, WriteError> {
     OpenOptions::new()
         .write(true)
         .create(true)
@@ -51,7 +84,7 @@ fn create_private(path: &Path, truncate: bool) -> Result<File, ReceiveError> {
 }
 
 /// fsync a directory, so renames and creations in it are durable.
-pub(crate) fn fsync_dir(dir: &Path) -> Result<(), ReceiveError> {
+pub fn fsync_dir(dir: &Path) -> Result<(), WriteError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(dir, "fsync directory", e))
@@ -70,13 +103,13 @@ pub struct ArchiveState {
 /// Creates the directory (0700) if needed, removes leftovers of an interrupted completion, and
 /// finds where to resume, as pg_receivewal's FindStreamingStart does: the highest segment number
 /// (then timeline; a complete file beats a partial one of the same segment).
-pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, ReceiveError> {
+pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, WriteError> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "create archive directory", e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io_err(dir, "chmod", e))?;
     }
-    let mut best: Option<(SegmentNo, TimelineId, bool, PathBuf, StoredAs)> = None;
+    let mut best: Option<(SegmentNo, TimelineId, bool, PathBuf, WalCompression)> = None;
     let mut finals = std::collections::HashSet::new();
     let mut partials = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, "read archive directory", e))? {
@@ -90,16 +123,12 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
             continue;
         };
         let Some(seg) = p.segment else { continue };
-        let (partial, stored) = match p.kind {
-            WalFileKind::Segment => (false, StoredAs::Plain),
-            WalFileKind::SegmentZst => (false, StoredAs::Zstd),
-            WalFileKind::SegmentGz => (false, StoredAs::Gzip),
-            WalFileKind::Partial => (true, StoredAs::Plain),
-            WalFileKind::PartialZst => (true, StoredAs::Zstd),
-            WalFileKind::PartialGz => (true, StoredAs::Gzip),
-            WalFileKind::SegmentLz4 => (false, StoredAs::Lz4),
-            WalFileKind::PartialLz4 => (true, StoredAs::Lz4),
-            _ => continue,
+        let WalFileKind::Segment {
+            partial,
+            compression: stored,
+        } = p.kind
+        else {
+            continue;
         };
         if partial {
             partials.push((seg, p.timeline, entry.path()));
@@ -142,132 +171,14 @@ pub fn scan_archive(dir: &Path, seg_size: WalSegSize) -> Result<ArchiveState, Re
     })
 }
 
-fn read_system_id(path: &Path, stored: StoredAs, partial: bool) -> Option<u64> {
+fn read_system_id(path: &Path, stored: WalCompression, partial: bool) -> Option<u64> {
     let head = read_stored(path, stored, partial, LONG_HEADER_LEN as u64).ok()?;
     PageHeader::parse(&head)?.long.map(|l| l.system_id)
 }
 
-/// Checks every page header as the bytes arrive, across message boundaries.
-#[derive(Debug)]
-pub struct PageChecker {
-    seg_size: WalSegSize,
-    expect: PageExpectations,
-    max_timeline: TimelineId,
-    /// Header bytes of a page whose header arrived in pieces, and that page's address.
-    pending: Vec<u8>,
-    pending_page: Lsn,
-    /// The segment whose remainder is unused (zero pages after an XLOG_SWITCH).
-    zero_tail: Option<pgwal::SegmentNo>,
-}
-
-impl PageChecker {
-    /// A checker for WAL of `system_id` streamed on `timeline`.
-    pub fn new(seg_size: WalSegSize, system_id: u64, timeline: TimelineId) -> Self {
-        PageChecker {
-            seg_size,
-            expect: PageExpectations {
-                version: None,
-                system_id: Some(system_id),
-                min_timeline: None,
-            },
-            max_timeline: timeline,
-            pending: Vec::new(),
-            pending_page: Lsn(0),
-            zero_tail: None,
-        }
-    }
-
-    fn check(&mut self, page: Lsn, header: &[u8]) -> Result<(), ReceiveError> {
-        let bad = |detail: String| ReceiveError::BadPage { lsn: page, detail };
-        // After XLOG_SWITCH the rest of the segment is left zeroed, without page headers. A zero
-        // page is accepted only mid-segment, and then the whole rest of that segment must be.
-        let seg = page.segment(self.seg_size);
-        let zero = header.iter().all(|&b| b == 0);
-        if zero && page.segment_offset(self.seg_size) != 0 {
-            self.zero_tail = Some(seg);
-            return Ok(());
-        }
-        if self.zero_tail == Some(seg) {
-            return Err(bad(
-                "a page with a header follows an unused (zeroed) page in the same segment".into(),
-            ));
-        }
-        let h = PageHeader::parse(header).ok_or_else(|| bad("truncated page header".into()))?;
-        h.validate(page, self.seg_size, 8192, &self.expect)
-            .map_err(bad)?;
-        if h.timeline > self.max_timeline {
-            return Err(bad(format!(
-                "page timeline {} is ahead of the streamed timeline {}",
-                h.timeline, self.max_timeline
-            )));
-        }
-        self.expect.version = WalVersion::from_magic(h.magic);
-        self.expect.min_timeline = Some(h.timeline);
-        Ok(())
-    }
-
-    /// Checks the page headers inside `data`, which starts at `start`. Positions come from the
-    /// server: a range that would run past the end of the WAL address space is refused.
-    pub fn feed(&mut self, start: Lsn, data: &[u8]) -> Result<(), ReceiveError> {
-        const PAGE: u64 = 8192;
-        let end = start
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| ReceiveError::BadPage {
-                lsn: start,
-                detail: format!(
-                    "{} bytes from here run past the end of the WAL address space",
-                    data.len()
-                ),
-            })?;
-        if !self.pending.is_empty() {
-            let want = self.header_len(self.pending_page) - self.pending.len();
-            let at = self
-                .pending_page
-                .0
-                .saturating_add(self.pending.len() as u64);
-            if at == start.0 {
-                let take = want.min(data.len());
-                self.pending.extend_from_slice(&data[..take]);
-                if self.pending.len() == self.header_len(self.pending_page) {
-                    let h = std::mem::take(&mut self.pending);
-                    self.check(self.pending_page, &h)?;
-                }
-            }
-        }
-        // the first page boundary at or after `start` (none left if it would be 2^64)
-        let Some(mut page) = start.0.checked_next_multiple_of(PAGE) else {
-            return Ok(());
-        };
-        while page < end.0 {
-            // page - start < data.len(), which is a usize
-            let off = (page - start.0) as usize;
-            let len = self.header_len(Lsn(page));
-            match data.get(off..off + len) {
-                Some(h) => self.check(Lsn(page), h)?,
-                None => {
-                    self.pending = data[off..].to_vec();
-                    self.pending_page = Lsn(page);
-                }
-            }
-            match page.checked_add(PAGE) {
-                Some(p) => page = p,
-                None => break,
-            }
-        }
-        Ok(())
-    }
-
-    fn header_len(&self, page: Lsn) -> usize {
-        if page.segment_offset(self.seg_size) == 0 {
-            LONG_HEADER_LEN
-        } else {
-            SHORT_HEADER_LEN
-        }
-    }
-}
-
 /// How the archive stores segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SegmentCompression {
     /// Complete segments zstd-compressed at this level (`NAME.zst`); the one being filled is an
     /// uncompressed `.partial`.
@@ -278,6 +189,27 @@ pub enum SegmentCompression {
     /// LZ4 frames, as pg_receivewal writes them: `NAME.lz4.partial` while the segment fills,
     /// `NAME.lz4` once complete (lz4_flex has one mode; pg_receivewal's level is not kept).
     Lz4,
+}
+
+impl SegmentCompression {
+    /// The stored form of complete segments (their names: [`pgwal::SEGMENT_FORMS`]).
+    pub fn compression(self) -> WalCompression {
+        match self {
+            SegmentCompression::Zstd(_) => WalCompression::Zstd,
+            SegmentCompression::Gzip(_) => WalCompression::Gzip,
+            SegmentCompression::Lz4 => WalCompression::Lz4,
+        }
+    }
+
+    /// The stored form of the segment being filled: zstd compresses a segment once it is
+    /// complete (the partial stays plain, rewritten in place after a restart); gzip and lz4
+    /// stream into a compressed partial, as pg_receivewal does.
+    fn partial_compression(self) -> WalCompression {
+        match self {
+            SegmentCompression::Zstd(_) => WalCompression::None,
+            other => other.compression(),
+        }
+    }
 }
 
 /// The file of the segment being filled.
@@ -385,36 +317,48 @@ impl SegmentWriter {
         }
     }
 
-    fn open(&mut self, tli: TimelineId, seg: SegmentNo) -> Result<(), ReceiveError> {
-        let name = segment_file_name(tli, seg, self.seg_size);
-        let (path, file) = match self.compression {
+    /// The file a segment is stored under, complete or partial.
+    fn stored_path(&self, tli: TimelineId, seg: SegmentNo, partial: bool) -> PathBuf {
+        let compression = match (self.compression, partial) {
+            (None, _) => WalCompression::None,
+            (Some(c), true) => c.partial_compression(),
+            (Some(c), false) => c.compression(),
+        };
+        self.dir.join(format!(
+            "{}{}",
+            segment_file_name(tli, seg, self.seg_size),
+            segment_suffix(partial, compression)
+        ))
+    }
+
+    fn open(&mut self, tli: TimelineId, seg: SegmentNo) -> Result<(), WriteError> {
+        let path = self.stored_path(tli, seg, true);
+        let file = match self.compression {
             Some(SegmentCompression::Gzip(level)) => {
                 // A gzip stream cannot be rewritten in place: the segment, streamed again from
                 // its start, goes into a new one (the server still has it: the slot's
                 // restart_lsn is at or after its start).
-                let path = self.dir.join(format!("{name}.gz.partial"));
                 let f = create_private(&path, true)?;
-                let enc = flate2::write::GzEncoder::new(f, flate2::Compression::new(level));
-                (path, SegFile::Gzip(enc))
+                SegFile::Gzip(flate2::write::GzEncoder::new(
+                    f,
+                    flate2::Compression::new(level),
+                ))
             }
             Some(SegmentCompression::Lz4) => {
                 // as gzip: a new stream from the segment's start
                 use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
-                let path = self.dir.join(format!("{name}.lz4.partial"));
                 let f = create_private(&path, true)?;
                 let info = FrameInfo::new()
                     .block_size(BlockSize::Max64KB)
                     .block_mode(BlockMode::Linked)
                     .content_checksum(true);
-                (path, SegFile::Lz4(FrameEncoder::with_frame_info(info, f)))
+                SegFile::Lz4(FrameEncoder::with_frame_info(info, f))
             }
             _ => {
                 // Never truncate: a partial left by an earlier run holds bytes the server was
                 // told are flushed. Streaming restarts at the segment start and overwrites them
                 // with the same bytes, so they stay on disk throughout.
-                let path = self.dir.join(format!("{name}.partial"));
-                let f = create_private(&path, false)?;
-                (path, SegFile::Plain(f))
+                SegFile::Plain(create_private(&path, false)?)
             }
         };
         if self.sync {
@@ -436,9 +380,9 @@ impl SegmentWriter {
         tli: TimelineId,
         start: Lsn,
         mut data: &[u8],
-    ) -> Result<Vec<CompletedSegment>, ReceiveError> {
+    ) -> Result<Vec<CompletedSegment>, WriteError> {
         if start != self.written {
-            return Err(ReceiveError::Gap {
+            return Err(WriteError::OutOfOrder {
                 expected: self.written,
                 got: start,
             });
@@ -453,7 +397,7 @@ impl SegmentWriter {
                 .is_none_or(|c| c.seg != seg || c.tli != tli)
             {
                 if pos.segment_offset(self.seg_size) != 0 {
-                    return Err(ReceiveError::Gap {
+                    return Err(WriteError::OutOfOrder {
                         expected: pos.segment_start(self.seg_size),
                         got: pos,
                     });
@@ -477,7 +421,7 @@ impl SegmentWriter {
     }
 
     /// Makes everything written durable (fsync of the partial segment).
-    pub fn flush(&mut self) -> Result<Lsn, ReceiveError> {
+    pub fn flush(&mut self) -> Result<Lsn, WriteError> {
         if let Some(cur) = &mut self.current {
             let f = cur
                 .file
@@ -491,7 +435,7 @@ impl SegmentWriter {
         Ok(self.flushed)
     }
 
-    fn complete(&mut self) -> Result<CompletedSegment, ReceiveError> {
+    fn complete(&mut self) -> Result<CompletedSegment, WriteError> {
         let cur = self.current.take().expect("a segment is open");
         let file = cur
             .file
@@ -501,33 +445,11 @@ impl SegmentWriter {
             file.sync_all().map_err(|e| io_err(&cur.path, "fsync", e))?;
         }
         drop(file);
-        let name = segment_file_name(cur.tli, cur.seg, self.seg_size);
-        let file_name = match self.compression {
-            Some(SegmentCompression::Lz4) => {
-                let lname = format!("{name}.lz4");
-                let fin = self.dir.join(&lname);
-                std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
-                // an uncompressed partial of this segment from an earlier run is now stale
-                let _ = std::fs::remove_file(self.dir.join(format!("{name}.partial")));
-                lname
-            }
-            Some(SegmentCompression::Gzip(_)) => {
-                let gname = format!("{name}.gz");
-                let fin = self.dir.join(&gname);
-                std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
-                // an uncompressed partial of this segment from an earlier run is now stale
-                let _ = std::fs::remove_file(self.dir.join(format!("{name}.partial")));
-                gname
-            }
-            None => {
-                let fin = self.dir.join(&name);
-                std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
-                name
-            }
+        let fin = self.stored_path(cur.tli, cur.seg, false);
+        match self.compression {
             Some(SegmentCompression::Zstd(level)) => {
-                let zname = format!("{name}.zst");
-                let tmp = self.dir.join(format!("{zname}.tmp"));
-                let fin = self.dir.join(&zname);
+                // compressed once complete, through a temporary file
+                let tmp = fin.with_extension("zst.tmp");
                 let src = File::open(&cur.path).map_err(|e| io_err(&cur.path, "open", e))?;
                 let out = create_private(&tmp, true)?;
                 let mut enc = zstd::stream::write::Encoder::new(out, level)
@@ -543,9 +465,24 @@ impl SegmentWriter {
                     fsync_dir(&self.dir)?;
                 }
                 std::fs::remove_file(&cur.path).map_err(|e| io_err(&cur.path, "remove", e))?;
-                zname
             }
-        };
+            _ => {
+                std::fs::rename(&cur.path, &fin).map_err(|e| io_err(&fin, "rename", e))?;
+                if self.compression.is_some() {
+                    // an uncompressed partial of this segment from an earlier run is now stale
+                    let plain = format!(
+                        "{}{}",
+                        segment_file_name(cur.tli, cur.seg, self.seg_size),
+                        segment_suffix(true, WalCompression::None)
+                    );
+                    let _ = std::fs::remove_file(self.dir.join(plain));
+                }
+            }
+        }
+        let file_name = fin
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if self.sync {
             fsync_dir(&self.dir)?;
         }
@@ -563,7 +500,7 @@ impl SegmentWriter {
     }
 
     /// Closes the partial segment (after fsync), leaving it as `.partial`.
-    pub fn close(&mut self) -> Result<Lsn, ReceiveError> {
+    pub fn close(&mut self) -> Result<Lsn, WriteError> {
         let flushed = self.flush()?;
         self.current = None;
         Ok(flushed)
@@ -571,16 +508,12 @@ impl SegmentWriter {
 
     /// Closes the partial segment and makes it a complete, full-size segment file (zero-padded),
     /// as a data directory's pg_wal needs. Returns the file's path.
-    pub fn close_padded(&mut self) -> Result<Option<PathBuf>, ReceiveError> {
+    pub fn close_padded(&mut self) -> Result<Option<PathBuf>, WriteError> {
         let Some(cur) = self.current.take() else {
             return Ok(None);
         };
         let SegFile::Plain(file) = cur.file else {
-            return Err(io_err(
-                &cur.path,
-                "pad",
-                std::io::Error::other("a compressed partial segment cannot be padded"),
-            ));
+            return Err(WriteError::CannotPad { path: cur.path });
         };
         file.set_len(self.seg_size.bytes())
             .map_err(|e| io_err(&cur.path, "extend", e))?;
@@ -610,7 +543,7 @@ impl SegmentWriter {
     /// the directory, under a temporary name renamed when complete; durably when syncing.
     ///
     /// [`Connection::timeline_history`]: crate::Connection::timeline_history
-    pub fn write_history(&self, file_name: &str, content: &[u8]) -> Result<(), ReceiveError> {
+    pub fn write_history(&self, file_name: &str, content: &[u8]) -> Result<(), WriteError> {
         let tmp = self.dir.join(format!("{file_name}.tmp"));
         let fin = self.dir.join(file_name);
         let mut f = create_private(&tmp, true)?;
@@ -623,91 +556,5 @@ impl SegmentWriter {
             fsync_dir(&self.dir)?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pgwal::writer::{RecordSpec, WalWriter};
-
-    fn stream() -> (Lsn, Vec<u8>) {
-        let seg = WalSegSize::new(1 << 20).unwrap();
-        let mut w = WalWriter::new(Lsn(1 << 20), seg, TimelineId(1), 77, WalVersion::V18);
-        for _ in 0..40 {
-            w.append(&RecordSpec {
-                rmid: 10,
-                main_data: vec![3; 30_000],
-                ..Default::default()
-            });
-        }
-        w.finish()
-    }
-
-    fn check_all(bytes: &[u8], start: Lsn, chunk: usize) -> Result<(), ReceiveError> {
-        let mut c = PageChecker::new(WalSegSize::new(1 << 20).unwrap(), 77, TimelineId(1));
-        let mut pos = start;
-        for piece in bytes.chunks(chunk) {
-            c.feed(pos, piece)?;
-            pos = Lsn(pos.0 + piece.len() as u64);
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn headers_split_across_messages_are_checked() {
-        let (start, bytes) = stream();
-        for chunk in [1, 7, 13, 24, 39, 8192, 10_000] {
-            check_all(&bytes, start, chunk).unwrap();
-        }
-        let mut bad = bytes.clone();
-        bad[8192 + 9] ^= 0x40; // page address of the second page
-        for chunk in [5, 8192, 100_000] {
-            let e = check_all(&bad, start, chunk).unwrap_err();
-            assert!(
-                matches!(e, ReceiveError::BadPage { lsn, .. } if lsn == Lsn(start.0 + 8192)),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn positions_near_the_end_of_the_address_space_are_refused_not_wrapped() {
-        let seg = WalSegSize::new(1 << 20).unwrap();
-        let mut c = PageChecker::new(seg, 77, TimelineId(1));
-        // a range that would wrap
-        let e = c.feed(Lsn(u64::MAX - 100), &[0u8; 8192]).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("past the end of the WAL address space"),
-            "{e}"
-        );
-        // the last page: its header is checked (a zero page mid-segment is a zeroed tail)
-        c.feed(Lsn(u64::MAX - 8191), &[0u8; 8191]).unwrap();
-        // past the last page boundary: no header to check, nothing overflows
-        c.feed(Lsn(u64::MAX - 10), &[1u8; 10]).unwrap();
-        c.feed(Lsn(u64::MAX), &[]).unwrap();
-    }
-
-    #[test]
-    fn foreign_system_is_refused() {
-        let (start, bytes) = stream();
-        let mut c = PageChecker::new(WalSegSize::new(1 << 20).unwrap(), 78, TimelineId(1));
-        let e = c.feed(start, &bytes).unwrap_err();
-        assert!(e.to_string().contains("different database system"), "{e}");
-    }
-
-    #[test]
-    fn a_zeroed_tail_ends_the_segment() {
-        let (start, mut bytes) = stream();
-        // zero everything after the third page of the first segment
-        for b in &mut bytes[3 * 8192..1 << 20] {
-            *b = 0;
-        }
-        check_all(&bytes, start, 5000).unwrap();
-        // a page with a header after a zeroed one is garbage
-        let (_, good) = stream();
-        bytes[5 * 8192..5 * 8192 + 24].copy_from_slice(&good[5 * 8192..5 * 8192 + 24]);
-        assert!(check_all(&bytes, start, 5000).is_err());
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use pgrepl::receivewal::{self, ReceiveEvent, ReceiveOptions, SegmentCompression};
 use pgrepl::Lsn;
+use pgstream::receive::{self as receivewal, ReceiveEvent, ReceiveOptions};
+use walarchive::SegmentCompression;
 
 use crate::conn::ConnArgs;
 

@@ -8,28 +8,32 @@
 //!   from its start), else from the slot's restart_lsn, else from the server's current position.
 //!   If the server no longer has the WAL needed, that is a fatal error naming the segment and the
 //!   slot — never a retry loop.
-//! - Every page header is checked as it lands (magic, address, timeline, system identifier); an
-//!   archive holding another system's WAL is refused.
+//! - What the server sends is checked by [`pgwal::receiver::Receiver`] before it is written
+//!   (position, page headers, timeline switches); an archive holding another system's WAL is
+//!   refused.
 //!
-//! The on-disk layout is described in [`archive`].
-
-pub mod archive;
+//! The on-disk layout is [`walarchive::write`]'s. Writes and fsyncs run off the async threads.
+//!
+//! Cancellation: dropping the future closes the connection (the server then releases the
+//! walsender; a permanent slot stays, as it must) and leaves the archive as a crash would: the
+//! newest segment as `.partial`, streamed again from its start by the next run.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgwal::{segment_file_name, Lsn, TimelineId, WalSegSize};
+use pgrepl::{
+    Config, Connection, CreateSlotOptions, Lsn, ReplicationEvent, StartReplication, TimelineId,
+};
+use pgwal::receiver::Receiver;
+use pgwal::{segment_file_name, WalSegSize};
+use walarchive::{scan_archive, CompletedSegment, SegmentCompression, SegmentWriter, WriteError};
 
-use crate::commands::CreateSlotOptions;
-use crate::config::Config;
-use crate::connection::Connection;
-use crate::stream::{ReplicationEvent, StartReplication};
-pub use archive::SegmentCompression;
-use archive::{scan_archive, CompletedSegment, PageChecker, SegmentWriter};
+use crate::wal_writer::OffThreadWriter;
 
 /// How to receive.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReceiveOptions {
     /// The archive directory.
     pub dir: PathBuf,
@@ -45,7 +49,7 @@ pub struct ReceiveOptions {
     pub endpos: Option<Lsn>,
     /// Give up on the first lost connection instead of reconnecting.
     pub no_loop: bool,
-    /// Store segments compressed (zstd, or gzip as pg_receivewal does).
+    /// Store segments compressed (zstd, or gzip and lz4 as pg_receivewal does).
     pub compression: Option<SegmentCompression>,
 }
 
@@ -134,18 +138,13 @@ pub struct ReceiveSummary {
 pub enum ReceiveError {
     /// The replication connection failed.
     #[error(transparent)]
-    Connection(#[from] crate::Error),
-    /// A file operation failed.
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What we were doing.
-        what: String,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
+    Connection(#[from] pgrepl::Error),
+    /// Writing the archive failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// What the server sent is wrong (a gap, a bad page, an impossible timeline switch).
+    #[error(transparent)]
+    Stream(#[from] pgwal::receiver::ReceiveError),
     /// The archive holds another cluster's WAL.
     #[error("archive {} holds WAL of database system {archive}, but the server is system {server}", dir.display())]
     ForeignSystem {
@@ -174,25 +173,6 @@ pub enum ReceiveError {
     /// The slot is logical.
     #[error("replication slot \"{0}\" is not a physical slot")]
     SlotNotPhysical(String),
-    /// A page header that arrived is invalid.
-    #[error("invalid WAL page at {lsn}: {detail}")]
-    BadPage {
-        /// The page.
-        lsn: Lsn,
-        /// What is wrong.
-        detail: String,
-    },
-    /// The server sent WAL that does not continue what we have.
-    #[error("WAL stream gap: expected data at {expected}, got {got}")]
-    Gap {
-        /// Where we were.
-        expected: Lsn,
-        /// Where the data started.
-        got: Lsn,
-    },
-    /// The server's timeline history is inconsistent with what we stream.
-    #[error("timeline switch: {0}")]
-    Timeline(String),
 }
 
 impl ReceiveError {
@@ -200,25 +180,37 @@ impl ReceiveError {
     pub fn is_fatal(&self) -> bool {
         match self {
             ReceiveError::Connection(e) => match e {
-                crate::Error::Db { error, .. } => {
+                pgrepl::Error::Db { error, .. } => {
                     // Authentication, permissions, undefined objects, bad requests: retrying
-                    // cannot help. Connection-level failures (57P0x shutdown, 08xxx) can.
+                    // cannot help. Connection-level failures (57P0x shutdown, 08xxx) can, and
+                    // so can the generic XX000 (see `is_wal_removed`).
                     let c = error.code.as_str();
-                    !(c.starts_with("08") || c.starts_with("57P") || c == "53300")
+                    !(c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "XX000")
                 }
                 // a server that broke the protocol once will break it again
-                crate::Error::Config(_)
-                | crate::Error::Tls(_)
-                | crate::Error::Auth(_)
-                | crate::Error::Usage(_)
-                | crate::Error::Protocol { .. } => true,
+                pgrepl::Error::Config(_)
+                | pgrepl::Error::Tls(_)
+                | pgrepl::Error::Auth(_)
+                | pgrepl::Error::Usage(_)
+                | pgrepl::Error::Protocol { .. } => true,
                 _ => false,
             },
-            ReceiveError::Io { .. } => true,
-            ReceiveError::BadPage { .. } => true,
-            _ => !matches!(self, ReceiveError::Gap { .. }),
+            // a gap can come from a server restarted from a backup: a new connection resolves it
+            ReceiveError::Stream(pgwal::receiver::ReceiveError::Gap { .. }) => false,
+            _ => true,
         }
     }
+}
+
+/// Whether a server error means the WAL asked for is gone, by SQLSTATE (not by its text, which
+/// follows the server's `lc_messages`). The walsender reports a segment it cannot open because
+/// it was recycled as "requested WAL segment ... has already been removed" with
+/// `errcode_for_file_access()` on ENOENT: `58P01` (undefined_file), the one specific code.
+/// The same words come from `CheckXLogRemoved` after a read that raced with recycling, where
+/// errno is usually 0 and the code the generic `XX000`: that error is left retryable, and the
+/// reconnect's START_REPLICATION then gets the specific one.
+fn is_wal_removed(sqlstate: &str) -> bool {
+    sqlstate == "58P01"
 }
 
 /// Creates the physical slot `name` with RESERVE_WAL, so WAL is held from now on. With
@@ -240,6 +232,7 @@ pub async fn create_slot(
         .await;
     match r {
         Ok(_) => {}
+        // duplicate_object
         Err(e) if if_not_exists && e.code() == Some("42710") => {
             match conn.read_replication_slot(name).await? {
                 Some(s) if s.slot_type == "physical" => {}
@@ -261,21 +254,6 @@ pub async fn drop_slot(config: &Config, name: &str) -> Result<(), ReceiveError> 
     Ok(())
 }
 
-/// Whether a server error means the WAL asked for is gone, by SQLSTATE (not by its text, which
-/// follows the server's `lc_messages`). The walsender reports a segment it cannot open because
-/// it was recycled as "requested WAL segment ... has already been removed" with
-/// `errcode_for_file_access()` on ENOENT: `58P01` (undefined_file), the one specific code.
-/// The same words come from `CheckXLogRemoved` after a read that raced with recycling, where
-/// errno is usually 0 and the code the generic `XX000`: that error is left retryable, and the
-/// reconnect's START_REPLICATION then gets the specific one.
-fn is_wal_removed(sqlstate: &str) -> bool {
-    sqlstate == "58P01"
-}
-
-enum Outcome {
-    Stopped(StopReason, TimelineId),
-}
-
 /// Receives WAL into `opts.dir` until `endpos`, `shutdown`, or a fatal error; reconnects with
 /// backoff after a lost connection unless `no_loop`. `on_event` sees progress.
 pub async fn receive_wal(
@@ -295,7 +273,7 @@ pub async fn receive_wal(
             delay = Duration::from_millis(500);
         }
         match r {
-            Ok(Outcome::Stopped(reason, timeline)) => {
+            Ok((reason, timeline)) => {
                 return Ok(ReceiveSummary {
                     reason,
                     flushed,
@@ -320,16 +298,14 @@ pub async fn receive_wal(
     }
 }
 
-async fn run_once(
-    config: &Config,
+/// Where to start: what the archive holds, else the slot's restart_lsn, else the server's
+/// current position; checks that the archive is this system's and the slot exists.
+async fn starting_point(
+    conn: &mut Connection,
     opts: &ReceiveOptions,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    on_event: &mut impl FnMut(&ReceiveEvent),
-    flushed_out: &mut Lsn,
-) -> Result<Outcome, ReceiveError> {
-    let mut conn = Connection::connect(config).await?;
-    let id = conn.identify_system().await?;
-    let seg_size: WalSegSize = conn.wal_segment_size().await?;
+    id: &pgrepl::SystemIdentity,
+    seg_size: WalSegSize,
+) -> Result<(Lsn, TimelineId, bool), ReceiveError> {
     let state = scan_archive(&opts.dir, seg_size)?;
     if let Some(sys) = state.system_id {
         if sys != id.system_id {
@@ -340,76 +316,91 @@ async fn run_once(
             });
         }
     }
-    let (mut start, mut tli) = match state.resume {
-        Some(r) => r,
-        None => {
-            let from_slot = match &opts.slot {
-                Some(s) => match conn.read_replication_slot(s).await? {
-                    None => return Err(ReceiveError::SlotMissing(s.clone())),
-                    Some(info) if info.slot_type != "physical" => {
-                        return Err(ReceiveError::SlotNotPhysical(s.clone()))
-                    }
-                    Some(info) => info
-                        .restart_lsn
-                        .map(|l| (l, info.restart_tli.unwrap_or(id.timeline))),
-                },
-                None => None,
-            };
-            from_slot.unwrap_or((id.xlogpos, id.timeline))
-        }
+    let slot = match &opts.slot {
+        Some(s) => match conn.read_replication_slot(s).await? {
+            None => return Err(ReceiveError::SlotMissing(s.clone())),
+            Some(info) if info.slot_type != "physical" => {
+                return Err(ReceiveError::SlotNotPhysical(s.clone()))
+            }
+            Some(info) => info
+                .restart_lsn
+                .map(|l| (l, info.restart_tli.unwrap_or(id.timeline))),
+        },
+        None => None,
     };
-    if let (Some(s), Some(_)) = (&opts.slot, state.resume) {
-        // the slot must exist even when the archive decides where to start
-        if conn.read_replication_slot(s).await?.is_none() {
-            return Err(ReceiveError::SlotMissing(s.clone()));
+    let resumed = state.resume.is_some();
+    let (start, tli) = state.resume.or(slot).unwrap_or((id.xlogpos, id.timeline));
+    Ok((start.segment_start(seg_size), tli, resumed))
+}
+
+/// Maps START_REPLICATION's refusal to what it means.
+fn refused(
+    e: pgrepl::Error,
+    opts: &ReceiveOptions,
+    tli: TimelineId,
+    at: Lsn,
+    seg_size: WalSegSize,
+) -> ReceiveError {
+    if let Some(db) = e.as_db_error() {
+        if is_wal_removed(&db.code) {
+            return ReceiveError::WalRemoved {
+                segment: segment_file_name(tli, at.segment(seg_size), seg_size),
+                lsn: at,
+                slot: opts.slot.clone(),
+                server_message: db.message.clone(),
+            };
+        }
+        // ReplicationSlotAcquire: ERRCODE_UNDEFINED_OBJECT
+        if db.code == "42704" {
+            if let Some(s) = &opts.slot {
+                return ReceiveError::SlotMissing(s.clone());
+            }
         }
     }
-    start = start.segment_start(seg_size);
+    e.into()
+}
+
+async fn run_once(
+    config: &Config,
+    opts: &ReceiveOptions,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    on_event: &mut impl FnMut(&ReceiveEvent),
+    flushed_out: &mut Lsn,
+) -> Result<(StopReason, TimelineId), ReceiveError> {
+    let mut conn = Connection::connect(config).await?;
+    let id = conn.identify_system().await?;
+    let seg_size: WalSegSize = conn.wal_segment_size().await?;
+    let (start, tli, resumed) = starting_point(&mut conn, opts, &id, seg_size).await?;
     if let Some(end) = opts.endpos {
-        if start >= end && state.resume.is_some() {
+        if start >= end && resumed {
             // nothing to do: everything up to endpos is already archived
-            return Ok(Outcome::Stopped(StopReason::EndPos, tli));
+            return Ok((StopReason::EndPos, tli));
         }
     }
-    let mut writer =
-        SegmentWriter::new(&opts.dir, seg_size, opts.compression, !opts.no_sync, start);
-    let mut checker = PageChecker::new(seg_size, id.system_id, tli.max(id.timeline));
+    let mut rx = Receiver::new(start, tli, seg_size, id.system_id);
+    rx.set_stop(opts.endpos);
+    let mut writer = OffThreadWriter::new(SegmentWriter::new(
+        &opts.dir,
+        seg_size,
+        opts.compression,
+        !opts.no_sync,
+        start,
+    ));
     loop {
+        let (tli, start) = (rx.timeline(), rx.received());
         on_event(&ReceiveEvent::Started {
             system_id: id.system_id,
             start,
             timeline: tli,
         });
-        let mut stream = match conn
+        let mut stream = conn
             .start_replication(&StartReplication {
                 slot: opts.slot.clone(),
                 start,
                 timeline: Some(tli),
             })
             .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                if let Some(db) = e.as_db_error() {
-                    if is_wal_removed(&db.code) {
-                        return Err(ReceiveError::WalRemoved {
-                            segment: segment_file_name(tli, start.segment(seg_size), seg_size),
-                            lsn: start,
-                            slot: opts.slot.clone(),
-                            server_message: db.message.clone(),
-                        });
-                    }
-                    // ReplicationSlotAcquire: ERRCODE_UNDEFINED_OBJECT
-                    if db.code == "42704" {
-                        if let Some(s) = &opts.slot {
-                            return Err(ReceiveError::SlotMissing(s.clone()));
-                        }
-                    }
-                }
-                return Err(e.into());
-            }
-        };
-        let mut server_end = start;
+            .map_err(|e| refused(e, opts, tli, start, seg_size))?;
         let mut ticker = tokio::time::interval(opts.status_interval);
         ticker.tick().await;
         let mut stop: Option<StopReason> = None;
@@ -417,10 +408,11 @@ async fn run_once(
             let ev = tokio::select! {
                 ev = stream.next() => ev,
                 _ = ticker.tick() => {
-                    let flushed = writer.flush()?;
-                    *flushed_out = flushed;
-                    stream.send_status(writer.written, flushed, Lsn::INVALID, false).await?;
-                    on_event(&ReceiveEvent::Flushed { written: writer.written, flushed, server_end });
+                    rx.durable(writer.flush().await?);
+                    *flushed_out = rx.flushed();
+                    let s = rx.status();
+                    stream.send_status(s.write, s.flush, Lsn::INVALID, false).await?;
+                    on_event(&ReceiveEvent::Flushed { written: s.write, flushed: s.flush, server_end: rx.server_end() });
                     continue;
                 }
                 _ = shutdown.as_mut() => {
@@ -432,72 +424,53 @@ async fn run_once(
                 Ok(Some(ev)) => ev,
                 Ok(None) => break None,
                 Err(e) => {
-                    if let Some(db) = e.as_db_error() {
-                        if is_wal_removed(&db.code) {
-                            return Err(ReceiveError::WalRemoved {
-                                segment: segment_file_name(
-                                    tli,
-                                    writer.written.segment(seg_size),
-                                    seg_size,
-                                ),
-                                lsn: writer.written,
-                                slot: opts.slot.clone(),
-                                server_message: db.message.clone(),
-                            });
-                        }
-                    }
                     // keep what we have durable before giving up on this connection
-                    *flushed_out = writer.flush()?;
-                    return Err(e.into());
+                    *flushed_out = writer.flush().await?;
+                    return Err(refused(e, opts, rx.timeline(), rx.received(), seg_size));
                 }
             };
             match ev {
                 ReplicationEvent::XLogData(x) => {
-                    server_end = server_end.max(x.wal_end);
-                    let mut data = &x.data[..];
-                    let mut reached_end = false;
-                    if let Some(end) = opts.endpos {
-                        let data_end = x.data_end();
-                        if data_end >= end {
-                            let keep = end.0.saturating_sub(x.wal_start.0) as usize;
-                            data = &data[..keep.min(data.len())];
-                            reached_end = true;
-                        }
-                    }
-                    checker.feed(x.wal_start, data)?;
-                    for done in writer.write(tli, x.wal_start, data)? {
-                        *flushed_out = writer.flushed;
-                        on_event(&ReceiveEvent::SegmentDone(done));
+                    let inc = rx.xlogdata(x.wal_start, x.wal_end, &x.data)?;
+                    let (len, reached) = (inc.data.len(), inc.stop);
+                    let done = writer
+                        .write(inc.timeline, inc.start, x.data.slice(..len))
+                        .await?;
+                    rx.written(rx.received());
+                    for seg in done {
+                        rx.durable(seg.end);
+                        *flushed_out = rx.flushed();
+                        on_event(&ReceiveEvent::SegmentDone(seg));
+                        let s = rx.status();
                         stream
-                            .send_status(writer.written, writer.flushed, Lsn::INVALID, false)
+                            .send_status(s.write, s.flush, Lsn::INVALID, false)
                             .await?;
                     }
                     if opts.synchronous {
-                        let flushed = writer.flush()?;
-                        *flushed_out = flushed;
+                        rx.durable(writer.flush().await?);
+                        *flushed_out = rx.flushed();
+                        let s = rx.status();
                         stream
-                            .send_status(writer.written, flushed, Lsn::INVALID, false)
+                            .send_status(s.write, s.flush, Lsn::INVALID, false)
                             .await?;
                     }
-                    if reached_end {
+                    if reached {
                         stop = Some(StopReason::EndPos);
                         break None;
                     }
                 }
                 ReplicationEvent::Keepalive(k) => {
-                    server_end = server_end.max(k.wal_end);
-                    if k.reply_requested {
-                        let flushed = writer.flush()?;
-                        *flushed_out = flushed;
+                    if rx.keepalive(k.wal_end, k.reply_requested) {
+                        rx.durable(writer.flush().await?);
+                        *flushed_out = rx.flushed();
+                        let s = rx.status();
                         stream
-                            .send_status(writer.written, flushed, Lsn::INVALID, false)
+                            .send_status(s.write, s.flush, Lsn::INVALID, false)
                             .await?;
                     }
-                    if let Some(end) = opts.endpos {
-                        if writer.written >= end {
-                            stop = Some(StopReason::EndPos);
-                            break None;
-                        }
+                    if rx.stopped() {
+                        stop = Some(StopReason::EndPos);
+                        break None;
                     }
                 }
                 ReplicationEvent::Notice(n) => tracing::warn!("{n}"),
@@ -506,68 +479,52 @@ async fn run_once(
                     next_timeline_start,
                 } => break Some((next_timeline, next_timeline_start)),
                 ReplicationEvent::ServerShutdown => {
-                    *flushed_out = writer.flush()?;
-                    return Err(crate::Error::Closed {
+                    *flushed_out = writer.flush().await?;
+                    return Err(pgrepl::Error::Closed {
                         state: "START_REPLICATION streaming (server shut down)",
                     }
                     .into());
                 }
+                _ => {}
             }
         };
         if let Some(reason) = stop {
-            let flushed = writer.close()?;
-            *flushed_out = flushed;
+            rx.durable(writer.close().await?);
+            *flushed_out = rx.flushed();
+            let s = rx.status();
             let _ = stream
-                .send_status(writer.written, flushed, Lsn::INVALID, false)
+                .send_status(s.write, s.flush, Lsn::INVALID, false)
                 .await;
             let _ = stream.finish().await;
             on_event(&ReceiveEvent::Flushed {
-                written: writer.written,
-                flushed,
-                server_end,
+                written: s.write,
+                flushed: s.flush,
+                server_end: rx.server_end(),
             });
             let _ = conn.close().await;
-            return Ok(Outcome::Stopped(reason, tli));
+            return Ok((reason, rx.timeline()));
         }
         drop(stream);
         let Some((next, at)) = next_tl else {
-            *flushed_out = writer.flush()?;
-            return Err(crate::Error::Closed {
+            *flushed_out = writer.flush().await?;
+            return Err(pgrepl::Error::Closed {
                 state: "START_REPLICATION streaming",
             }
             .into());
         };
         // End of timeline: keep the old timeline's last segment as .partial, store the new
         // timeline's history, and continue from the segment holding the switch point.
-        if next <= tli {
-            return Err(ReceiveError::Timeline(format!(
-                "server reported next timeline {next}, not after {tli}"
-            )));
-        }
-        if at > writer.written {
-            // a hole between the two timelines (pg_receivewal's check and words)
-            return Err(ReceiveError::Timeline(format!(
-                "server stopped streaming timeline {tli} at {}, but reported next timeline {next} to begin at {at}",
-                writer.written
-            )));
-        }
-        if at < writer.written.segment_start(seg_size) {
-            return Err(ReceiveError::Timeline(format!(
-                "server reported switch point {at} before what was already streamed ({})",
-                writer.written
-            )));
-        }
-        *flushed_out = writer.close()?;
+        let sw = rx.end_of_timeline(next, at)?;
+        *flushed_out = writer.close().await?;
         let history = conn.timeline_history(next).await?;
-        writer.write_history(&history.file_name, &history.content)?;
+        writer
+            .write_history(history.file_name, history.content)
+            .await?;
         on_event(&ReceiveEvent::TimelineSwitch {
-            from: tli,
-            to: next,
-            at,
+            from: sw.from,
+            to: sw.to,
+            at: sw.at,
         });
-        tli = next;
-        start = at.segment_start(seg_size);
-        writer.reset(start);
-        checker = PageChecker::new(seg_size, id.system_id, tli.max(id.timeline));
+        writer.reset(sw.resume);
     }
 }

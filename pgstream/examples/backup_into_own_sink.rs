@@ -3,12 +3,12 @@
 //! other side. It is composed with the verifying layer, so the run still fails if any file does
 //! not match the server's manifest.
 //!
-//!   cargo run -p basebackup --example hash_sink -- "host=db user=backup"
+//!   cargo run -p pgstream --example backup_into_own_sink -- "host=db user=backup"
 
 use basebackup::checksum::{to_hex, ChecksumKind};
-use basebackup::run::{take_backup, WalMethod};
 use basebackup::sink::{ArchiveInfo, BackupEnd, BackupSink, SinkError, Tee, VerifySink};
 use basebackup::tar::EntryHeader;
+use pgstream::{take_backup, WalMethod};
 use sha2::Digest;
 
 /// Hashes each archive; keeps nothing on disk.
@@ -59,11 +59,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = pgrepl::Config::from_conninfo(&conninfo)?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
     let id = conn.identify_system().await?;
-    let mut sink = Tee(
+    let sink = Tee(
         VerifySink::new(ChecksumKind::Crc32c, Some(id.system_id)),
         HashSink::default(),
     );
     let options = pgrepl::BaseBackupOptions::default();
-    take_backup(&mut conn, &options, &WalMethod::None, &mut sink, |_| {}).await?;
+    let (summary, _sink) = take_backup(&mut conn, &options, &WalMethod::None, sink, |_| {}).await?;
+    println!(
+        "{} files verified against the manifest in {:?}",
+        summary.files, summary.duration
+    );
     Ok(())
 }

@@ -1,0 +1,25 @@
+//! The online half of pgrepl: base backups and WAL streams over a [`pgrepl`] connection.
+//!
+//! - [`backup`]: BASE_BACKUP into a [`basebackup::sink::BackupSink`], the sink on a thread of
+//!   its own behind a bounded queue, WAL streamed beside it on a second connection (`-X stream`);
+//! - [`receive`]: a continuous, crash-safe WAL archive over START_REPLICATION (`receivewal`);
+//! - [`wal_stream`]: the WAL stream of a backup.
+//!
+//! Both WAL paths drive the one receiver state machine, [`pgwal::receiver::Receiver`], and
+//! write through [`walarchive::SegmentWriter`] off the async threads. Everything runs on a
+//! Tokio runtime with I/O and timers (as `#[tokio::main]` gives); the futures are `Send`.
+
+pub mod backup;
+pub mod receive;
+mod sink_thread;
+pub mod wal_stream;
+mod wal_writer;
+
+pub use backup::{
+    take_backup, take_backup_until, BackupError, BackupEvent, BackupSummary, WalMethod,
+};
+pub use receive::{
+    create_slot, drop_slot, receive_wal, ReceiveError, ReceiveEvent, ReceiveOptions,
+    ReceiveSummary, StopReason,
+};
+pub use wal_stream::{SlotChoice, WalStreamError};
