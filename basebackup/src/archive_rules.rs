@@ -32,6 +32,98 @@ pub enum ArchiveRole {
     Wal,
 }
 
+/// An entry (or archive name) a backup archive may not hold; the caller adds the archive and
+/// the byte offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleViolation {
+    /// An empty name.
+    #[error("empty entry name")]
+    EmptyName,
+    /// An absolute name.
+    #[error("absolute entry name \"{0}\"")]
+    Absolute(String),
+    /// A NUL byte in the name.
+    #[error("entry name contains NUL")]
+    Nul,
+    /// An empty component (`a//b`).
+    #[error("entry name \"{0}\" has an empty component")]
+    EmptyComponent(String),
+    /// A `.` or `..` component.
+    #[error("entry name \"{path}\" has a \"{component}\" component (it could leave the archive's directory)")]
+    DotComponent {
+        /// The name.
+        path: String,
+        /// `.` or `..`.
+        component: &'static str,
+    },
+    /// An entry beneath a link or a file.
+    #[error("entry \"{path}\" lies beneath \"{parent}\", which is not a directory")]
+    Beneath {
+        /// The entry.
+        path: String,
+        /// The link or file above it.
+        parent: String,
+    },
+    /// A name used twice.
+    #[error("duplicate entry \"{0}\"")]
+    Duplicate(String),
+    /// A link where PostgreSQL sends none.
+    #[error("unexpected symbolic link \"{path}\" -> \"{target}\" ({rule})")]
+    UnexpectedLink {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+        /// Where links may be.
+        rule: &'static str,
+    },
+    /// A tablespace link with a relative target.
+    #[error("symbolic link \"{path}\" -> \"{target}\": a tablespace link must point at an absolute location")]
+    RelativeLink {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+    },
+    /// A tablespace link that does not point at its tablespace's announced location.
+    #[error("symbolic link \"{path}\" -> \"{target}\" does not point at tablespace {oid}'s location \"{location}\"")]
+    LinkElsewhere {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+        /// The tablespace.
+        oid: u32,
+        /// Its announced location.
+        location: String,
+    },
+    /// A tablespace link for a tablespace the server did not announce.
+    #[error("symbolic link \"{path}\" -> \"{target}\" is for tablespace {oid}, which the server did not announce")]
+    UnannouncedTablespace {
+        /// The link.
+        path: String,
+        /// Its target.
+        target: String,
+        /// The tablespace.
+        oid: u32,
+    },
+    /// An entry of a tablespace archive outside its version directory.
+    #[error("entry \"{0}\" is not inside the tablespace's version directory (PG_<version>_<catversion>)")]
+    OutsideVersionDirectory(String),
+    /// An entry of a WAL archive that is not WAL.
+    #[error("entry \"{0}\" does not belong in a WAL archive (WAL segments, history files and archive_status markers only)")]
+    NotWal(String),
+    /// An archive name that is not `base.tar` / `<oid>.tar` with a compression suffix.
+    #[error("unexpected archive name \"{name}\" (expected \"{expected}.tar\" with a compression suffix)")]
+    ArchiveName {
+        /// The name.
+        name: String,
+        /// The stem it should have.
+        expected: String,
+    },
+}
+
 /// The rules for one archive, with what it has held so far.
 #[derive(Debug, Clone)]
 pub struct EntryRules {
@@ -64,21 +156,22 @@ impl EntryRules {
         path: &str,
         kind: EntryKind,
         link_target: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RuleViolation> {
         check_syntax(path)?;
         // nothing beneath a link or a file, and no name twice
         for (i, b) in path.bytes().enumerate() {
             if b == b'/' {
                 let parent = &path[..i];
                 if self.leaves.contains(parent) {
-                    return Err(format!(
-                        "entry \"{path}\" lies beneath \"{parent}\", which is not a directory"
-                    ));
+                    return Err(RuleViolation::Beneath {
+                        path: path.to_owned(),
+                        parent: parent.to_owned(),
+                    });
                 }
             }
         }
         if self.names.contains(path) {
-            return Err(format!("duplicate entry \"{path}\""));
+            return Err(RuleViolation::Duplicate(path.to_owned()));
         }
         self.check_role(path, kind, link_target)?;
         // record the name and the directories it implies
@@ -99,7 +192,11 @@ impl EntryRules {
         path: &str,
         kind: EntryKind,
         link_target: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), RuleViolation> {
+        let (owned, target_of) = (
+            || path.to_owned(),
+            || link_target.unwrap_or_default().to_owned(),
+        );
         let first = path.split('/').next().unwrap_or_default();
         match &self.role {
             ArchiveRole::Base { tablespaces } => {
@@ -112,27 +209,35 @@ impl EntryRules {
                     .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|o| o.parse::<u32>().ok());
                 let Some(oid) = oid else {
-                    return Err(format!(
-                        "unexpected symbolic link \"{path}\" -> \"{target}\" (a base backup has links only at pg_tblspc/<oid>)"
-                    ));
+                    return Err(RuleViolation::UnexpectedLink {
+                        path: owned(),
+                        target: target_of(),
+                        rule: "a base backup has links only at pg_tblspc/<oid>",
+                    });
                 };
                 if !target.starts_with('/') {
-                    return Err(format!(
-                        "symbolic link \"{path}\" -> \"{target}\": a tablespace link must point at an absolute location"
-                    ));
+                    return Err(RuleViolation::RelativeLink {
+                        path: owned(),
+                        target: target_of(),
+                    });
                 }
                 if let Some(ts) = tablespaces {
                     match ts.get(&oid) {
                         Some(loc) if loc == target => {}
                         Some(loc) => {
-                            return Err(format!(
-                                "symbolic link \"{path}\" -> \"{target}\" does not point at tablespace {oid}'s location \"{loc}\""
-                            ))
+                            return Err(RuleViolation::LinkElsewhere {
+                                path: owned(),
+                                target: target_of(),
+                                oid,
+                                location: loc.clone(),
+                            })
                         }
                         None => {
-                            return Err(format!(
-                                "symbolic link \"{path}\" -> \"{target}\" is for tablespace {oid}, which the server did not announce"
-                            ))
+                            return Err(RuleViolation::UnannouncedTablespace {
+                                path: owned(),
+                                target: target_of(),
+                                oid,
+                            })
                         }
                     }
                 }
@@ -140,15 +245,14 @@ impl EntryRules {
             }
             ArchiveRole::Tablespace => {
                 if kind == EntryKind::Symlink {
-                    return Err(format!(
-                        "unexpected symbolic link \"{path}\" -> \"{}\" in a tablespace archive",
-                        link_target.unwrap_or_default()
-                    ));
+                    return Err(RuleViolation::UnexpectedLink {
+                        path: owned(),
+                        target: target_of(),
+                        rule: "a tablespace archive has none",
+                    });
                 }
                 if !first.starts_with("PG_") {
-                    return Err(format!(
-                        "entry \"{path}\" is not inside the tablespace's version directory (PG_<version>_<catversion>)"
-                    ));
+                    return Err(RuleViolation::OutsideVersionDirectory(owned()));
                 }
                 Ok(())
             }
@@ -166,9 +270,7 @@ impl EntryRules {
                 if ok {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "entry \"{path}\" does not belong in a WAL archive (WAL segments, history files and archive_status markers only)"
-                    ))
+                    Err(RuleViolation::NotWal(owned()))
                 }
             }
         }
@@ -182,18 +284,19 @@ impl EntryRules {
 pub fn check_archive_name(
     name: &str,
     tablespace_oid: Option<u32>,
-) -> Result<crate::decompress::ArchiveCompression, String> {
-    let compression = crate::decompress::ArchiveCompression::from_name(name)
-        .ok_or_else(|| format!("unexpected archive name \"{name}\""))?;
-    let stem = name.split(".tar").next().unwrap_or_default();
+) -> Result<crate::decompress::ArchiveCompression, RuleViolation> {
     let expected = match tablespace_oid {
         None => "base".to_owned(),
         Some(oid) => oid.to_string(),
     };
+    let bad = || RuleViolation::ArchiveName {
+        name: name.chars().take(200).collect(),
+        expected: expected.clone(),
+    };
+    let compression = crate::decompress::ArchiveCompression::from_name(name).ok_or_else(bad)?;
+    let stem = name.split(".tar").next().unwrap_or_default();
     if stem != expected || name[stem.len()..] != *compression.file_suffix() {
-        return Err(format!(
-            "unexpected archive name \"{name}\" (expected \"{expected}.tar\" with a compression suffix)"
-        ));
+        return Err(bad());
     }
     Ok(compression)
 }
@@ -223,23 +326,30 @@ fn looks_like_wal(name: &str) -> bool {
 
 /// A relative path of plain components: not empty, not absolute, no `.`, `..` or empty
 /// component, no NUL.
-pub fn check_syntax(path: &str) -> Result<(), String> {
+pub fn check_syntax(path: &str) -> Result<(), RuleViolation> {
     if path.is_empty() {
-        return Err("empty entry name".into());
+        return Err(RuleViolation::EmptyName);
     }
     if path.starts_with('/') {
-        return Err(format!("absolute entry name \"{path}\""));
+        return Err(RuleViolation::Absolute(path.to_owned()));
     }
     if path.contains('\0') {
-        return Err("entry name contains NUL".into());
+        return Err(RuleViolation::Nul);
     }
     for c in path.split('/') {
         match c {
-            "" => return Err(format!("entry name \"{path}\" has an empty component")),
-            "." | ".." => {
-                return Err(format!(
-                    "entry name \"{path}\" has a \"{c}\" component (it could leave the archive's directory)"
-                ))
+            "" => return Err(RuleViolation::EmptyComponent(path.to_owned())),
+            "." => {
+                return Err(RuleViolation::DotComponent {
+                    path: path.to_owned(),
+                    component: ".",
+                })
+            }
+            ".." => {
+                return Err(RuleViolation::DotComponent {
+                    path: path.to_owned(),
+                    component: "..",
+                })
             }
             _ => {}
         }
@@ -370,7 +480,9 @@ mod tests {
                     break;
                 }
             }
-            let e = got.unwrap_or_else(|| panic!("{entries:?} passed"));
+            let e = got
+                .unwrap_or_else(|| panic!("{entries:?} passed"))
+                .to_string();
             assert!(
                 e.contains(want),
                 "{entries:?}: expected {want:?}, got {e:?}"
@@ -380,10 +492,12 @@ mod tests {
         assert!(ts
             .check("base/1", EntryKind::File, None)
             .unwrap_err()
+            .to_string()
             .contains("version directory"));
         assert!(ts
             .check("PG_17_1/x", EntryKind::Symlink, Some("/etc"))
             .unwrap_err()
+            .to_string()
             .contains("symbolic link"));
         let mut w = EntryRules::new(ArchiveRole::Wal);
         assert!(w.check("postgresql.conf", EntryKind::File, None).is_err());

@@ -4,6 +4,39 @@
 
 use pgwal::{Lsn, TimelineId};
 
+/// A backup_label that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabelError {
+    /// A line's value is not an LSN.
+    #[error("line {line}: \"{value}\" is not an LSN")]
+    BadLsn {
+        /// The line number.
+        line: usize,
+        /// The value.
+        value: String,
+    },
+    /// A line's value is not a timeline.
+    #[error("line {line}: \"{value}\" is not a timeline")]
+    BadTimeline {
+        /// The line number.
+        line: usize,
+        /// The value.
+        value: String,
+    },
+    /// A required line is absent.
+    #[error("could not find {0}")]
+    Missing(&'static str),
+    /// One of the two INCREMENTAL lines without the other.
+    #[error("{present} requires {missing}")]
+    Unpaired {
+        /// The line present.
+        present: &'static str,
+        /// The line absent.
+        missing: &'static str,
+    },
+}
+
 /// What a backup_label says about where the backup starts and what it is incremental to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackupLabel {
@@ -17,25 +50,30 @@ pub struct BackupLabel {
 
 impl BackupLabel {
     /// Parses a label. Both INCREMENTAL lines or neither must be present.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, LabelError> {
         let mut start_lsn = None;
         let mut start_tli = None;
         let mut from_lsn = None;
         let mut from_tli = None;
         for (n, line) in text.lines().enumerate() {
             let n = n + 1;
-            let lsn = |v: &str| -> Result<Lsn, String> {
+            let lsn = |v: &str| -> Result<Lsn, LabelError> {
                 let v = v.split_whitespace().next().unwrap_or("");
-                v.parse()
-                    .map_err(|_| format!("line {n}: \"{v}\" is not an LSN"))
+                v.parse().map_err(|_| LabelError::BadLsn {
+                    line: n,
+                    value: v.chars().take(64).collect(),
+                })
             };
-            let tli = |v: &str| -> Result<TimelineId, String> {
+            let tli = |v: &str| -> Result<TimelineId, LabelError> {
                 v.trim()
                     .parse::<u32>()
                     .ok()
                     .filter(|t| *t > 0)
                     .map(TimelineId)
-                    .ok_or_else(|| format!("line {n}: \"{}\" is not a timeline", v.trim()))
+                    .ok_or_else(|| LabelError::BadTimeline {
+                        line: n,
+                        value: v.trim().chars().take(64).collect(),
+                    })
             };
             if let Some(v) = line.strip_prefix("START WAL LOCATION: ") {
                 start_lsn = Some(lsn(v)?);
@@ -47,16 +85,22 @@ impl BackupLabel {
                 from_tli = Some(tli(v)?);
             }
         }
-        let start_lsn = start_lsn.ok_or("could not find START WAL LOCATION")?;
-        let start_tli = start_tli.ok_or("could not find START TIMELINE")?;
+        let start_lsn = start_lsn.ok_or(LabelError::Missing("START WAL LOCATION"))?;
+        let start_tli = start_tli.ok_or(LabelError::Missing("START TIMELINE"))?;
         let incremental_from = match (from_lsn, from_tli) {
             (Some(l), Some(t)) => Some((l, t)),
             (None, None) => None,
             (Some(_), None) => {
-                return Err("INCREMENTAL FROM LSN requires INCREMENTAL FROM TLI".into())
+                return Err(LabelError::Unpaired {
+                    present: "INCREMENTAL FROM LSN",
+                    missing: "INCREMENTAL FROM TLI",
+                })
             }
             (None, Some(_)) => {
-                return Err("INCREMENTAL FROM TLI requires INCREMENTAL FROM LSN".into())
+                return Err(LabelError::Unpaired {
+                    present: "INCREMENTAL FROM TLI",
+                    missing: "INCREMENTAL FROM LSN",
+                })
             }
         };
         Ok(BackupLabel {

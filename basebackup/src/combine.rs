@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 
 use crate::backup_label::{strip_incremental, BackupLabel};
 use crate::checksum::{ChecksumKind, FileHasher};
-use crate::control::ControlFile;
-use crate::incremental::{self, BlockSource, IncrementalHeader, Version, BLCKSZ};
-use crate::manifest::{Manifest, ManifestParser, ManifestWriter};
+use crate::control::{ControlError, ControlFile};
+use crate::incremental::{self, BlockSource, IncrementalError, IncrementalHeader, Version, BLCKSZ};
+use crate::manifest::{Manifest, ManifestError, ManifestParser, ManifestWriter};
 use crate::safe_dir::SafeDir;
 use crate::sink::TablespaceMapping;
-use crate::source::{BackupSource, FileLoc};
+use crate::source::{BackupSource, FileLoc, SourceError};
 
 /// How whole files are copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,29 +77,93 @@ pub struct CombineSummary {
 }
 
 /// Why a combine failed (nothing complete-looking is left behind).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CombineError {
-    /// The message, naming the backup and file concerned.
-    pub message: String,
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CombineError {
+    /// The backups do not form a chain that can be combined, or the output cannot be used
+    /// (pg_combinebackup's checks, in its words, naming the backup or directory).
+    #[error("{problem}")]
+    Chain {
+        /// What is wrong.
+        problem: String,
+    },
+    /// A backup cannot be opened or read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A backup's pg_control cannot be used.
+    #[error("{path}: {source}")]
+    Control {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: ControlError,
+    },
+    /// A backup's backup_label cannot be used.
+    #[error("{path}: {problem}")]
+    Label {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A backup's manifest cannot be used.
+    #[error("\"{}\": {source}", path.display())]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ManifestError,
+    },
+    /// An INCREMENTAL file cannot be used.
+    #[error("\"{path}\": {source}")]
+    Incremental {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: IncrementalError,
+    },
+    /// A file of a backup could not be read.
+    #[error("could not read file \"{}\": {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output could not be written.
+    #[error("could not {what} \"{}\": {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-impl std::fmt::Display for CombineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for CombineError {}
-
-fn fail<T>(message: impl Into<String>) -> Result<T, CombineError> {
-    Err(CombineError {
-        message: message.into(),
+fn fail<T>(problem: impl Into<String>) -> Result<T, CombineError> {
+    Err(CombineError::Chain {
+        problem: problem.into(),
     })
 }
 
 impl From<String> for CombineError {
-    fn from(message: String) -> Self {
-        CombineError { message }
+    fn from(problem: String) -> Self {
+        CombineError::Chain { problem }
+    }
+}
+
+fn write_err(path: &Path, what: &'static str, source: std::io::Error) -> CombineError {
+    CombineError::Write {
+        path: path.to_path_buf(),
+        what,
+        source,
     }
 }
 
@@ -114,7 +178,7 @@ fn empty_or_absent(p: &Path) -> Result<bool, CombineError> {
     match fs::read_dir(p) {
         Ok(mut it) => Ok(it.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => fail(format!("could not open directory \"{}\": {e}", p.display())),
+        Err(e) => Err(write_err(p, "open directory", e)),
     }
 }
 
@@ -139,7 +203,10 @@ fn load_chain(
         let bytes = s
             .read("global/pg_control")?
             .ok_or_else(|| format!("could not open file \"{path}\": No such file or directory"))?;
-        let c = ControlFile::parse(&bytes).map_err(|e| format!("{path}: {e}"))?;
+        let c = ControlFile::parse(&bytes).map_err(|source| CombineError::Control {
+            path: path.clone(),
+            source,
+        })?;
         match system_id {
             None => system_id = Some(c.system_identifier),
             Some(id) if id != c.system_identifier => {
@@ -183,8 +250,14 @@ fn load_chain(
         let text = s
             .read("backup_label")?
             .ok_or_else(|| format!("could not open file \"{path}\": No such file or directory"))?;
-        let text = String::from_utf8(text).map_err(|_| format!("{path}: not UTF-8"))?;
-        let l = BackupLabel::parse(&text).map_err(|e| format!("{path}: {e}"))?;
+        let text = String::from_utf8(text).map_err(|_| CombineError::Label {
+            path: path.clone(),
+            problem: "not UTF-8".into(),
+        })?;
+        let l = BackupLabel::parse(&text).map_err(|e| CombineError::Label {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
         if i > 0 && l.incremental_from.is_none() {
             return fail(format!(
                 "backup at \"{root}\" is a full backup, but only the first backup should be a full backup"
@@ -220,10 +293,14 @@ fn load_chain(
         };
         let mpath = src.root.join("backup_manifest");
         let manifest = match File::open(&mpath) {
-            Ok(f) => Some(
-                ManifestParser::parse_reader(f)
-                    .map_err(|e| format!("\"{}\": {e}", mpath.display()))?,
-            ),
+            Ok(f) => {
+                Some(
+                    ManifestParser::parse_reader(f).map_err(|source| CombineError::Manifest {
+                        path: mpath.clone(),
+                        source,
+                    })?,
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if i == n - 1 && need_manifest {
                     return fail(format!(
@@ -233,7 +310,12 @@ fn load_chain(
                 }
                 None
             }
-            Err(e) => return fail(format!("could not read \"{}\": {e}", mpath.display())),
+            Err(source) => {
+                return Err(CombineError::Read {
+                    path: mpath.clone(),
+                    source,
+                })
+            }
         };
         if let Some(m) = &manifest {
             if let Some(id) = m.system_identifier {
@@ -364,12 +446,15 @@ impl OutPath<'_> {
     fn create(&self) -> Result<File, CombineError> {
         let (dir, name) = self.parent()?;
         dir.create_file(&name, 0o600, false)
-            .map_err(|e| format!("could not create file \"{}\": {e}", self.shown.display()).into())
+            .map_err(|e| write_err(&self.shown, "create file", e))
     }
 }
 
-fn read_err(loc: &FileLoc, e: std::io::Error) -> CombineError {
-    format!("could not read file \"{}\": {e}", loc.path.display()).into()
+fn read_err(loc: &FileLoc, source: std::io::Error) -> CombineError {
+    CombineError::Read {
+        path: loc.path.clone(),
+        source,
+    }
 }
 
 impl Writer<'_> {
@@ -382,7 +467,7 @@ impl Writer<'_> {
     ) -> Result<(), CombineError> {
         let meta = file
             .metadata()
-            .map_err(|e| format!("could not stat \"{}\": {e}", out.shown.display()))?;
+            .map_err(|e| write_err(&out.shown, "stat", e))?;
         self.summary.files += 1;
         self.summary.bytes += meta.len();
         if rel.starts_with("pg_wal/") || rel == "pg_wal" {
@@ -664,8 +749,7 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
         .unwrap_or_else(|| "combined".into());
     let staging = parent.join(format!(".{name}.pgrepl-incomplete"));
     if staging.exists() {
-        fs::remove_dir_all(&staging)
-            .map_err(|e| format!("could not remove \"{}\": {e}", staging.display()))?;
+        fs::remove_dir_all(&staging).map_err(|e| write_err(&staging, "remove", e))?;
     }
     let mut created_ts: Vec<PathBuf> = Vec::new();
     let mut w = Writer {
@@ -690,7 +774,7 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
             let out = tree.place("backup_manifest");
             let mut f = out.create()?;
             f.write_all(&bytes)
-                .map_err(|e| format!("could not write \"{}\": {e}", out.shown.display()))?;
+                .map_err(|e| write_err(&out.shown, "write", e))?;
         }
         drop(tree);
         if opts.sync {
@@ -700,8 +784,7 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
             }
         }
         if output.exists() {
-            fs::remove_dir(output)
-                .map_err(|e| format!("could not replace \"{}\": {e}", output.display()))?;
+            fs::remove_dir(output).map_err(|e| write_err(output, "replace", e))?;
         }
         fs::rename(&staging, output).map_err(|e| {
             format!(
@@ -751,9 +834,7 @@ fn write_all(
 ) -> Result<OutTree, CombineError> {
     let newest = inputs.last().expect("at least one backup");
     mkdir(staging)?;
-    let open = |p: &Path| {
-        SafeDir::open(p).map_err(|e| format!("could not open directory \"{}\": {e}", p.display()))
-    };
+    let open = |p: &Path| SafeDir::open(p).map_err(|e| write_err(p, "open directory", e));
     let mut tree = OutTree {
         staging: open(staging)?,
         tablespaces: BTreeMap::new(),
@@ -802,7 +883,7 @@ fn write_all(
     let out = tree.place("backup_label");
     let mut f = out.create()?;
     f.write_all(label.as_bytes())
-        .map_err(|e| format!("could not write \"{}\": {e}", out.shown.display()))?;
+        .map_err(|e| write_err(&out.shown, "write", e))?;
     let mut h = FileHasher::new(w.kind);
     h.update(label.as_bytes());
     w.record("backup_label", &out, &f, &h.finish())?;
@@ -880,9 +961,7 @@ fn reconstruct(
         CopyMethod::Clone | CopyMethod::Link => CopyMethod::Copy,
         m => m,
     };
-    let wr = |e: std::io::Error| -> CombineError {
-        format!("could not write \"{}\": {e}", out.shown.display()).into()
-    };
+    let wr = |e: std::io::Error| -> CombineError { write_err(&out.shown, "write", e) };
     let mut i = 0usize;
     while i < plan.blocks.len() {
         // a run of blocks from one source at consecutive offsets, or of zeros

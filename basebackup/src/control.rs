@@ -7,7 +7,7 @@
 //! 288 in version 1700 (PostgreSQL 17) and 292 in 1800 (18 adds `default_char_signedness`).
 //! They were confirmed on the test bed's 17 and 18 clusters (see the tests in tests/).
 
-use std::fmt;
+use pgwal::le::{u32_at, u64_at};
 
 /// What a control file says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,22 +25,31 @@ pub struct ControlFile {
 }
 
 /// A control file that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlError {
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ControlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ControlError {}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Shorter than any control file.
+    #[error("control file is {len} bytes, too short")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// A version we do not read.
+    #[error(
+        "unexpected control file version {version} (PostgreSQL 17 writes 1700, 18 writes 1800)"
+    )]
+    UnknownVersion {
+        /// `pg_control_version`.
+        version: u32,
+    },
+    /// The CRC does not match: damage.
+    #[error("control file CRC is incorrect (stored 0x{stored:08x}, computed 0x{computed:08x})")]
+    BadCrc {
+        /// The CRC in the file.
+        stored: u32,
+        /// The CRC of its content.
+        computed: u32,
+    },
 }
 
 /// Where the CRC lies for a control-file version we know.
@@ -55,33 +64,27 @@ pub fn crc_offset(version: u32) -> Option<usize> {
 impl ControlFile {
     /// Parses a control file of PostgreSQL 17 or 18, checking its CRC.
     pub fn parse(bytes: &[u8]) -> Result<Self, ControlError> {
-        let err = |m: String| ControlError { message: m };
+        let short = ControlError::TooShort { len: bytes.len() };
         if bytes.len() < 296 {
-            return Err(err(format!(
-                "control file is {} bytes, too short",
-                bytes.len()
-            )));
+            return Err(short);
         }
-        let version = u32_at(bytes, 8);
+        let version = u32_at(bytes, 8).ok_or(short.clone())?;
         let Some(crc_at) = crc_offset(version) else {
-            return Err(err(format!(
-                "unexpected control file version {version} (PostgreSQL 17 writes 1700, 18 writes 1800)"
-            )));
+            return Err(ControlError::UnknownVersion { version });
         };
-        let stored = u32_at(bytes, crc_at);
+        let stored = u32_at(bytes, crc_at).ok_or(short.clone())?;
         let computed =
             crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &bytes[..crc_at]) as u32;
         if stored != computed {
-            return Err(err(format!(
-                "control file CRC is incorrect (stored 0x{stored:08x}, computed 0x{computed:08x})"
-            )));
+            return Err(ControlError::BadCrc { stored, computed });
         }
+        let field = |o| u32_at(bytes, o).ok_or(short.clone());
         Ok(ControlFile {
-            system_identifier: u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])),
+            system_identifier: u64_at(bytes, 0).ok_or(short.clone())?,
             version,
-            blcksz: u32_at(bytes, 216),
-            relseg_size: u32_at(bytes, 220),
-            wal_segment_size: u32_at(bytes, 228),
+            blcksz: field(216)?,
+            relseg_size: field(220)?,
+            wal_segment_size: field(228)?,
         })
     }
 }
@@ -109,10 +112,16 @@ mod tests {
         assert_eq!(c.wal_segment_size, 16 << 20);
         let mut b = fake(1700);
         b[20] ^= 1;
-        assert!(ControlFile::parse(&b).unwrap_err().message.contains("CRC"));
+        assert!(ControlFile::parse(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("CRC"));
         assert!(ControlFile::parse(&fake(1700)[..100]).is_err());
         let mut b = fake(1800);
         b[8..12].copy_from_slice(&1300u32.to_le_bytes());
-        assert!(ControlFile::parse(&b).unwrap_err().message.contains("1300"));
+        assert!(ControlFile::parse(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("1300"));
     }
 }

@@ -45,6 +45,24 @@ impl ArchiveCompression {
     }
 }
 
+/// A compressed stream that does not decompress: damaged, truncated, or not of its format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail} (near compressed byte {offset})")]
+pub struct DecompressError {
+    /// How far into the compressed stream.
+    pub offset: u64,
+    /// What the decoder said.
+    pub detail: String,
+}
+
+fn derr<E: From<DecompressError>>(offset: u64, detail: impl Into<String>) -> E {
+    DecompressError {
+        offset,
+        detail: detail.into(),
+    }
+    .into()
+}
+
 /// The most decompressed bytes handed over at once (gzip and zstd).
 pub const OUTPUT_PIECE: usize = 128 * 1024;
 /// LZ4 input is fed in pieces this large, so that one push produces at most one block plus what
@@ -100,12 +118,13 @@ impl Decompressor {
         }))
     }
 
-    /// Decompresses `input` and hands the output to `f` in pieces of bounded size.
-    pub fn push(
+    /// Decompresses `input` and hands the output to `f` in pieces of bounded size; stops at the
+    /// first error, the stream's or `f`'s.
+    pub fn push<E: From<DecompressError>>(
         &mut self,
         input: &[u8],
-        mut f: impl FnMut(&[u8]) -> Result<(), String>,
-    ) -> Result<(), String> {
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let at = self.consumed;
         self.consumed += input.len() as u64;
         match &mut self.kind {
@@ -120,9 +139,9 @@ impl Decompressor {
                 loop {
                     let mut outb = OutBuffer::around(&mut self.out[..]);
                     let hint = dec.run(&mut inb, &mut outb).map_err(|e| {
-                        format!(
-                            "zstd decompression failed near byte {}: {e}",
-                            at + inb.pos() as u64
+                        derr::<E>(
+                            at + inb.pos() as u64,
+                            format!("zstd decompression failed: {e}"),
                         )
                     })?;
                     let n = outb.pos();
@@ -141,8 +160,10 @@ impl Decompressor {
             }
             Kind::Lz4(d) => {
                 use std::io::Write;
-                for piece in input.chunks(LZ4_INPUT_PIECE) {
-                    d.write_all(piece).map_err(|e| e.to_string())?;
+                for (i, piece) in input.chunks(LZ4_INPUT_PIECE).enumerate() {
+                    let here = at + (i * LZ4_INPUT_PIECE) as u64;
+                    d.write_all(piece)
+                        .map_err(|e| derr::<E>(here, e.to_string()))?;
                     let out = d.get_mut();
                     if !out.is_empty() {
                         f(out)?;
@@ -155,18 +176,22 @@ impl Decompressor {
     }
 
     /// Ends the stream (checks it is complete) and hands over what remains.
-    pub fn finish(mut self, mut f: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), String> {
+    pub fn finish<E: From<DecompressError>>(
+        mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let consumed = self.consumed;
         match &mut self.kind {
-            Kind::Gzip(g) => g.finish(self.consumed),
+            Kind::Gzip(g) => g.finish(consumed),
             Kind::Zstd {
                 at_frame_end,
                 started,
                 ..
             } => {
                 if !*started || !*at_frame_end {
-                    return Err(format!(
-                        "zstd stream truncated: it ends inside a frame, after {} bytes",
-                        self.consumed
+                    return Err(derr(
+                        consumed,
+                        "zstd stream truncated: it ends inside a frame",
                     ));
                 }
                 let _ = &mut f;
@@ -175,7 +200,7 @@ impl Decompressor {
             Kind::Lz4(d) => {
                 use std::io::Write;
                 d.flush()
-                    .map_err(|e| format!("decompression failed at the end of the archive: {e}"))?;
+                    .map_err(|e| derr::<E>(consumed, format!("lz4 stream incomplete: {e}")))?;
                 let out = d.get_mut();
                 if !out.is_empty() {
                     f(out)?;
@@ -258,13 +283,13 @@ impl Gzip {
         }
     }
 
-    fn push(
+    fn push<E: From<DecompressError>>(
         &mut self,
         mut input: &[u8],
         out: &mut [u8],
-        f: &mut impl FnMut(&[u8]) -> Result<(), String>,
+        f: &mut impl FnMut(&[u8]) -> Result<(), E>,
         at: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), E> {
         let start_len = input.len();
         let here = |rest: &[u8]| at + (start_len - rest.len()) as u64;
         while !input.is_empty() {
@@ -274,9 +299,7 @@ impl Gzip {
                     let before = self.pending.len();
                     let take = input.len().min(MAX_GZIP_HEADER + 1 - before);
                     self.pending.extend_from_slice(&input[..take]);
-                    match gzip_header_len(&self.pending)
-                        .map_err(|m| format!("{m} at byte {}", here(input)))?
-                    {
+                    match gzip_header_len(&self.pending).map_err(|m| derr::<E>(here(input), m))? {
                         Some(len) => {
                             let used = len - before;
                             input = &input[used..];
@@ -286,9 +309,9 @@ impl Gzip {
                             self.state = GzState::Body;
                         }
                         None if self.pending.len() > MAX_GZIP_HEADER => {
-                            return Err(format!(
-                                "gzip member header longer than {MAX_GZIP_HEADER} bytes at byte {}",
-                                here(input)
+                            return Err(derr(
+                                here(input),
+                                format!("gzip member header longer than {MAX_GZIP_HEADER} bytes"),
                             ))
                         }
                         None => input = &input[take..],
@@ -300,7 +323,7 @@ impl Gzip {
                         .inflate
                         .decompress(input, out, flate2::FlushDecompress::None)
                         .map_err(|e| {
-                            format!("gzip decompression failed near byte {}: {e}", here(input))
+                            derr::<E>(here(input), format!("gzip decompression failed: {e}"))
                         })?;
                     let used = (self.inflate.total_in() - in0) as usize;
                     let made = (self.inflate.total_out() - out0) as usize;
@@ -312,10 +335,7 @@ impl Gzip {
                     if status == flate2::Status::StreamEnd {
                         self.state = GzState::Trailer;
                     } else if used == 0 && made == 0 {
-                        return Err(format!(
-                            "gzip decompression made no progress at byte {}",
-                            here(input)
-                        ));
+                        return Err(derr(here(input), "gzip decompression made no progress"));
                     }
                 }
                 GzState::Trailer => {
@@ -327,15 +347,15 @@ impl Gzip {
                         let crc = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
                         let size = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
                         if crc != self.crc.sum() {
-                            return Err(format!(
-                                "gzip member's CRC-32 does not match its content at byte {}",
-                                here(input)
+                            return Err(derr(
+                                here(input),
+                                "gzip member's CRC-32 does not match its content",
                             ));
                         }
                         if u64::from(size) != self.inflate.total_out() & 0xFFFF_FFFF {
-                            return Err(format!(
-                                "gzip member's length does not match its content at byte {}",
-                                here(input)
+                            return Err(derr(
+                                here(input),
+                                "gzip member's length does not match its content",
                             ));
                         }
                         self.pending.clear();
@@ -351,7 +371,12 @@ impl Gzip {
             let status = self
                 .inflate
                 .decompress(&[], out, flate2::FlushDecompress::None)
-                .map_err(|e| format!("gzip decompression failed: {e}"))?;
+                .map_err(|e| {
+                    derr::<E>(
+                        at + start_len as u64,
+                        format!("gzip decompression failed: {e}"),
+                    )
+                })?;
             let made = (self.inflate.total_out() - out0) as usize;
             if made > 0 {
                 self.crc.update(&out[..made]);
@@ -367,10 +392,11 @@ impl Gzip {
         Ok(())
     }
 
-    fn finish(&self, consumed: u64) -> Result<(), String> {
+    fn finish<E: From<DecompressError>>(&self, consumed: u64) -> Result<(), E> {
         if self.state != GzState::Header || !self.pending.is_empty() || self.members == 0 {
-            return Err(format!(
-                "gzip stream truncated: it ends inside a member, after {consumed} bytes"
+            return Err(derr(
+                consumed,
+                "gzip stream truncated: it ends inside a member",
             ));
         }
         Ok(())
@@ -382,18 +408,22 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn decompress(c: ArchiveCompression, bytes: &[u8], chunk: usize) -> Result<Vec<u8>, String> {
+    fn decompress(
+        c: ArchiveCompression,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<u8>, DecompressError> {
         let mut d = Decompressor::new(c).unwrap().unwrap();
         let mut out = Vec::new();
         let mut largest = 0;
         for piece in bytes.chunks(chunk) {
-            d.push(piece, |b| {
+            d.push(piece, |b| -> Result<(), DecompressError> {
                 largest = largest.max(b.len());
                 out.extend_from_slice(b);
                 Ok(())
             })?;
         }
-        d.finish(|b| {
+        d.finish(|b| -> Result<(), DecompressError> {
             largest = largest.max(b.len());
             out.extend_from_slice(b);
             Ok(())
@@ -454,22 +484,25 @@ mod tests {
             (ArchiveCompression::Zstd, &zs),
         ] {
             let e = decompress(c, &bytes[..bytes.len() - 3], 100).unwrap_err();
-            assert!(e.contains("truncated"), "{c:?}: {e}");
+            assert!(e.detail.contains("truncated"), "{c:?}: {e}");
         }
         let mut bad = gz.clone();
         let n = bad.len();
         bad[n - 6] ^= 1; // the CRC
         assert!(decompress(ArchiveCompression::Gzip, &bad, 100)
             .unwrap_err()
+            .detail
             .contains("CRC"));
         assert!(decompress(ArchiveCompression::Gzip, b"not gzip at all", 4)
             .unwrap_err()
+            .detail
             .contains("magic"));
         let mut trailing = gz.clone();
         trailing.extend_from_slice(b"junk");
         assert!(decompress(ArchiveCompression::Gzip, &trailing, 100).is_err());
         assert!(decompress(ArchiveCompression::Zstd, b"", 1)
             .unwrap_err()
+            .detail
             .contains("truncated"));
     }
 
@@ -493,11 +526,14 @@ mod tests {
             largest = largest.max(b.len());
             total += b.len();
             if total > 64 << 20 {
-                return Err("enough".into());
+                return Err(DecompressError {
+                    offset: 0,
+                    detail: "enough".into(),
+                });
             }
             Ok(())
         });
-        assert_eq!(r.unwrap_err(), "enough");
+        assert_eq!(r.unwrap_err().detail, "enough");
         assert!(largest <= OUTPUT_PIECE);
         // gzip likewise (deflate's ratio is ~1000:1)
         let gz = gzip(&vec![0u8; 64 << 20]);
@@ -505,7 +541,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut largest = 0;
-        d.push(&gz, |b| {
+        d.push(&gz, |b| -> Result<(), DecompressError> {
             largest = largest.max(b.len());
             Ok(())
         })

@@ -11,7 +11,7 @@
 //! newest backup that has it, walking back until a full file ends the walk; only the newest
 //! file's truncation length limits what older backups may supply; blocks nobody has are zeros.
 
-use std::fmt;
+use pgwal::le::LeReader;
 
 /// `INCREMENTAL_MAGIC`.
 pub const INCREMENTAL_MAGIC: u32 = 0xD3AE_1F0D;
@@ -22,25 +22,76 @@ pub const RELSEG_SIZE: u32 = 131_072;
 /// The prefix the server gives incremental files.
 pub const PREFIX: &str = "INCREMENTAL.";
 
-/// What is wrong with an incremental file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IncrementalError {
-    /// The problem, with the offset or block concerned.
-    pub message: String,
-}
-
-impl fmt::Display for IncrementalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for IncrementalError {}
-
-fn bad(message: impl Into<String>) -> IncrementalError {
-    IncrementalError {
-        message: message.into(),
-    }
+/// What is wrong with an incremental file (pg_combinebackup's words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IncrementalError {
+    /// Shorter than the fixed header.
+    #[error("file is {len} bytes, too short for an incremental file header")]
+    TooShort {
+        /// Its length.
+        len: usize,
+    },
+    /// Not an incremental file.
+    #[error("file has bad incremental magic number 0x{magic:x}, expected 0x{INCREMENTAL_MAGIC:x}")]
+    BadMagic {
+        /// The magic number found.
+        magic: u32,
+    },
+    /// More blocks than a segment holds.
+    #[error("file has block count {count} in excess of segment size {RELSEG_SIZE}")]
+    TooManyBlocks {
+        /// The count found.
+        count: u32,
+    },
+    /// The header is cut short.
+    #[error("file is truncated: its header needs {need} bytes, found {found}")]
+    TruncatedHeader {
+        /// Bytes the header needs.
+        need: usize,
+        /// Bytes there are.
+        found: usize,
+    },
+    /// A truncation length past the segment.
+    #[error("file has truncation block length {length} in excess of segment size {RELSEG_SIZE}")]
+    TruncationTooLong {
+        /// The length found.
+        length: u32,
+    },
+    /// A block number past the segment.
+    #[error("file lists block {block} (entry {entry}), beyond segment size {RELSEG_SIZE}")]
+    BlockBeyondSegment {
+        /// The block.
+        block: u32,
+        /// Its index in the list.
+        entry: usize,
+    },
+    /// Block numbers that do not ascend.
+    #[error("file lists block {block} after block {previous} (entry {entry}): not ascending")]
+    NotAscending {
+        /// The block.
+        block: u32,
+        /// The one before it.
+        previous: u32,
+        /// Its index in the list.
+        entry: usize,
+    },
+    /// The file's size does not match its header.
+    #[error("file should be {expected} bytes for {blocks} blocks, but is {actual}")]
+    WrongSize {
+        /// What the header implies.
+        expected: u64,
+        /// Blocks listed.
+        blocks: usize,
+        /// The file's size.
+        actual: u64,
+    },
+    /// The chain has no full version of the file to start from.
+    #[error("no full version of the file in the {backups} backup(s) given")]
+    NoFullVersion {
+        /// Backups searched.
+        backups: usize,
+    },
 }
 
 /// The header of an incremental file.
@@ -68,23 +119,18 @@ pub fn header_len(n: u32) -> u64 {
 /// Reads the block count from the fixed part, checking the magic and limits, and returns how
 /// many bytes the whole header (with its block list, before padding) occupies.
 pub fn header_bytes_needed(fixed: &[u8]) -> Result<usize, IncrementalError> {
+    let mut r = LeReader::new(fixed);
+    let (Some(magic), Some(n)) = (r.u32(), r.u32()) else {
+        return Err(IncrementalError::TooShort { len: fixed.len() });
+    };
     if fixed.len() < FIXED_LEN {
-        return Err(bad(format!(
-            "file is {} bytes, too short for an incremental file header",
-            fixed.len()
-        )));
+        return Err(IncrementalError::TooShort { len: fixed.len() });
     }
-    let magic = u32::from_le_bytes([fixed[0], fixed[1], fixed[2], fixed[3]]);
     if magic != INCREMENTAL_MAGIC {
-        return Err(bad(format!(
-            "file has bad incremental magic number 0x{magic:x}, expected 0x{INCREMENTAL_MAGIC:x}"
-        )));
+        return Err(IncrementalError::BadMagic { magic });
     }
-    let n = u32::from_le_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
     if n > RELSEG_SIZE {
-        return Err(bad(format!(
-            "file has block count {n} in excess of segment size {RELSEG_SIZE}"
-        )));
+        return Err(IncrementalError::TooManyBlocks { count: n });
     }
     Ok(FIXED_LEN + 4 * n as usize)
 }
@@ -95,36 +141,35 @@ impl IncrementalHeader {
     /// numbers ascend strictly and stay inside the segment, and that the size matches.
     pub fn parse(bytes: &[u8], file_size: u64) -> Result<Self, IncrementalError> {
         let need = header_bytes_needed(bytes)?;
+        let truncated = IncrementalError::TruncatedHeader {
+            need,
+            found: bytes.len(),
+        };
         if bytes.len() < need {
-            return Err(bad(format!(
-                "file is truncated: its header needs {need} bytes, found {}",
-                bytes.len()
-            )));
+            return Err(truncated);
         }
         let n = (need - FIXED_LEN) / 4;
-        let trunc = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        let mut r = LeReader::at(bytes, 8);
+        let trunc = r.u32().ok_or(truncated.clone())?;
         if trunc > RELSEG_SIZE {
-            return Err(bad(format!(
-                "file has truncation block length {trunc} in excess of segment size {RELSEG_SIZE}"
-            )));
+            return Err(IncrementalError::TruncationTooLong { length: trunc });
         }
-        let mut blocks = Vec::with_capacity(n);
-        for i in 0..n {
-            let o = FIXED_LEN + 4 * i;
-            let b = u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
-            if b >= RELSEG_SIZE {
-                return Err(bad(format!(
-                    "file lists block {b} (entry {i}), beyond segment size {RELSEG_SIZE}"
-                )));
+        let mut blocks: Vec<u32> = Vec::with_capacity(n);
+        for entry in 0..n {
+            let block = r.u32().ok_or(truncated.clone())?;
+            if block >= RELSEG_SIZE {
+                return Err(IncrementalError::BlockBeyondSegment { block, entry });
             }
-            if let Some(&prev) = blocks.last() {
-                if b <= prev {
-                    return Err(bad(format!(
-                        "file lists block {b} after block {prev} (entry {i}): not ascending"
-                    )));
+            if let Some(&previous) = blocks.last() {
+                if block <= previous {
+                    return Err(IncrementalError::NotAscending {
+                        block,
+                        previous,
+                        entry,
+                    });
                 }
             }
-            blocks.push(b);
+            blocks.push(block);
         }
         let h = IncrementalHeader {
             blocks,
@@ -132,9 +177,11 @@ impl IncrementalHeader {
         };
         let expected = h.file_size();
         if expected != file_size {
-            return Err(bad(format!(
-                "file should be {expected} bytes for {n} blocks, but is {file_size}"
-            )));
+            return Err(IncrementalError::WrongSize {
+                expected,
+                blocks: n,
+                actual: file_size,
+            });
         }
         Ok(h)
     }
@@ -254,10 +301,9 @@ pub fn plan(newest: &IncrementalHeader, older: &[Version<'_>]) -> Result<Plan, I
             }
         }
     }
-    Err(bad(format!(
-        "no full version of the file in the {} backup(s) given",
-        older.len() + 1
-    )))
+    Err(IncrementalError::NoFullVersion {
+        backups: older.len() + 1,
+    })
 }
 
 /// Whether `path` (manifest-relative) names an INCREMENTAL file the way the server makes them:
@@ -311,24 +357,26 @@ mod tests {
         let h = header(&[1, 2], 3);
         let mut enc = h.encode();
         let size = h.file_size();
-        assert!(IncrementalHeader::parse(&enc, size - 1)
-            .unwrap_err()
-            .message
-            .contains("should be"));
+        assert!(matches!(
+            IncrementalHeader::parse(&enc, size - 1),
+            Err(IncrementalError::WrongSize { .. })
+        ));
         enc[0] ^= 1;
-        assert!(IncrementalHeader::parse(&enc, size)
-            .unwrap_err()
-            .message
-            .contains("magic"));
+        let e = IncrementalHeader::parse(&enc, size).unwrap_err();
+        assert!(e.to_string().contains("magic"), "{e}");
         let desc = header(&[5, 2], 3).encode();
-        assert!(IncrementalHeader::parse(&desc, size)
-            .unwrap_err()
-            .message
-            .contains("not ascending"));
+        assert!(matches!(
+            IncrementalHeader::parse(&desc, size),
+            Err(IncrementalError::NotAscending {
+                block: 2,
+                previous: 5,
+                entry: 1
+            })
+        ));
         let big = header(&[], RELSEG_SIZE + 1).encode();
         assert!(IncrementalHeader::parse(&big, 12)
             .unwrap_err()
-            .message
+            .to_string()
             .contains("truncation block length"));
         assert!(IncrementalHeader::parse(&[0; 5], 5).is_err());
     }

@@ -4,6 +4,7 @@
 //! Status: the tar parser, manifest parser and file checksums are in place; sinks, incremental
 //! files, combine and verify are being built (see README.md).
 
+pub mod archive_file;
 pub mod archive_rules;
 pub mod backup_label;
 pub mod checksum;

@@ -9,7 +9,6 @@
 //! duplicate keys, duplicate paths, bad hex, a wrong manifest checksum — is an error saying what.
 
 use std::collections::HashSet;
-use std::fmt;
 
 use pgwal::{Lsn, TimelineId};
 use sha2::Digest;
@@ -57,24 +56,73 @@ pub struct Manifest {
     pub manifest_checksum: String,
 }
 
-/// What is wrong with a manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestError {
-    /// The problem.
-    pub message: String,
+/// What is wrong with a manifest, in the words of PostgreSQL's `parse_manifest.c` and
+/// pg_verifybackup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The document is not a manifest (syntax or structure); `problem` is the parser's.
+    #[error("could not parse backup manifest: {problem}")]
+    Parse {
+        /// What the parser met.
+        problem: String,
+    },
+    /// A path listed twice.
+    #[error("duplicate path name in backup manifest: \"{path}\"")]
+    DuplicatePath {
+        /// The path.
+        path: String,
+    },
+    /// A checksum algorithm we do not know.
+    #[error("unrecognized checksum algorithm: \"{algorithm}\"")]
+    UnknownAlgorithm {
+        /// As written.
+        algorithm: String,
+    },
+    /// A file's checksum that is not hex of the algorithm's length.
+    #[error("invalid checksum for file \"{path}\": \"{value}\"")]
+    BadChecksum {
+        /// The file.
+        path: String,
+        /// The value as written.
+        value: String,
+    },
+    /// No `Manifest-Checksum`.
+    #[error("manifest has no checksum")]
+    NoChecksum,
+    /// A `Manifest-Checksum` that is not 64 hex digits.
+    #[error("invalid manifest checksum: \"{value}\"")]
+    BadManifestChecksum {
+        /// The value as written.
+        value: String,
+    },
+    /// The content does not hash to the `Manifest-Checksum`.
+    #[error(
+        "manifest checksum mismatch: the manifest says {expected}, its content hashes to {actual}"
+    )]
+    ChecksumMismatch {
+        /// What the manifest says.
+        expected: String,
+        /// What its content hashes to.
+        actual: String,
+    },
+    /// The manifest could not be read.
+    #[error("could not read backup manifest \"{}\": {source}", path.display())]
+    Read {
+        /// The file (empty for a stream).
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A consumer of a streamed manifest refused an item (see [`ManifestParser::feed`]).
+    #[error("{0}")]
+    Refused(String),
 }
 
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ManifestError {}
-
-fn bad(message: impl Into<String>) -> ManifestError {
-    ManifestError {
-        message: message.into(),
+fn perr(problem: impl std::fmt::Display) -> ManifestError {
+    ManifestError::Parse {
+        problem: problem.to_string(),
     }
 }
 
@@ -82,13 +130,13 @@ fn bad(message: impl Into<String>) -> ManifestError {
 /// the penultimate newline (`verify_manifest_checksum` in parse_manifest.c).
 pub fn checksummed_part(bytes: &[u8]) -> Result<&[u8], ManifestError> {
     if bytes.last() != Some(&b'\n') {
-        return Err(bad("manifest does not end with a newline"));
+        return Err(perr("last line not newline-terminated"));
     }
     let body = &bytes[..bytes.len() - 1];
     let penultimate = body
         .iter()
         .rposition(|&b| b == b'\n')
-        .ok_or_else(|| bad("manifest has fewer than two lines"))?;
+        .ok_or_else(|| perr("expected at least 2 lines"))?;
     Ok(&bytes[..=penultimate])
 }
 
@@ -227,11 +275,6 @@ impl ManifestWriter {
             .extend_from_slice(format!("\"Manifest-Checksum\": \"{sum}\"}}\n").as_bytes());
         self.buf
     }
-}
-
-/// A structural error, worded as pg_verifybackup's manifest parser words it.
-fn perr(message: impl std::fmt::Display) -> ManifestError {
-    bad(format!("could not parse backup manifest: {message}"))
 }
 
 /// What the parser meets, in manifest order.
@@ -498,24 +541,28 @@ impl Semantics {
         let last_modified = self.take(3);
         let (checksum_kind, checksum) = match (self.take(4), self.take(5)) {
             (Some(a), Some(c)) => {
-                let kind = ChecksumKind::parse(&a)
-                    .ok_or_else(|| bad(format!("unrecognized checksum algorithm: \"{a}\"")))?;
+                let kind =
+                    ChecksumKind::parse(&a).ok_or_else(|| ManifestError::UnknownAlgorithm {
+                        algorithm: a.clone(),
+                    })?;
                 let bytes = from_hex(&c)
                     .filter(|b| b.len() == kind.digest_len())
-                    .ok_or_else(|| bad(format!("invalid checksum for file \"{path}\": \"{c}\"")))?;
+                    .ok_or_else(|| ManifestError::BadChecksum {
+                        path: path.clone(),
+                        value: c.clone(),
+                    })?;
                 (kind, bytes)
             }
             (Some(a), None) => {
-                return Err(bad(format!(
-                    "invalid checksum for file \"{path}\": algorithm \"{a}\" without a value"
-                )))
+                return Err(ManifestError::BadChecksum {
+                    path,
+                    value: format!("(none, with algorithm {a})"),
+                })
             }
             _ => (ChecksumKind::None, Vec::new()),
         };
         if !self.paths.insert(path.clone()) {
-            return Err(bad(format!(
-                "duplicate path name in backup manifest: \"{path}\""
-            )));
+            return Err(ManifestError::DuplicatePath { path });
         }
         Ok(ManifestFile {
             path,
@@ -633,20 +680,21 @@ impl ManifestParser {
             .sem
             .manifest_checksum
             .flatten()
-            .ok_or_else(|| bad("manifest has no checksum"))?;
+            .ok_or(ManifestError::NoChecksum)?;
         if manifest_checksum.len() != 64 || from_hex(&manifest_checksum).is_none() {
-            return Err(bad(format!(
-                "invalid manifest checksum: \"{manifest_checksum}\""
-            )));
+            return Err(ManifestError::BadManifestChecksum {
+                value: manifest_checksum,
+            });
         }
         let covered = self
             .at_second_last_newline
             .ok_or_else(|| perr("expected at least 2 lines"))?;
         let actual = to_hex(&covered.finalize());
         if !actual.eq_ignore_ascii_case(&manifest_checksum) {
-            return Err(bad(format!(
-                "manifest checksum mismatch: the manifest says {manifest_checksum}, its content hashes to {actual}"
-            )));
+            return Err(ManifestError::ChecksumMismatch {
+                expected: manifest_checksum,
+                actual,
+            });
         }
         Ok(ManifestTrailer {
             version,
@@ -666,7 +714,12 @@ impl ManifestParser {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(bad(format!("could not read backup manifest: {e}"))),
+                Err(source) => {
+                    return Err(ManifestError::Read {
+                        path: Default::default(),
+                        source,
+                    })
+                }
             };
             p.feed(&buf[..n], &mut |i| m.push(i))?;
         }
@@ -712,9 +765,17 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
 
 /// Reads and parses the manifest file at `path` in pieces.
 pub fn read_manifest_file(path: &std::path::Path) -> Result<Manifest, ManifestError> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| bad(format!("could not open file \"{}\": {e}", path.display())))?;
-    ManifestParser::parse_reader(std::io::BufReader::with_capacity(0, f))
+    let f = std::fs::File::open(path).map_err(|source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ManifestParser::parse_reader(f).map_err(|e| match e {
+        ManifestError::Read { source, .. } => ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        e => e,
+    })
 }
 
 #[cfg(test)]
@@ -829,7 +890,10 @@ mod tests {
         ];
         for (bytes, expect) in cases {
             let e = parse_manifest(&bytes).unwrap_err();
-            assert!(e.message.contains(expect), "expected {expect:?}, got {e}");
+            assert!(
+                e.to_string().contains(expect),
+                "expected {expect:?}, got {e}"
+            );
         }
     }
 
@@ -866,7 +930,7 @@ mod tests {
             (&format!("{v1},\n \"Files\": [],\n \"Manifest-Checksum\": null}}"), "last line not newline-terminated"),
         ];
         for (text, want) in parse {
-            let e = parse_manifest(text.as_bytes()).unwrap_err().message;
+            let e = parse_manifest(text.as_bytes()).unwrap_err().to_string();
             assert!(
                 e.starts_with(&format!("could not parse backup manifest: {want}")),
                 "{text:?}: expected {want:?}, got {e:?}"
@@ -879,7 +943,7 @@ mod tests {
             (format!("{v1}, \"Files\": [],\n \"Manifest-Checksum\": \"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567890-\"}}\n"), "invalid manifest checksum"),
         ];
         for (text, want) in fatal {
-            let e = parse_manifest(text.as_bytes()).unwrap_err().message;
+            let e = parse_manifest(text.as_bytes()).unwrap_err().to_string();
             assert!(
                 e.starts_with(want),
                 "{text:?}: expected {want:?}, got {e:?}"

@@ -22,7 +22,7 @@ use walarchive::WalDir;
 
 use crate::combine::{combine, CombineError, CombineOptions, CombineSummary};
 use crate::control::ControlFile;
-use crate::manifest::ManifestParser;
+use crate::manifest::read_manifest_file;
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's timestamp epoch).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -44,11 +44,9 @@ pub enum RecoveryTarget {
 
 /// Parses a timestamp with an explicit zone — `YYYY-MM-DD HH:MM:SS[.frac]` followed by `Z`,
 /// `UTC`, `GMT` or a numeric offset `±HH[:MM]` — into µs since 2000-01-01 UTC.
-pub fn parse_timestamp(s: &str) -> Result<i64, String> {
-    let bad = || {
-        format!(
-            "invalid target time \"{s}\": expected YYYY-MM-DD HH:MM:SS[.ffffff] with a zone (Z, UTC or +HH:MM)"
-        )
+pub fn parse_timestamp(s: &str) -> Result<i64, RestoreError> {
+    let bad = || RestoreError::BadTime {
+        text: s.chars().take(100).collect(),
     };
     let t = s.trim();
     let (date, rest) = t.split_at(t.find([' ', 'T']).ok_or_else(bad)?);
@@ -214,8 +212,50 @@ struct Scan {
     reached: Lsn,
 }
 
-fn err<T>(m: impl Into<String>) -> Result<T, CombineError> {
-    Err(CombineError { message: m.into() })
+/// Why a restore was refused or failed; nothing is left in the data directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The target cannot be reached from this backup with this archive, or the archive lacks
+    /// the backup's WAL (the positions and times are in the message).
+    #[error("{problem}")]
+    Unreachable {
+        /// What stands in the way.
+        problem: String,
+    },
+    /// A target time that is not a timestamp with a zone.
+    #[error("invalid target time \"{text}\": expected YYYY-MM-DD HH:MM:SS[.ffffff] with a zone (Z, UTC or +HH:MM)")]
+    BadTime {
+        /// What was given.
+        text: String,
+    },
+    /// The newest backup's manifest cannot be used.
+    #[error("\"{}\": {source} (restore needs the newest backup's manifest for its WAL range)", path.display())]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: crate::manifest::ManifestError,
+    },
+    /// Laying out the data directory failed.
+    #[error(transparent)]
+    Combine(#[from] CombineError),
+    /// Writing the recovery settings failed.
+    #[error("could not write {file} in \"{}\": {source}", dir.display())]
+    Write {
+        /// The data directory.
+        dir: PathBuf,
+        /// The file.
+        file: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn err<T>(m: impl Into<String>) -> Result<T, RestoreError> {
+    Err(RestoreError::Unreachable { problem: m.into() })
 }
 
 fn scan_archive(
@@ -226,7 +266,7 @@ fn scan_archive(
     start: Lsn,
     end: Lsn,
     target: Option<&RecoveryTarget>,
-) -> Result<Scan, CombineError> {
+) -> Result<Scan, RestoreError> {
     // follow the newest timeline in the archive whose history includes ours, as recovery's
     // default recovery_target_timeline = 'latest' does
     let mut current = tli;
@@ -336,7 +376,7 @@ fn check_target(
     scan: &Scan,
     target: Option<&RecoveryTarget>,
     end: Lsn,
-) -> Result<(), CombineError> {
+) -> Result<(), RestoreError> {
     let before = "is before the backup's consistent point";
     match target {
         None | Some(RecoveryTarget::Immediate) => Ok(()),
@@ -417,7 +457,7 @@ pub fn shell_quote(s: &str) -> String {
 
 /// Restores `backups` (oldest first) into `opts.data_dir`, configured to recover from
 /// `opts.wal_archive` to `opts.target`.
-pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSummary, CombineError> {
+pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSummary, RestoreError> {
     let Some(newest) = backups.last() else {
         return err("no backup given");
     };
@@ -428,14 +468,9 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
         ));
     }
     let mpath = newest.join("backup_manifest");
-    let mfile = fs::File::open(&mpath).map_err(|e| CombineError {
-        message: format!(
-            "could not read \"{}\": {e} (restore needs the newest backup's manifest for its WAL range)",
-            mpath.display()
-        ),
-    })?;
-    let m = ManifestParser::parse_reader(mfile).map_err(|e| CombineError {
-        message: format!("\"{}\": {e}", mpath.display()),
+    let m = read_manifest_file(&mpath).map_err(|source| RestoreError::Manifest {
+        path: mpath.clone(),
+        source,
     })?;
     let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
         return err(format!("\"{}\" lists no WAL range", mpath.display()));
@@ -460,12 +495,11 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
     let mut copts = opts.combine.clone();
     copts.output = opts.data_dir.clone();
     let summary = combine(backups, &copts)?;
-    let finish = || -> Result<(), CombineError> {
-        let io = |what: &str, e: std::io::Error| CombineError {
-            message: format!(
-                "could not write {what} in \"{}\": {e}",
-                opts.data_dir.display()
-            ),
+    let finish = || -> Result<(), RestoreError> {
+        let io = |file: &'static str, source: std::io::Error| RestoreError::Write {
+            dir: opts.data_dir.clone(),
+            file,
+            source,
         };
         let mut conf = String::from("\n# recovery settings written by pgrepl restore\n");
         conf.push_str(&format!(

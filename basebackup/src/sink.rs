@@ -7,8 +7,6 @@
 //! [`VerifySink`] checks entries against the manifest, and [`Tee`] feeds two sinks. Nothing may
 //! look complete before [`BackupSink::finish`] succeeds; [`BackupSink::abort`] cleans up.
 
-use std::fmt;
-
 use pgwal::{Lsn, TimelineId};
 
 use crate::tar::EntryHeader;
@@ -36,52 +34,59 @@ pub struct BackupEnd {
 }
 
 /// A sink's failure, naming the place.
-#[derive(Debug)]
-pub struct SinkError {
-    /// What went wrong.
-    pub message: String,
-    /// The I/O error, if any.
-    pub source: Option<std::io::Error>,
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// A file operation failed.
+    #[error("{what} \"{}\": {source}", path.display())]
+    Io {
+        /// What was being done ("could not create file", ...).
+        what: String,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a stream (standard output, a compressor) or running the sink failed.
+    #[error("{what}: {source}")]
+    Stream {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// What was received does not match the server's manifest (the verifying sink).
+    #[error("{0}")]
+    Mismatch(String),
+    /// The sink cannot take what the backup holds or asks (a compressed archive to rewrite, a
+    /// second tablespace on one stream, a directory that is not empty).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl SinkError {
-    /// An error with a message.
+    /// The sink cannot take what arrived: `message` says what.
     pub fn new(message: impl Into<String>) -> Self {
-        SinkError {
-            message: message.into(),
-            source: None,
-        }
+        SinkError::Refused(message.into())
     }
 
-    /// An I/O error, with a message saying where.
+    /// An I/O error not tied to one file, with a message saying what was being done.
     pub fn with_source(message: impl Into<String>, e: std::io::Error) -> Self {
-        SinkError {
-            message: message.into(),
-            source: Some(e),
+        SinkError::Stream {
+            what: message.into(),
+            source: e,
         }
     }
 
     /// An I/O error on `path` while doing `what`.
     pub fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Self {
-        SinkError {
-            message: format!("{what} \"{}\"", path.display()),
-            source: Some(e),
+        SinkError::Io {
+            what: what.to_owned(),
+            path: path.to_path_buf(),
+            source: e,
         }
-    }
-}
-
-impl fmt::Display for SinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(e) => write!(f, "{}: {e}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl std::error::Error for SinkError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
     }
 }
 
@@ -235,7 +240,7 @@ mod tarfile;
 mod tarstream;
 mod verify;
 
-pub use directory::{DirectorySink, Finishing, SyncMethod, TablespaceMapping};
+pub use directory::{DirectorySink, Finishing, MappingError, SyncMethod, TablespaceMapping};
 pub use tarfile::{ClientCompression, TarSink, ZstdCompression};
 pub use tarstream::TarStreamSink;
 pub use verify::VerifySink;

@@ -8,14 +8,64 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::decompress::{ArchiveCompression, Decompressor};
-use crate::tar::{EntryKind, TarError, TarEvent, TarParser};
+use crate::decompress::ArchiveCompression;
+use crate::tar::{EntryKind, TarEvent};
 
 static SCRATCH_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A backup on disk that cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// A file or directory could not be read (`what` says how far it got).
+    #[error("could not {what} \"{}\": {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done ("open backup", "read directory", ...).
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backup is not a directory.
+    #[error("backup \"{}\" is not a directory", path.display())]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// An archive of a tar backup is malformed, holds what a backup may not, or does not
+    /// decompress.
+    #[error(transparent)]
+    Archive(crate::archive_file::ArchiveFileError),
+    /// A file of the backup directory is not an archive of a tar backup.
+    #[error("\"{}\": not an archive", path.display())]
+    NotAnArchive {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file read whole (a label, a map, pg_control) is larger than such a file can be.
+    #[error("\"{path}\" is {size} bytes, more than the {max} bytes such a file can have")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The most accepted.
+        max: u64,
+    },
+}
+
+fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SourceError + 'a {
+    move |source| SourceError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
 
 /// Where a file's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,11 +134,12 @@ fn mtime_of(m: &fs::Metadata) -> i64 {
 
 impl BackupSource {
     /// Opens the backup at `root`. Compressed archives are decompressed into `scratch_dir`.
-    pub fn open(root: &Path, scratch_dir: &Path) -> Result<Self, String> {
-        let meta = fs::metadata(root)
-            .map_err(|e| format!("could not open backup \"{}\": {e}", root.display()))?;
+    pub fn open(root: &Path, scratch_dir: &Path) -> Result<Self, SourceError> {
+        let meta = fs::metadata(root).map_err(io(root, "open backup"))?;
         if !meta.is_dir() {
-            return Err(format!("backup \"{}\" is not a directory", root.display()));
+            return Err(SourceError::NotADirectory {
+                path: root.to_path_buf(),
+            });
         }
         let is_tar = ["base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4"]
             .iter()
@@ -111,27 +162,22 @@ impl BackupSource {
 
     /// Reads a whole small file of the backup (a label, a map, pg_control), if present; one
     /// larger than 16 MiB is refused rather than read into memory.
-    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, String> {
+    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, SourceError> {
         const MAX: u64 = 16 << 20;
         let Some(loc) = self.files.get(rel) else {
             return Ok(None);
         };
         if loc.size > MAX {
-            return Err(format!(
-                "\"{}\" is {} bytes, more than the {MAX} bytes such a file can have",
-                self.describe(rel),
-                loc.size
-            ));
+            return Err(SourceError::TooLarge {
+                path: self.describe(rel),
+                size: loc.size,
+                max: MAX,
+            });
         }
-        let f = File::open(&loc.path)
-            .map_err(|e| format!("could not open file \"{}\": {e}", loc.path.display()))?;
+        let f = File::open(&loc.path).map_err(io(&loc.path, "open file"))?;
         let mut buf = vec![0u8; loc.size as usize];
-        f.read_exact_at(&mut buf, loc.offset).map_err(|e| {
-            format!(
-                "could not read \"{rel}\" from \"{}\": {e}",
-                loc.path.display()
-            )
-        })?;
+        f.read_exact_at(&mut buf, loc.offset)
+            .map_err(io(&loc.path, "read a file of the backup from"))?;
         Ok(Some(buf))
     }
 
@@ -140,13 +186,11 @@ impl BackupSource {
         format!("{}/{rel}", self.root.display())
     }
 
-    fn walk_plain(&mut self, dir: &Path, rel: &str) -> Result<(), String> {
-        let entries = fs::read_dir(dir)
-            .map_err(|e| format!("could not open directory \"{}\": {e}", dir.display()))?;
+    fn walk_plain(&mut self, dir: &Path, rel: &str) -> Result<(), SourceError> {
+        let entries = fs::read_dir(dir).map_err(io(dir, "open directory"))?;
         let mut names: Vec<(String, PathBuf)> = Vec::new();
         for e in entries {
-            let e =
-                e.map_err(|e| format!("could not read directory \"{}\": {e}", dir.display()))?;
+            let e = e.map_err(io(dir, "read directory"))?;
             let name = crate::pathbytes::from_os(&e.file_name());
             names.push((name, e.path()));
         }
@@ -157,11 +201,9 @@ impl BackupSource {
             } else {
                 format!("{rel}/{name}")
             };
-            let lmeta = fs::symlink_metadata(&path)
-                .map_err(|e| format!("could not stat \"{}\": {e}", path.display()))?;
+            let lmeta = fs::symlink_metadata(&path).map_err(io(&path, "stat"))?;
             if lmeta.file_type().is_symlink() {
-                let target = fs::read_link(&path)
-                    .map_err(|e| format!("could not read link \"{}\": {e}", path.display()))?;
+                let target = fs::read_link(&path).map_err(io(&path, "read link"))?;
                 if rel == "pg_tblspc" {
                     self.tablespaces.insert(
                         name.clone(),
@@ -196,9 +238,9 @@ impl BackupSource {
         Ok(())
     }
 
-    fn index_tar(&mut self, scratch_dir: &Path) -> Result<(), String> {
+    fn index_tar(&mut self, scratch_dir: &Path) -> Result<(), SourceError> {
         let mut names: Vec<String> = fs::read_dir(&self.root)
-            .map_err(|e| format!("could not open directory \"{}\": {e}", self.root.display()))?
+            .map_err(io(&self.root, "open directory"))?
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_owned))
             .filter(|n| n.contains(".tar"))
@@ -216,9 +258,11 @@ impl BackupSource {
                 _ => continue,
             };
             let archive = self.root.join(&name);
-            let comp = ArchiveCompression::from_name(&name)
-                .ok_or_else(|| format!("\"{}\": not an archive", archive.display()))?;
-            let (readable, spill) = if comp == ArchiveCompression::None {
+            let comp =
+                ArchiveCompression::from_name(&name).ok_or_else(|| SourceError::NotAnArchive {
+                    path: archive.clone(),
+                })?;
+            let (readable, mut spill) = if comp == ArchiveCompression::None {
                 (archive.clone(), None)
             } else {
                 let tmp = scratch_dir.join(format!(
@@ -231,13 +275,11 @@ impl BackupSource {
                     .write(true)
                     .create_new(true)
                     .open(&tmp)
-                    .map_err(|e| format!("could not create \"{}\": {e}", tmp.display()))?;
+                    .map_err(io(&tmp, "create"))?;
                 (tmp, Some(f))
             };
             let mut found_map = None;
-            let role = crate::archive_rules::role_of_archive_file(&name)
-                .unwrap_or(crate::archive_rules::ArchiveRole::Base { tablespaces: None });
-            scan_archive(&archive, comp, role, spill, |h, data_offset| {
+            scan_archive(&archive, spill.as_mut(), |h, data_offset| {
                 let p = format!("{prefix}{}", h.path);
                 match h.kind {
                     EntryKind::Directory => {
@@ -273,7 +315,7 @@ impl BackupSource {
                     }
                 }
             })
-            .map_err(|e| format!("archive \"{}\": {e}", archive.display()))?;
+            .map_err(SourceError::Archive)?;
             if found_map.is_some() {
                 map_text = self
                     .read("tablespace_map")?
@@ -305,63 +347,27 @@ impl BackupSource {
     }
 }
 
-/// Reads the archive at `path` through its decompressor, writing the plain tar to `spill` when
-/// given, and calls `on` for each entry with the offset of its data in the plain tar.
+/// Indexes the archive at `path`: calls `on` for each entry with the offset of its data in the
+/// uncompressed tar (written to `spill` when given, for a compressed archive).
 fn scan_archive(
     path: &Path,
-    comp: ArchiveCompression,
-    role: crate::archive_rules::ArchiveRole,
-    mut spill: Option<File>,
+    spill: Option<&mut File>,
     mut on: impl FnMut(&crate::tar::EntryHeader, u64),
-) -> Result<(), String> {
-    let mut dec = Decompressor::new(comp).map_err(|e| e.to_string())?;
-    let mut parser = TarParser::with_rules(crate::archive_rules::EntryRules::new(role));
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut plain_pos = 0u64;
+) -> Result<(), crate::archive_file::ArchiveFileError> {
     let mut pending: Option<crate::tar::EntryHeader> = None;
-    let mut feed = |chunk: &[u8], plain_pos: &mut u64| -> Result<(), String> {
-        if let Some(s) = &mut spill {
-            s.write_all(chunk)
-                .map_err(|e| format!("could not write the scratch copy: {e}"))?;
+    crate::archive_file::read_archive_file(path, spill, |ev, at| match ev {
+        TarEvent::Entry(h) => {
+            if h.size == 0 {
+                on(&h, 0);
+            } else {
+                pending = Some(h);
+            }
         }
-        let base = chunk.as_ptr() as usize;
-        let at = *plain_pos;
-        parser
-            .feed(chunk, |ev| -> Result<(), TarError> {
-                match ev {
-                    TarEvent::Entry(h) => {
-                        if h.size == 0 {
-                            on(&h, 0);
-                        } else {
-                            pending = Some(h);
-                        }
-                    }
-                    TarEvent::Data(d) => {
-                        if let Some(h) = pending.take() {
-                            on(&h, at + (d.as_ptr() as usize - base) as u64);
-                        }
-                    }
-                    _ => {}
-                }
-                Ok(())
-            })
-            .map_err(|e| e.to_string())?;
-        *plain_pos += chunk.len() as u64;
-        Ok(())
-    };
-    loop {
-        let k = f.read(&mut buf).map_err(|e| e.to_string())?;
-        if k == 0 {
-            break;
+        TarEvent::Data(_) => {
+            if let Some(h) = pending.take() {
+                on(&h, at);
+            }
         }
-        match &mut dec {
-            None => feed(&buf[..k], &mut plain_pos)?,
-            Some(d) => d.push(&buf[..k], |plain| feed(plain, &mut plain_pos))?,
-        }
-    }
-    if let Some(d) = dec {
-        d.finish(|plain| feed(plain, &mut plain_pos))?;
-    }
-    parser.finish().map_err(|e| e.to_string())
+        _ => {}
+    })
 }

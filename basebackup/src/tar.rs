@@ -235,7 +235,7 @@ impl TarParser {
         if let Some(p) = path.strip_prefix("./") {
             path = p.to_owned();
         }
-        check_syntax(&path).map_err(|m| err(at, m))?;
+        check_syntax(&path).map_err(|m| err(at, m.to_string()))?;
         let size = number(&h[124..136], "size", at)?;
         if kind != EntryKind::File && size != 0 {
             return Err(err(
@@ -250,7 +250,7 @@ impl TarParser {
         };
         if let Some(r) = &mut self.rules {
             r.check(&path, kind, link_target.as_deref())
-                .map_err(|m| err(at, m))?;
+                .map_err(|m| err(at, m.to_string()))?;
         }
         Ok(Some(EntryHeader {
             path,
@@ -375,15 +375,27 @@ impl TarParser {
     }
 }
 
+/// An entry that does not fit a ustar header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The name is longer than 99 bytes.
+    #[error("file name too long for tar format: \"{0}\"")]
+    NameTooLong(String),
+    /// The link target is longer than 99 bytes.
+    #[error("link target too long for tar format: \"{0}\"")]
+    LinkTooLong(String),
+}
+
 /// Builds a ustar header as PostgreSQL does (for tests, and for writers of tar archives).
-pub fn encode_header(h: &EntryHeader) -> Result<[u8; 512], String> {
+pub fn encode_header(h: &EntryHeader) -> Result<[u8; 512], EncodeError> {
     let mut b = [0u8; 512];
     let mut name = crate::pathbytes::encode(&h.path).into_owned();
     if h.kind != EntryKind::File {
         name.push(b'/');
     }
     if name.len() > 99 {
-        return Err(format!("file name too long for tar format: \"{}\"", h.path));
+        return Err(EncodeError::NameTooLong(h.path.clone()));
     }
     b[..name.len()].copy_from_slice(&name);
     let octal = |b: &mut [u8], v: u64| {
@@ -407,10 +419,10 @@ pub fn encode_header(h: &EntryHeader) -> Result<[u8; 512], String> {
         EntryKind::Directory => b'5',
         EntryKind::Symlink => b'2',
     };
-    if let Some(t) = &h.link_target {
-        let t = crate::pathbytes::encode(t);
+    if let Some(t_text) = &h.link_target {
+        let t = crate::pathbytes::encode(t_text);
         if t.len() > 99 {
-            return Err("link target too long for tar format".into());
+            return Err(EncodeError::LinkTooLong(t_text.clone()));
         }
         b[157..157 + t.len()].copy_from_slice(&t);
     }

@@ -15,11 +15,9 @@ use pgwal::timeline::TimelineHistory;
 use pgwal::{DecoderOptions, Lsn, WalDecoder, WalSegSize};
 use walarchive::WalDir;
 
-use crate::archive_rules::{role_of_archive_file, ArchiveRole, EntryRules};
 use crate::checksum::{ChecksumKind, FileHasher};
-use crate::decompress::{ArchiveCompression, Decompressor};
 use crate::manifest::{Manifest, ManifestParser};
-use crate::tar::{EntryKind, TarError, TarEvent, TarParser};
+use crate::tar::{EntryKind, TarEvent};
 
 const IGNORED: &[&str] = &[
     "backup_manifest",
@@ -83,24 +81,51 @@ impl VerifyOptions {
     }
 }
 
-/// A problem found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// What it concerns (a file path, `backup_manifest`, `WAL`).
-    pub subject: String,
-    /// What is wrong.
-    pub message: String,
+/// What kind of problem a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// The manifest cannot be read, or is not a valid manifest.
+    Manifest,
+    /// pg_control is missing, or its system identifier is not the manifest's.
+    Control,
+    /// A file the manifest lists is not in the backup.
+    Missing,
+    /// A file in the backup is not in the manifest.
+    Extra,
+    /// A file's size is not the manifest's.
+    Size,
+    /// A file's checksum is not the manifest's.
+    Checksum,
+    /// A file or directory could not be read.
+    Read,
+    /// An archive of a tar backup is malformed, or holds what a backup may not.
+    Archive,
+    /// The WAL the backup needs is missing or does not decode.
+    Wal,
 }
 
-impl std::fmt::Display for Problem {
+/// One problem found: what kind, where (a path, an LSN), and pg_verifybackup's words for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What kind of problem.
+    pub kind: FindingKind,
+    /// The file or archive concerned (manifest-relative for files), if any.
+    pub path: Option<String>,
+    /// The WAL position concerned, if any.
+    pub lsn: Option<Lsn>,
+    /// What is wrong, worded as pg_verifybackup words it.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // messages that quote their file (as pg_verifybackup's do) need no prefix
-        if self.subject == "backup_manifest"
-            || self.message.contains(&format!("\"{}\"", self.subject))
-        {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.subject, self.message)
+        match &self.path {
+            Some(p) if !self.detail.contains(&format!("\"{p}\"")) => {
+                write!(f, "{p}: {}", self.detail)
+            }
+            _ => f.write_str(&self.detail),
         }
     }
 }
@@ -109,7 +134,7 @@ impl std::fmt::Display for Problem {
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
     /// Every problem, in the order found.
-    pub problems: Vec<Problem>,
+    pub findings: Vec<Finding>,
     /// Files checked.
     pub files_checked: usize,
     /// WAL records decoded.
@@ -124,12 +149,37 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn problem(&mut self, subject: impl Into<String>, message: impl Into<String>) -> bool {
-        self.report.problems.push(Problem {
-            subject: subject.into(),
-            message: message.into(),
-        });
+    /// Records a finding; true if verification stops at the first (`-e`).
+    fn found(&mut self, f: Finding) -> bool {
+        self.report.findings.push(f);
         self.opts.exit_on_error
+    }
+
+    fn file(&mut self, kind: FindingKind, path: &str, detail: impl Into<String>) -> bool {
+        self.found(Finding {
+            kind,
+            path: Some(path.to_owned()),
+            lsn: None,
+            detail: detail.into(),
+        })
+    }
+
+    fn general(&mut self, kind: FindingKind, detail: impl Into<String>) -> bool {
+        self.found(Finding {
+            kind,
+            path: None,
+            lsn: None,
+            detail: detail.into(),
+        })
+    }
+
+    fn wal(&mut self, lsn: Option<Lsn>, detail: impl Into<String>) -> bool {
+        self.found(Finding {
+            kind: FindingKind::Wal,
+            path: None,
+            lsn,
+            detail: detail.into(),
+        })
     }
 }
 
@@ -161,7 +211,7 @@ fn walk_plain(
     rel: &str,
     kinds: &BTreeMap<String, ChecksumKind>,
     out: &mut Seen,
-    errs: &mut Vec<Problem>,
+    errs: &mut Vec<Finding>,
 ) {
     let dir = if rel.is_empty() {
         root.to_path_buf()
@@ -171,9 +221,11 @@ fn walk_plain(
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) => {
-            errs.push(Problem {
-                subject: rel.to_owned(),
-                message: format!("could not open directory \"{}\": {e}", dir.display()),
+            errs.push(Finding {
+                kind: FindingKind::Read,
+                path: Some(rel.to_owned()),
+                lsn: None,
+                detail: format!("could not open directory \"{}\": {e}", dir.display()),
             });
             return;
         }
@@ -192,9 +244,11 @@ fn walk_plain(
         let meta = match fs::metadata(e.path()) {
             Ok(m) => m,
             Err(err) => {
-                errs.push(Problem {
-                    subject: path,
-                    message: format!(
+                errs.push(Finding {
+                    kind: FindingKind::Read,
+                    path: Some(path),
+                    lsn: None,
+                    detail: format!(
                         "could not stat file or directory \"{}\": {err}",
                         e.path().display()
                     ),
@@ -210,62 +264,20 @@ fn walk_plain(
                 Ok(v) => {
                     out.insert(path, v);
                 }
-                Err(err) => errs.push(Problem {
-                    subject: path,
-                    message: format!("could not open file \"{}\": {err}", e.path().display()),
+                Err(err) => errs.push(Finding {
+                    kind: FindingKind::Read,
+                    path: Some(path),
+                    lsn: None,
+                    detail: format!("could not open file \"{}\": {err}", e.path().display()),
                 }),
             }
         }
     }
 }
 
-enum Step {
-    Tar(TarError),
-}
-
-impl From<TarError> for Step {
-    fn from(e: TarError) -> Self {
-        Step::Tar(e)
-    }
-}
-
 /// Reads an archive (decompressing by its name) and calls `on` for each event.
 fn read_archive(path: &Path, mut on: impl FnMut(TarEvent<'_>)) -> Result<(), String> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let comp =
-        ArchiveCompression::from_name(&name).ok_or_else(|| format!("{name}: not an archive"))?;
-    let mut dec = Decompressor::new(comp).map_err(|e| format!("{name}: {e}"))?;
-    let role = role_of_archive_file(&name).unwrap_or(ArchiveRole::Base { tablespaces: None });
-    let mut parser = TarParser::with_rules(EntryRules::new(role));
-    let mut f = fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut feed = |parser: &mut TarParser, data: &[u8]| -> Result<(), String> {
-        parser
-            .feed(data, |ev| -> Result<(), Step> {
-                on(ev);
-                Ok(())
-            })
-            .map_err(|Step::Tar(e)| format!("archive \"{}\": {e}", path.display()))
-    };
-    loop {
-        let k = f.read(&mut buf).map_err(|e| format!("{name}: {e}"))?;
-        if k == 0 {
-            break;
-        }
-        match &mut dec {
-            None => feed(&mut parser, &buf[..k])?,
-            Some(d) => d.push(&buf[..k], |plain| feed(&mut parser, plain))?,
-        }
-    }
-    if let Some(d) = dec {
-        d.finish(|plain| feed(&mut parser, plain))?;
-    }
-    parser
-        .finish()
-        .map_err(|e| format!("archive \"{}\": {e}", path.display()))
+    crate::archive_file::read_archive_file(path, None, |ev, _| on(ev)).map_err(|e| e.to_string())
 }
 
 /// The timeline history the backup's WAL follows, from the manifest's WAL ranges: the server
@@ -310,7 +322,7 @@ fn check_wal_stream(
 ) {
     // ranges are newest timeline first; the backup needs from the oldest start to the newest end
     let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
-        ctx.problem("WAL", "the manifest lists no WAL range");
+        ctx.wal(None, "the manifest lists no WAL range");
         return;
     };
     let (start, end) = (first.start, last.end);
@@ -348,19 +360,19 @@ fn check_wal_stream(
     // worded as pg_verifybackup words it ("WAL parsing failed for timeline N"), with the cause
     let tli = last.timeline;
     if let Err(e) = r {
-        ctx.problem("WAL", format!("WAL parsing failed for timeline {tli}: {e}"));
+        ctx.wal(None, format!("WAL parsing failed for timeline {tli}: {e}"));
     } else if let Some(f) = failure {
         if reached < end {
-            ctx.problem(
-                "WAL",
+            ctx.wal(
+                Some(reached),
                 format!(
                     "WAL parsing failed for timeline {tli}: {f} (the backup needs WAL up to {end})"
                 ),
             );
         }
     } else if reached < end {
-        ctx.problem(
-            "WAL",
+        ctx.wal(
+            Some(reached),
             format!("WAL parsing failed for timeline {tli}: WAL ends at {reached}, before the backup's end {end}"),
         );
     }
@@ -379,8 +391,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     let manifest_file = match fs::File::open(&manifest_path) {
         Ok(f) => f,
         Err(e) => {
-            ctx.problem(
-                "backup_manifest",
+            ctx.general(
+                FindingKind::Manifest,
                 format!("could not open file \"{}\": {e}", manifest_path.display()),
             );
             return ctx.report;
@@ -390,7 +402,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     let m = match ManifestParser::parse_reader(manifest_file) {
         Ok(m) => m,
         Err(e) => {
-            ctx.problem("backup_manifest", e.message);
+            ctx.general(FindingKind::Manifest, e.to_string());
             return ctx.report;
         }
     };
@@ -442,7 +454,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                     } else {
                         format!("file \"{name}\" is not a regular file")
                     };
-                    if ctx.problem(&name, why) {
+                    if ctx.file(FindingKind::Extra, &name, why) {
                         return ctx.report;
                     }
                     continue;
@@ -495,7 +507,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                 pg_control = control;
             }
             if let Err(e) = r {
-                if ctx.problem(&name, e) {
+                if ctx.file(FindingKind::Archive, &name, e) {
                     return ctx.report;
                 }
                 damaged.push((name.clone(), prefix.clone()));
@@ -505,7 +517,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         let mut errs = Vec::new();
         walk_plain(path, "", &kinds, &mut seen, &mut errs);
         for e in errs {
-            if ctx.problem(e.subject, e.message) {
+            if ctx.found(e) {
                 return ctx.report;
             }
         }
@@ -517,8 +529,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         (Some(c), Some(sys)) if c.len() >= 8 => {
             let in_control = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
             if in_control != sys
-                && ctx.problem(
-                    "backup_manifest",
+                && ctx.general(
+                    FindingKind::Control,
                     format!(
                         "manifest system identifier is {sys}, but control file has {in_control}"
                     ),
@@ -529,7 +541,13 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         }
         // a damaged base archive is reported already, with what it left unread
         (None, _) if damaged.iter().any(|(_, p)| p.is_empty()) => {}
-        (None, _) if ctx.problem("global/pg_control", "missing from the backup") => {
+        (None, _)
+            if ctx.file(
+                FindingKind::Control,
+                "global/pg_control",
+                "missing from the backup",
+            ) =>
+        {
             return ctx.report;
         }
         _ => {}
@@ -541,7 +559,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     let skip = |p: &str| ignored(p) || opts.is_ignored(p);
     for p in seen.keys().filter(|p| !skip(p)) {
         if !listed.contains(p.as_str())
-            && ctx.problem(
+            && ctx.file(
+                FindingKind::Extra,
                 p,
                 format!("\"{p}\" is present on disk but not in the manifest"),
             )
@@ -555,7 +574,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             ctx.report.files_checked += 1;
             ctx.report.bytes_checked += *size;
             if *size != f.size {
-                if ctx.problem(
+                if ctx.file(
+                    FindingKind::Size,
                     &f.path,
                     format!(
                         "\"{}\" has size {size} on disk but size {} in the manifest",
@@ -586,7 +606,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         });
         if let Some(i) = in_damaged {
             unread[i] += 1;
-        } else if ctx.problem(
+        } else if ctx.file(
+            FindingKind::Missing,
             &f.path,
             format!("\"{}\" is present in the manifest but not on disk", f.path),
         ) {
@@ -595,7 +616,8 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     }
     for ((name, _), n) in damaged.iter().zip(unread) {
         if n > 0
-            && ctx.problem(
+            && ctx.file(
+                FindingKind::Archive,
                 name,
                 format!(
                     "{n} files listed in the manifest were not checked: archive \"{name}\" could not be read to its end"
@@ -606,7 +628,11 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         }
     }
     for p in mismatched {
-        if ctx.problem(&p, format!("checksum mismatch for file \"{p}\"")) {
+        if ctx.file(
+            FindingKind::Checksum,
+            &p,
+            format!("checksum mismatch for file \"{p}\""),
+        ) {
             return ctx.report;
         }
     }
@@ -623,7 +649,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     if let Some(dir) = &opts.wal_archive {
         let wd = WalDir::new(dir, seg);
         let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
-            ctx.problem("WAL", "the manifest lists no WAL range");
+            ctx.wal(None, "the manifest lists no WAL range");
             return ctx.report;
         };
         let history = history_of(&m.wal_ranges);
@@ -663,10 +689,16 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
                         .map(|(_, s)| s);
                     buf.clear();
                 }
-                TarEvent::Data(d) if seg_start.is_some() => buf.extend_from_slice(d),
+                // a segment's bytes, never more than a segment holds (the entry's size is the
+                // archive's word, and the decoder reports a short or long segment)
+                TarEvent::Data(d) if seg_start.is_some() => {
+                    let room = (seg.bytes() as usize + 1).saturating_sub(buf.len());
+                    buf.extend_from_slice(&d[..d.len().min(room)]);
+                }
                 TarEvent::EntryEnd => {
                     if let (Some(s), true) = (seg_start, cont) {
                         fed = true;
+                        buf.truncate(seg.bytes() as usize);
                         cont = sink(s, &buf);
                     }
                 }
@@ -685,7 +717,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     } else {
         let wd = WalDir::new(path.join("pg_wal"), seg);
         let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
-            ctx.problem("WAL", "the manifest lists no WAL range");
+            ctx.wal(None, "the manifest lists no WAL range");
             return ctx.report;
         };
         let (tli, start, end) = (last.timeline, first.start, last.end);

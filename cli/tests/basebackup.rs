@@ -553,7 +553,7 @@ fn pg18_a_corrupt_page_fails_the_backup_with_the_server_warning() {
 /// Decompresses and parses every data archive of a tar-format backup and checks the files and
 /// sizes against its backup_manifest. Returns the archive names.
 fn tar_backup_matches_manifest(dir: &Path) -> Vec<String> {
-    use basebackup::decompress::{ArchiveCompression, Decompressor};
+    use basebackup::decompress::{ArchiveCompression, DecompressError, Decompressor};
     use basebackup::tar::{EntryKind, TarEvent, TarParser};
     let manifest =
         basebackup::manifest::parse_manifest(&std::fs::read(dir.join("backup_manifest")).unwrap())
@@ -576,12 +576,12 @@ fn tar_backup_matches_manifest(dir: &Path) -> Vec<String> {
         match Decompressor::new(comp).unwrap() {
             None => plain = bytes,
             Some(mut d) => {
-                d.push(&bytes, |b| {
+                d.push(&bytes, |b| -> Result<(), DecompressError> {
                     plain.extend_from_slice(b);
                     Ok(())
                 })
                 .unwrap();
-                d.finish(|b| {
+                d.finish(|b| -> Result<(), DecompressError> {
                     plain.extend_from_slice(b);
                     Ok(())
                 })

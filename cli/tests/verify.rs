@@ -135,6 +135,25 @@ fn pg18_good_backups_pass() {
     good_backups_pass(PgVersion::V18);
 }
 
+/// The findings of `verify --json`: (kind, path, lsn) each.
+fn findings(dir: &Path, extra: &[&str]) -> Vec<(String, Option<String>, Option<String>)> {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = verify(dir, &args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["ok"], false);
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().map(str::to_owned);
+            (s("kind").unwrap(), s("path"), s("lsn"))
+        })
+        .collect()
+}
+
 #[test]
 fn pg18_every_kind_of_damage_is_named() {
     let c = Cluster::start(PgVersion::V18);
@@ -159,6 +178,10 @@ fn pg18_every_kind_of_damage_is_named() {
         &[],
         "\"base/extra_file\" is present on disk but not in the manifest",
     );
+    assert_eq!(
+        findings(&d, &[]),
+        [("extra".into(), Some("base/extra_file".into()), None)]
+    );
 
     let d = case("missing");
     std::fs::remove_file(d.join("global/pg_filenode.map")).unwrap();
@@ -166,6 +189,14 @@ fn pg18_every_kind_of_damage_is_named() {
         &d,
         &[],
         "\"global/pg_filenode.map\" is present in the manifest but not on disk",
+    );
+    assert_eq!(
+        findings(&d, &[]),
+        [(
+            "missing".into(),
+            Some("global/pg_filenode.map".into()),
+            None
+        )]
     );
 
     let d = case("size");
@@ -175,6 +206,10 @@ fn pg18_every_kind_of_damage_is_named() {
         .unwrap();
     std::io::Write::write_all(&mut f, b"\n").unwrap();
     fails_naming(&d, &[], "\"PG_VERSION\" has size");
+    assert_eq!(
+        findings(&d, &[]),
+        [("size".into(), Some("PG_VERSION".into()), None)]
+    );
 
     let d = case("byte");
     let p = d.join(&rel);
@@ -182,10 +217,15 @@ fn pg18_every_kind_of_damage_is_named() {
     bytes[9000] ^= 1;
     std::fs::write(&p, bytes).unwrap();
     fails_naming(&d, &[], &format!("checksum mismatch for file \"{rel}\""));
+    assert_eq!(
+        findings(&d, &[]),
+        [("checksum".into(), Some(rel.clone()), None)]
+    );
 
     let d = case("other_manifest");
     std::fs::copy(foreign.join("backup_manifest"), d.join("backup_manifest")).unwrap();
     fails_naming(&d, &["-n"], "control file has");
+    assert_eq!(findings(&d, &["-n"])[0].0, "control");
 
     let d = case("appended");
     let mut f = std::fs::OpenOptions::new()
@@ -215,6 +255,7 @@ fn pg18_every_kind_of_damage_is_named() {
         }
     }
     fails_naming(&d, &[], "is missing from");
+    assert_eq!(findings(&d, &[])[0].0, "wal");
 
     let d = case("wal_damaged");
     for e in std::fs::read_dir(d.join("pg_wal")).unwrap() {
@@ -228,6 +269,13 @@ fn pg18_every_kind_of_damage_is_named() {
         }
     }
     fails_naming(&d, &[], "WAL parsing failed");
+    let f = findings(&d, &[]);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].0, "wal");
+    assert!(
+        f[0].2.is_some(),
+        "a WAL finding names where WAL ended: {f:?}"
+    );
 
     // -e stops at the first problem
     let d = case("two");

@@ -2,7 +2,7 @@
 //! comes in bounded pieces however much the input claims to expand to (a "bomb" costs time,
 //! never memory), and errors are errors.
 #![no_main]
-use basebackup::decompress::{ArchiveCompression, Decompressor, OUTPUT_PIECE};
+use basebackup::decompress::{ArchiveCompression, DecompressError, Decompressor, OUTPUT_PIECE};
 
 /// LZ4 hands over whole blocks (at most 4 MiB) plus what a small input piece expands to.
 const LZ4_PIECE: usize = (4 << 20) + 4096 * 256;
@@ -16,12 +16,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     };
     let Ok(Some(mut d)) = Decompressor::new(kind) else { return };
     let mut total = 0usize;
-    let mut check = |b: &[u8]| -> Result<(), String> {
+    let mut check = |b: &[u8]| -> Result<(), DecompressError> {
         assert!(b.len() <= max_piece, "{kind:?} handed over {} bytes at once", b.len());
         total += b.len();
         // stop a bomb once it has shown it is one
         if total > 256 << 20 {
-            return Err("enough".into());
+            return Err(DecompressError { offset: 0, detail: "enough".into() });
         }
         Ok(())
     };

@@ -258,7 +258,7 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
 
 /// The `tls-server-end-point` channel-binding data: the server certificate hashed with its
 /// signature algorithm's hash, with MD5 and SHA-1 replaced by SHA-256 (RFC 5929 section 4.1).
-pub fn server_end_point_hash(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn server_end_point_hash(cert_der: &[u8]) -> Result<Vec<u8>, String> {
     let oid = signature_algorithm_oid(cert_der).ok_or("cannot parse the server certificate")?;
     // Object identifiers, DER content bytes.
     const RSA: [u8; 8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];

@@ -87,6 +87,15 @@ pub enum BackupError {
         #[source]
         source: TarError,
     },
+    /// A compressed archive does not decompress.
+    #[error("archive \"{archive}\": {source}")]
+    Decompress {
+        /// The archive.
+        archive: String,
+        /// Where, and what the decoder said.
+        #[source]
+        source: basebackup::decompress::DecompressError,
+    },
     /// The server broke the BASE_BACKUP protocol.
     #[error("protocol violation during BASE_BACKUP: {0}")]
     Protocol(String),
@@ -249,7 +258,8 @@ impl Copy {
             None => None,
         };
         // the name becomes a file name in tar-format backups: base.tar or <oid>.tar only
-        let compression = check_archive_name(&name, oid).map_err(BackupError::Protocol)?;
+        let compression =
+            check_archive_name(&name, oid).map_err(|e| BackupError::Protocol(e.to_string()))?;
         let role = match oid {
             None => ArchiveRole::Base {
                 tablespaces: Some(self.announced.clone()),

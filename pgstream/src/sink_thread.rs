@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use basebackup::archive_rules::{ArchiveRole, EntryRules};
-use basebackup::decompress::{ArchiveCompression, Decompressor};
+use basebackup::decompress::{ArchiveCompression, DecompressError, Decompressor};
 use basebackup::sink::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use basebackup::tar::{EntryKind, TarError, TarEvent, TarParser};
 use bytes::Bytes;
@@ -207,6 +207,30 @@ fn feed_tar(
     }
 }
 
+/// A failure while feeding compressed bytes: the decompressor's, or what came after it.
+enum Fed {
+    Decompress(DecompressError),
+    Backup(BackupError),
+}
+
+impl From<DecompressError> for Fed {
+    fn from(e: DecompressError) -> Self {
+        Fed::Decompress(e)
+    }
+}
+
+impl Fed {
+    fn into_backup(self, archive: &str) -> BackupError {
+        match self {
+            Fed::Backup(e) => e,
+            Fed::Decompress(source) => BackupError::Decompress {
+                archive: archive.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
 /// Feeds archive bytes as received: decompressed (if needed) to the parser.
 fn feed_archive(
     c: &mut Current,
@@ -217,28 +241,11 @@ fn feed_archive(
     let Some(d) = &mut c.decompressor else {
         return feed_tar(&mut c.parser, &c.name, data, sink, counts);
     };
-    let mut failed = None;
     let (parser, name) = (&mut c.parser, &c.name);
-    let r = d.push(data, |plain| {
-        match feed_tar(parser, name, plain, sink, counts) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                failed = Some(e);
-                Err(String::new())
-            }
-        }
-    });
-    match (r, failed) {
-        (_, Some(e)) => Err(e),
-        (Err(msg), None) => Err(archive_error(
-            &c.name,
-            TarError {
-                offset: c.bytes,
-                message: msg,
-            },
-        )),
-        (Ok(()), None) => Ok(()),
-    }
+    d.push(data, |plain| {
+        feed_tar(parser, name, plain, sink, counts).map_err(Fed::Backup)
+    })
+    .map_err(|e| e.into_backup(&c.name))
 }
 
 /// Ends the current archive: the decompressor and the parser must both be complete.
@@ -251,27 +258,9 @@ fn finish_archive(
         return Ok(());
     };
     if let Some(d) = c.decompressor.take() {
-        let mut failed = None;
         let (parser, name) = (&mut c.parser, &c.name);
-        let r = d.finish(|plain| match feed_tar(parser, name, plain, sink, counts) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                failed = Some(e);
-                Err(String::new())
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        r.map_err(|msg| {
-            archive_error(
-                &c.name,
-                TarError {
-                    offset: c.bytes,
-                    message: msg,
-                },
-            )
-        })?;
+        d.finish(|plain| feed_tar(parser, name, plain, sink, counts).map_err(Fed::Backup))
+            .map_err(|e| e.into_backup(&c.name))?;
     }
     c.parser.finish().map_err(|e| archive_error(&c.name, e))?;
     sink.archive_end()?;

@@ -19,6 +19,47 @@ pub struct HistoryEntry {
     pub reason: String,
 }
 
+/// A history file that cannot be read, naming the line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The timeline field is not a number.
+    #[error("line {line}: invalid timeline \"{value}\"")]
+    BadTimeline {
+        /// The line number.
+        line: usize,
+        /// The field.
+        value: String,
+    },
+    /// The line has no switch point.
+    #[error("line {line}: missing switch point")]
+    MissingSwitchPoint {
+        /// The line number.
+        line: usize,
+    },
+    /// The switch point is not an LSN.
+    #[error("line {line}: {source}")]
+    BadSwitchPoint {
+        /// The line number.
+        line: usize,
+        /// Why.
+        #[source]
+        source: crate::ParseLsnError,
+    },
+    /// Timelines must increase from line to line.
+    #[error("line {line}: timeline IDs must be in increasing sequence")]
+    NotIncreasing {
+        /// The line number.
+        line: usize,
+    },
+    /// Switch points must not go back.
+    #[error("line {line}: switch points go backwards")]
+    Backwards {
+        /// The line number.
+        line: usize,
+    },
+}
+
 /// The parsed history of one timeline: its ancestors, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimelineHistory {
@@ -28,7 +69,7 @@ pub struct TimelineHistory {
 
 impl TimelineHistory {
     /// Parses a history file's text; errors name the line.
-    pub fn parse(text: &str) -> Result<TimelineHistory, String> {
+    pub fn parse(text: &str) -> Result<TimelineHistory, HistoryError> {
         let mut entries: Vec<HistoryEntry> = Vec::new();
         // Lines end at '\n' only: the reason is kept verbatim (a '\r' in it included), so what
         // we write back parses to the same history.
@@ -39,26 +80,24 @@ impl TimelineHistory {
             }
             let mut parts = trimmed.splitn(3, '\t');
             let tli = parts.next().unwrap_or("");
-            let tli: u32 = tli
-                .trim()
-                .parse()
-                .map_err(|_| format!("line {}: invalid timeline \"{tli}\"", i + 1))?;
+            let line = i + 1;
+            let tli: u32 = tli.trim().parse().map_err(|_| HistoryError::BadTimeline {
+                line,
+                value: tli.chars().take(64).collect(),
+            })?;
             let lsn = parts
                 .next()
-                .ok_or_else(|| format!("line {}: missing switch point", i + 1))?;
+                .ok_or(HistoryError::MissingSwitchPoint { line })?;
             let switch_point: Lsn = lsn
                 .trim()
                 .parse()
-                .map_err(|e| format!("line {}: {e}", i + 1))?;
+                .map_err(|source| HistoryError::BadSwitchPoint { line, source })?;
             if let Some(prev) = entries.last() {
                 if tli <= prev.timeline.0 {
-                    return Err(format!(
-                        "line {}: timeline IDs must be in increasing sequence",
-                        i + 1
-                    ));
+                    return Err(HistoryError::NotIncreasing { line });
                 }
                 if switch_point < prev.switch_point {
-                    return Err(format!("line {}: switch points go backwards", i + 1));
+                    return Err(HistoryError::Backwards { line });
                 }
             }
             entries.push(HistoryEntry {

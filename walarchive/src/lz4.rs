@@ -71,8 +71,9 @@ fn bad(offset: u64, what: impl std::fmt::Display) -> io::Error {
     )
 }
 
+/// The little-endian word at the start of `b` (callers check that four bytes are there).
 fn le32(b: &[u8]) -> u32 {
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    pgwal::le::u32_at(b, 0).unwrap_or(0)
 }
 
 impl<W: Write> Lz4Decoder<W> {
@@ -182,8 +183,7 @@ impl<W: Write> Lz4Decoder<W> {
                         7 => 4 * 1024 * 1024,
                         id => return Err(bad(at, format_args!("invalid block size id {id}"))),
                     };
-                    let content_size = has_size
-                        .then(|| u64::from_le_bytes(avail[2..10].try_into().unwrap_or([0; 8])));
+                    let content_size = has_size.then(|| pgwal::le::u64_at(avail, 2).unwrap_or(0));
                     let linked = flg & 0x20 == 0;
                     self.frame = Some(Frame {
                         block_max,

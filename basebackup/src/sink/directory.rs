@@ -29,9 +29,27 @@ pub struct TablespaceMapping {
     pub new: PathBuf,
 }
 
+/// A `-T OLD=NEW` argument that cannot be used (pg_basebackup's words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MappingError {
+    /// More than one unescaped '='.
+    #[error("multiple \"=\" signs in tablespace mapping")]
+    MultipleEquals,
+    /// Not `OLD=NEW` with both sides non-empty.
+    #[error("invalid tablespace mapping format \"{0}\", must be \"OLDDIR=NEWDIR\"")]
+    Format(String),
+    /// OLD is relative.
+    #[error("old directory is not an absolute path in tablespace mapping: {0}")]
+    OldNotAbsolute(String),
+    /// NEW is relative.
+    #[error("new directory is not an absolute path in tablespace mapping: {0}")]
+    NewNotAbsolute(String),
+}
+
 impl TablespaceMapping {
     /// Parses `OLD=NEW` (`\=` escapes an '='), both absolute, as pg_basebackup does.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, MappingError> {
         let mut old = String::new();
         let mut new = String::new();
         let mut seen_eq = false;
@@ -46,7 +64,7 @@ impl TablespaceMapping {
                 }
             } else if c == '=' {
                 if seen_eq {
-                    return Err("multiple \"=\" signs in tablespace mapping".into());
+                    return Err(MappingError::MultipleEquals);
                 }
                 seen_eq = true;
             } else if seen_eq {
@@ -56,19 +74,13 @@ impl TablespaceMapping {
             }
         }
         if !seen_eq || old.is_empty() || new.is_empty() {
-            return Err(format!(
-                "invalid tablespace mapping format \"{s}\", must be \"OLDDIR=NEWDIR\""
-            ));
+            return Err(MappingError::Format(s.to_owned()));
         }
         if !old.starts_with('/') {
-            return Err(format!(
-                "old directory is not an absolute path in tablespace mapping: {old}"
-            ));
+            return Err(MappingError::OldNotAbsolute(old));
         }
         if !new.starts_with('/') {
-            return Err(format!(
-                "new directory is not an absolute path in tablespace mapping: {new}"
-            ));
+            return Err(MappingError::NewNotAbsolute(new));
         }
         Ok(TablespaceMapping {
             old: PathBuf::from(old),

@@ -296,7 +296,7 @@ impl TarSink {
     }
 
     fn write_entry(&mut self, h: &crate::tar::EntryHeader, data: &[u8]) -> Result<(), SinkError> {
-        let header = crate::tar::encode_header(h).map_err(SinkError::new)?;
+        let header = crate::tar::encode_header(h).map_err(|e| SinkError::new(e.to_string()))?;
         let pad = (512 - data.len() % 512) % 512;
         self.write_current(&header)?;
         self.write_current(data)?;
@@ -313,7 +313,7 @@ impl BackupSink for TarSink {
             None => a.name.clone(),
         };
         crate::archive_rules::check_archive_name(&a.name, a.tablespace_oid)
-            .map_err(SinkError::new)?;
+            .map_err(|e| SinkError::new(e.to_string()))?;
         let path = self.staging.join(&name);
         self.current = Some((create_out(self.dir.staging_dir(), &name, zstd)?, path));
         if self.recovery.is_some() && a.tablespace_oid.is_none() {
@@ -338,7 +338,7 @@ impl BackupSink for TarSink {
         }
         rw.in_auto_conf = false;
         rw.size = e.size;
-        let header = crate::tar::encode_header(e).map_err(SinkError::new)?;
+        let header = crate::tar::encode_header(e).map_err(|e| SinkError::new(e.to_string()))?;
         self.write_current(&header)
     }
 
@@ -421,8 +421,8 @@ impl BackupSink for TarSink {
             let file = src.join(n);
             let meta =
                 fs::metadata(&file).map_err(|e| SinkError::io("could not stat", &file, e))?;
-            let header =
-                crate::tar::encode_header(&file_entry(n, meta.len())).map_err(SinkError::new)?;
+            let header = crate::tar::encode_header(&file_entry(n, meta.len()))
+                .map_err(|e| SinkError::new(e.to_string()))?;
             out.write_all(&header).map_err(werr)?;
             let mut r = File::open(&file).map_err(|e| SinkError::io("could not open", &file, e))?;
             loop {

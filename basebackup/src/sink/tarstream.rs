@@ -72,7 +72,7 @@ impl<W: Write> TarStreamSink<W> {
     }
 
     fn write_entry(&mut self, h: &EntryHeader, data: &[u8]) -> Result<(), SinkError> {
-        let header = crate::tar::encode_header(h).map_err(SinkError::new)?;
+        let header = crate::tar::encode_header(h).map_err(|e| SinkError::new(e.to_string()))?;
         self.write(&header)?;
         self.write(data)?;
         self.write(&[0u8; 512][..(512 - data.len() % 512) % 512])
@@ -105,7 +105,7 @@ impl<W: Write + Send> BackupSink for TarStreamSink<W> {
         }
         self.in_auto_conf = false;
         self.size = e.size;
-        let header = crate::tar::encode_header(e).map_err(SinkError::new)?;
+        let header = crate::tar::encode_header(e).map_err(|e| SinkError::new(e.to_string()))?;
         self.write(&header)
     }
 
@@ -269,12 +269,12 @@ mod tests {
             tablespace_location: Some("/ts".into()),
         };
         let e = s.archive_begin(&ts).unwrap_err();
-        assert!(e.message.contains("tablespace 16384"), "{}", e.message);
+        assert!(e.to_string().contains("tablespace 16384"), "{e}");
         let gz = ArchiveInfo {
             name: "base.tar.gz".into(),
             ..base()
         };
         let e = s.archive_begin(&gz).unwrap_err();
-        assert!(e.message.contains("base.tar.gz"), "{}", e.message);
+        assert!(e.to_string().contains("base.tar.gz"), "{e}");
     }
 }

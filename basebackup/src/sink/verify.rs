@@ -131,14 +131,12 @@ impl BackupSink for VerifySink {
             }
             Err(m) => {
                 mismatch = Some(m);
-                Err(ManifestError {
-                    message: String::new(),
-                })
+                Err(ManifestError::Refused(String::new()))
             }
         });
         match (r, mismatch) {
-            (_, Some(m)) => Err(SinkError::new(m)),
-            (Err(e), None) => Err(SinkError::new(format!(
+            (_, Some(m)) => Err(SinkError::Mismatch(m)),
+            (Err(e), None) => Err(SinkError::Mismatch(format!(
                 "the server's backup manifest is invalid: {e}"
             ))),
             (Ok(()), None) => Ok(()),
@@ -154,18 +152,16 @@ impl BackupSink for VerifySink {
         let r = parser.finish(&mut |item| {
             check_item(&item, seen, kind, id).map(drop).map_err(|m| {
                 mismatch = Some(m);
-                ManifestError {
-                    message: String::new(),
-                }
+                ManifestError::Refused(String::new())
             })
         });
         if let Some(m) = mismatch {
-            return Err(SinkError::new(m));
+            return Err(SinkError::Mismatch(m));
         }
         r.map_err(|e| SinkError::new(format!("the server's backup manifest is invalid: {e}")))?;
         // WAL streamed or fetched with the backup is not in the manifest's file list
         if let Some(path) = self.seen.keys().find(|p| !p.starts_with("pg_wal/")) {
-            return Err(SinkError::new(format!(
+            return Err(SinkError::Mismatch(format!(
                 "\"{path}\" was received but is not in the manifest"
             )));
         }

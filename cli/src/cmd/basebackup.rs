@@ -15,8 +15,11 @@ use basebackup::sink::{
 };
 use basebackup::standby::StandbySettings;
 use clap::Args;
-use pgrepl::{BaseBackupOptions, CheckpointMode, ServerCompression};
-use pgstream::{take_backup, take_backup_until, BackupError, BackupEvent, SlotChoice, WalMethod};
+use pgrepl::{CheckpointMode, ServerCompression};
+use pgstream::{
+    take_backup, take_backup_until, BackupError, BackupEvent, BackupPlan, CompressionChoice,
+    Output, SlotChoice, WalChoice, WalMethod,
+};
 
 use crate::compress_spec::{self, Algorithm, Location};
 use crate::conn::ConnArgs;
@@ -136,19 +139,12 @@ pub struct BaseBackupArgs {
     pub verbose: u8,
 }
 
-/// Where compression happens.
-enum Compression {
-    None,
-    Client(ClientCompression),
-    Server(ServerCompression),
-}
-
 /// `-Z`, as pg_basebackup parses it: client specifications are parsed and validated here with
 /// PostgreSQL's messages, server ones are passed to the server for it to validate.
-fn parse_compress(option: &str) -> anyhow::Result<Compression> {
+fn parse_compress(option: &str) -> anyhow::Result<CompressionChoice> {
     let (loc, algorithm, detail) = compress_spec::split(option);
     if loc == Location::Server {
-        return Ok(Compression::Server(ServerCompression::Raw {
+        return Ok(CompressionChoice::Server(ServerCompression::Raw {
             algorithm,
             detail,
         }));
@@ -159,8 +155,8 @@ fn parse_compress(option: &str) -> anyhow::Result<Compression> {
     let spec = compress_spec::parse(alg, detail.as_deref())
         .map_err(|e| anyhow::anyhow!("invalid compression specification: {e}"))?;
     Ok(match spec.algorithm {
-        Algorithm::None => Compression::None,
-        Algorithm::Gzip => Compression::Client(ClientCompression::Gzip(spec.level)),
+        Algorithm::None => CompressionChoice::None,
+        Algorithm::Gzip => CompressionChoice::Client(ClientCompression::Gzip(spec.level)),
         Algorithm::Zstd => {
             if !(1..=22).contains(&spec.level) {
                 bail!(
@@ -168,13 +164,13 @@ fn parse_compress(option: &str) -> anyhow::Result<Compression> {
                     spec.level
                 );
             }
-            Compression::Client(ClientCompression::Zstd(ZstdCompression {
+            CompressionChoice::Client(ClientCompression::Zstd(ZstdCompression {
                 level: spec.level,
                 workers: spec.workers.unwrap_or(0).max(0) as u32,
                 long: spec.long_distance == Some(true),
             }))
         }
-        Algorithm::Lz4 => Compression::Client(ClientCompression::Lz4),
+        Algorithm::Lz4 => CompressionChoice::Client(ClientCompression::Lz4),
     })
 }
 
@@ -221,11 +217,6 @@ fn backup_error(e: BackupError, started: bool) -> anyhow::Error {
         }
         e => e.into(),
     }
-}
-
-/// The BASE_BACKUP option for a manifest checksum algorithm (the two crates name it alike).
-fn protocol_checksums(kind: ChecksumKind) -> pgrepl::ManifestChecksums {
-    pgrepl::ManifestChecksums::parse(kind.as_str()).unwrap_or_default()
 }
 
 /// `-c fast|spread`.
@@ -276,7 +267,6 @@ fn parent_manifest(args: &BaseBackupArgs) -> anyhow::Result<Option<tokio::fs::Fi
         })
 }
 
-/// The option checks pg_basebackup makes before it connects, in its order and words.
 /// `-s`: pg_basebackup's range and words; 10 s by default, 0 for none.
 fn status_interval(args: &BaseBackupArgs) -> anyhow::Result<Option<Duration>> {
     let Some(v) = &args.status_interval else {
@@ -292,23 +282,47 @@ fn status_interval(args: &BaseBackupArgs) -> anyhow::Result<Option<Duration>> {
     Ok((n > 0).then(|| Duration::from_secs(n as u64)))
 }
 
-fn check_options(args: &BaseBackupArgs, target: Option<&str>) -> anyhow::Result<()> {
-    status_interval(args)?;
+/// The flags as a backup plan: what only the command line can get wrong (unknown values, two
+/// flags for one thing) is refused here; combinations are the plan's to refuse.
+fn plan_of(args: &BaseBackupArgs) -> anyhow::Result<BackupPlan> {
+    // --target=client is the same as no target
+    let target = args.target.as_deref().filter(|t| *t != "client");
+    let interval = status_interval(args)?;
     if target.is_some() && args.format.is_some() {
         bail!("cannot specify both format and backup target");
     }
-    match (&args.pgdata, target) {
+    let output = match (&args.pgdata, target) {
         (None, None) => bail!("must specify output directory or backup target"),
         (Some(_), Some(_)) => bail!("cannot specify both output directory and backup target"),
-        _ => {}
-    }
-    if target.is_some()
-        && args
-            .compress
-            .as_deref()
-            .is_some_and(|c| c.starts_with("client-"))
-    {
-        bail!("client-side compression is not possible when a backup target is specified");
+        (None, Some(t)) => {
+            let (target, detail) = match t.split_once(':') {
+                Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+                None => (t.to_owned(), None),
+            };
+            Output::ServerTarget { target, detail }
+        }
+        (Some(d), None) => {
+            let tar = match args.format.as_deref().unwrap_or("p") {
+                "p" | "plain" => false,
+                "t" | "tar" => true,
+                f => bail!("invalid output format \"{f}\", must be \"plain\" or \"tar\""),
+            };
+            if d.as_os_str() == "-" {
+                // -D -: base.tar (with the manifest inside) to standard output
+                if !tar {
+                    bail!("standard output (-D -) can only take a tar format backup (-F t)");
+                }
+                Output::Stream
+            } else {
+                Output::Directory {
+                    path: d.clone(),
+                    tar,
+                }
+            }
+        }
+    };
+    if output == Output::Stream && args.json {
+        bail!("--json cannot be used when the backup goes to standard output");
     }
     if args.no_slot && args.slot.is_some() {
         bail!("--no-slot cannot be used with slot name");
@@ -319,97 +333,70 @@ fn check_options(args: &BaseBackupArgs, target: Option<&str>) -> anyhow::Result<
     if args.create_slot && args.no_slot {
         bail!("--create-slot and --no-slot are incompatible options");
     }
-    if target.is_some() && args.waldir.is_some() {
-        bail!("WAL directory location cannot be specified along with a backup target");
-    }
-    if args.progress && args.no_estimate_size {
-        bail!("--progress and --no-estimate-size are incompatible options");
-    }
-    if args.no_manifest && args.manifest_checksums.is_some() {
-        bail!("--no-manifest and --manifest-checksums are incompatible options");
-    }
-    if args.no_manifest && args.manifest_force_encode {
-        bail!("--no-manifest and --manifest-force-encode are incompatible options");
-    }
-    Ok(())
-}
-
-fn manifest_checksum_kind(args: &BaseBackupArgs) -> anyhow::Result<ChecksumKind> {
-    let name = args.manifest_checksums.as_deref().unwrap_or("CRC32C");
-    ChecksumKind::parse(name)
-        .with_context(|| format!("unrecognized manifest checksum algorithm: \"{name}\""))
-}
-
-pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
-    // --target=client is the same as no target
-    let target = args.target.as_deref().filter(|t| *t != "client");
-    check_options(&args, target)?;
-    if let Some(t) = target {
-        return run_target(&args, t).await;
-    }
-    let Some(pgdata) = args.pgdata.clone() else {
-        bail!("must specify output directory or backup target");
-    };
-    let plain = match args.format.as_deref().unwrap_or("p") {
-        "p" | "plain" => true,
-        "t" | "tar" => false,
-        f => bail!("invalid output format \"{f}\", must be \"plain\" or \"tar\""),
-    };
-    #[derive(PartialEq)]
-    enum Wal {
-        None,
-        Fetch,
-        Stream,
-    }
-    let wal_method = match args.wal_method.as_str() {
-        "f" | "fetch" => Wal::Fetch,
-        "n" | "none" => Wal::None,
-        "s" | "stream" => Wal::Stream,
+    let wal = match args.wal_method.as_str() {
+        "f" | "fetch" => WalChoice::Fetch,
+        "n" | "none" => WalChoice::None,
+        "s" | "stream" => WalChoice::Stream,
         m => bail!("invalid wal-method option \"{m}\", must be \"fetch\", \"stream\", or \"none\""),
     };
-    let wal = wal_method == Wal::Fetch;
-    // -D -: base.tar (with the manifest inside) to standard output, as pg_basebackup writes it
-    let to_stdout = pgdata.as_os_str() == "-";
-    if to_stdout {
-        if plain {
-            bail!("standard output (-D -) can only take a tar format backup (-F t)");
-        }
-        if wal_method == Wal::Stream {
-            bail!("cannot stream write-ahead logs in tar mode to stdout (use -X fetch or -X none)");
-        }
-        if args.json {
-            bail!("--json cannot be used when the backup goes to standard output");
-        }
-    }
-    let checkpoint = parse_checkpoint(&args.checkpoint)?;
     let compression = match (&args.compress, args.gzip) {
         (Some(_), true) => bail!("--compress and --gzip cannot be used together"),
+        // with a target the server compresses: a bare algorithm means the server's
+        (Some(c), false) if target.is_some() && !c.starts_with("client-") => {
+            parse_compress(&format!("server-{}", c.trim_start_matches("server-")))?
+        }
         (Some(c), false) => parse_compress(c)?,
         (None, true) => parse_compress("gzip")?,
-        (None, false) => Compression::None,
+        (None, false) => CompressionChoice::None,
     };
-    if to_stdout && matches!(compression, Compression::Server(_)) {
-        bail!("server-side compression cannot be used when the backup goes to standard output (use -Z gzip or -Z zstd)");
-    }
-    if plain && matches!(compression, Compression::Client(_)) {
-        bail!("only tar mode backups can be compressed (use server-side compression with plain format)");
-    }
-    if (args.slot.is_some() || args.no_slot) && wal_method != Wal::Stream {
-        bail!("replication slots can only be used with WAL streaming");
-    }
-    let slot = match (&args.slot, args.create_slot, args.no_slot) {
+    let manifest_checksums = args
+        .manifest_checksums
+        .as_deref()
+        .map(|name| {
+            ChecksumKind::parse(name)
+                .with_context(|| format!("unrecognized manifest checksum algorithm: \"{name}\""))
+        })
+        .transpose()?;
+    let mut plan = BackupPlan::new(output);
+    plan.wal = wal;
+    plan.slot = match (&args.slot, args.create_slot, args.no_slot) {
         (Some(n), true, _) => SlotChoice::Create(n.clone()),
         (Some(n), false, _) => SlotChoice::Existing(n.clone()),
         (None, _, true) => SlotChoice::NoSlot,
         _ => SlotChoice::Temporary,
     };
-    if let Some(w) = &args.waldir {
-        if !plain {
-            bail!("WAL directory location can only be specified in plain mode");
-        }
-        if !w.is_absolute() {
-            bail!("WAL directory location must be an absolute path");
-        }
+    plan.compression = compression;
+    plan.tablespace_mappings = args
+        .tablespace_mapping
+        .iter()
+        .map(|m| TablespaceMapping::parse(m).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    plan.wal_dir = args.waldir.clone();
+    plan.standby = args.write_recovery_conf;
+    plan.manifest = !args.no_manifest;
+    plan.manifest_checksums = manifest_checksums;
+    plan.manifest_force_encode = args.manifest_force_encode;
+    plan.estimate_size = !args.no_estimate_size;
+    plan.progress = args.progress;
+    plan.incremental = args.incremental.is_some();
+    plan.checkpoint = parse_checkpoint(&args.checkpoint)?;
+    plan.label = args.label.clone();
+    plan.max_rate_kb = args.max_rate.as_deref().map(parse_rate).transpose()?;
+    plan.verify_checksums = !args.no_verify_checksums;
+    plan.status_interval = interval;
+    plan.validate()?;
+    Ok(plan)
+}
+
+pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan_of(&args)?;
+    let (pgdata, plain, to_stdout) = match &plan.output {
+        Output::ServerTarget { .. } => return run_target(&args, &plan).await,
+        Output::Directory { path, tar } => (path.clone(), !tar, false),
+        Output::Stream => (PathBuf::from("-"), false, true),
+        _ => bail!("this output is not supported by the command line"),
+    };
+    if let Some(w) = &plan.wal_dir {
         if w.exists()
             && std::fs::read_dir(w)
                 .map(|mut d| d.next().is_some())
@@ -419,36 +406,13 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let parent_manifest = parent_manifest(&args)?;
-    let kind = manifest_checksum_kind(&args)?;
-    let mappings = args
-        .tablespace_mapping
-        .iter()
-        .map(|m| TablespaceMapping::parse(m).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if !plain && !mappings.is_empty() {
-        bail!("tablespace relocation (-T) is only supported in plain format");
-    }
-    let options = BaseBackupOptions {
-        label: args.label.clone(),
-        progress: !args.no_estimate_size,
-        checkpoint,
-        wal,
-        wait: wal_method == Wal::None,
-        max_rate_kb: args.max_rate.as_deref().map(parse_rate).transpose()?,
-        verify_checksums: !args.no_verify_checksums,
-        manifest: !args.no_manifest,
-        manifest_force_encode: args.manifest_force_encode,
-        manifest_checksums: protocol_checksums(kind),
-        incremental: parent_manifest.is_some(),
-        // as pg_basebackup: a tar backup carries tablespace_map, so a restore from it can
-        // recreate the pg_tblspc links (a plain backup has the links themselves)
-        tablespace_map: !plain,
-        compression: match &compression {
-            Compression::Server(s) => Some(s.clone()),
-            _ => None,
-        },
-        ..Default::default()
+    let kind = plan.checksum_kind();
+    let options = plan.options();
+    let client_compression = match plan.compression {
+        CompressionChoice::Client(z) => Some(z),
+        _ => None,
     };
+    let mappings = plan.tablespace_mappings.clone();
 
     let config = args.conn.config()?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
@@ -463,7 +427,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         .await
         .map(|m| m.trim() == "0750")
         .unwrap_or(false);
-    let recovery = args.write_recovery_conf.then(|| {
+    let recovery = plan.standby.then(|| {
         StandbySettings::new(&config.to_conninfo_without_password(), args.slot.as_deref())
     });
     let writer: Box<dyn BackupSink> = if to_stdout {
@@ -476,10 +440,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         let mut t = TarStreamSink::new(
             std::io::BufWriter::with_capacity(1 << 20, stdout),
             "standard output",
-            match compression {
-                Compression::Client(z) => Some(z),
-                _ => None,
-            },
+            client_compression,
         )?;
         if let Some(r) = recovery {
             t.set_standby(r);
@@ -488,7 +449,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     } else if plain {
         let mut d = DirectorySink::new(&pgdata, mappings, !args.no_sync)?;
         d.set_sync_method(args.sync_method.unwrap_or_default());
-        if let Some(w) = &args.waldir {
+        if let Some(w) = &plan.wal_dir {
             d.set_wal_dir(w)?;
         }
         if let Some(r) = recovery {
@@ -500,11 +461,7 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         d.set_keep_on_abort(args.no_clean);
         Box::new(d)
     } else {
-        let zstd = match compression {
-            Compression::Client(z) => Some(z),
-            _ => None,
-        };
-        let mut t = TarSink::with_compression(&pgdata, !args.no_sync, zstd)?;
+        let mut t = TarSink::with_compression(&pgdata, !args.no_sync, client_compression)?;
         t.set_sync_method(args.sync_method.unwrap_or_default());
         if let Some(r) = recovery {
             t.set_standby(r);
@@ -512,15 +469,15 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
         Box::new(t)
     };
     let sink = Tee(VerifySink::new(kind, Some(id.system_id)), writer);
-    let wal_plan = match wal_method {
-        Wal::None => WalMethod::None,
-        Wal::Fetch => WalMethod::Fetch,
-        Wal::Stream => WalMethod::Stream {
+    let wal_plan = match plan.wal {
+        WalChoice::None => WalMethod::None,
+        WalChoice::Fetch => WalMethod::Fetch,
+        _ => WalMethod::Stream {
             config: Box::new(config.clone()),
             system_id: id.system_id,
             sync: !args.no_sync,
-            slot,
-            status_interval: status_interval(&args)?,
+            slot: plan.slot.clone(),
+            status_interval: plan.status_interval,
         },
     };
     let show_progress = args.progress && (std::io::stderr().is_terminal() || args.verbose > 0);
@@ -597,41 +554,17 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
 
 /// `--target`: the server keeps the backup (`blackhole` discards it, `server:DIR` writes it on
 /// the server); no WAL streaming, no local output, as pg_basebackup allows it.
-async fn run_target(args: &BaseBackupArgs, target: &str) -> anyhow::Result<ExitCode> {
-    if !matches!(args.wal_method.as_str(), "none" | "n" | "fetch" | "f") {
-        bail!("WAL cannot be streamed when a backup target is specified");
-    }
-    if matches!(args.wal_method.as_str(), "fetch" | "f") {
-        bail!("WAL cannot be fetched when a backup target is specified (use --wal-method=none)");
-    }
-    let (name, detail) = match target.split_once(':') {
-        Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
-        None => (target.to_owned(), None),
+async fn run_target(args: &BaseBackupArgs, plan: &BackupPlan) -> anyhow::Result<ExitCode> {
+    let target = match &plan.output {
+        Output::ServerTarget {
+            target,
+            detail: Some(d),
+        } => format!("{target}:{d}"),
+        Output::ServerTarget { target, .. } => target.clone(),
+        _ => bail!("not a server target"),
     };
-    let compression = match &args.compress {
-        None => None,
-        Some(c) => match parse_compress(&format!("server-{}", c.trim_start_matches("server-")))? {
-            Compression::Server(s) => Some(s),
-            _ => None,
-        },
-    };
-    let checkpoint = parse_checkpoint(&args.checkpoint)?;
-    let kind = manifest_checksum_kind(args)?;
     let parent = parent_manifest(args)?;
-    let options = BaseBackupOptions {
-        label: args.label.clone(),
-        checkpoint,
-        wait: true,
-        max_rate_kb: args.max_rate.as_deref().map(parse_rate).transpose()?,
-        verify_checksums: !args.no_verify_checksums,
-        manifest: !args.no_manifest,
-        manifest_force_encode: args.manifest_force_encode,
-        manifest_checksums: protocol_checksums(kind),
-        compression,
-        target: Some((name, detail)),
-        incremental: parent.is_some(),
-        ..Default::default()
-    };
+    let options = plan.options();
     let config = args.conn.config()?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
     if let Some(m) = parent {

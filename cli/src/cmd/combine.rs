@@ -112,7 +112,7 @@ pub fn run(args: CombineArgs) -> anyhow::Result<ExitCode> {
     let tablespace_mappings = args
         .tablespace_mapping
         .iter()
-        .map(|m| TablespaceMapping::parse(m).map_err(anyhow::Error::msg))
+        .map(|m| TablespaceMapping::parse(m).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = CombineOptions {
         output: args.output.clone(),

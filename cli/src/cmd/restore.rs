@@ -116,7 +116,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let tablespace_mappings = args
         .tablespace_mapping
         .iter()
-        .map(|m| TablespaceMapping::parse(m).map_err(anyhow::Error::msg))
+        .map(|m| TablespaceMapping::parse(m).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = RestoreOptions {
         data_dir: args.pgdata.clone(),

@@ -80,7 +80,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let kb = report.bytes_checked / 1024;
         eprintln!("{kb}/{kb} kB (100%) verified");
     }
-    for p in &report.problems {
+    for p in &report.findings {
         eprintln!("pgrepl: error: {}", p.to_string().replace('\n', " "));
     }
     if args.json {
@@ -88,16 +88,21 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({
                 "backup": args.backup.display().to_string(),
-                "ok": report.problems.is_empty(),
+                "ok": report.findings.is_empty(),
                 "files_checked": report.files_checked,
                 "wal_records": report.wal_records,
-                "problems": report.problems.iter().map(|p| serde_json::json!({"subject": p.subject, "message": p.message})).collect::<Vec<_>>(),
+                "findings": report.findings.iter().map(|f| serde_json::json!({
+                    "kind": format!("{:?}", f.kind).to_lowercase(),
+                    "path": f.path,
+                    "lsn": f.lsn.map(|l| l.to_string()),
+                    "detail": f.detail,
+                })).collect::<Vec<_>>(),
             })
         );
-    } else if report.problems.is_empty() && !args.quiet {
+    } else if report.findings.is_empty() && !args.quiet {
         println!("backup successfully verified");
     }
-    Ok(if report.problems.is_empty() {
+    Ok(if report.findings.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
