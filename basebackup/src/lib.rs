@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! Base backups as data: the archive stream, tar, manifests, incremental files, combine, verify
 //! and sinks. Parsers here are sans-io: they take bytes and return typed values.
 //!

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! A PostgreSQL streaming-replication client: connect (TCP or Unix socket, TLS with rustls),
 //! authenticate (trust, password, MD5, SCRAM-SHA-256 and -PLUS), and run the physical replication
 //! commands — IDENTIFY_SYSTEM, SHOW, TIMELINE_HISTORY, slots, START_REPLICATION, UPLOAD_MANIFEST

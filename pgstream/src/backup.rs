@@ -1,5 +1,5 @@
 //! Taking a base backup: BASE_BACKUP on a pgrepl connection, its archives handed to a
-//! [`BackupSink`] that runs on a thread of its own (see [`crate::sink_thread`]), WAL streamed
+//! [`BackupSink`] that runs on a thread of its own (at most a few archive pieces queued for it, so a slow sink slows the socket), WAL streamed
 //! beside it on a second connection when asked (`-X stream`).
 //!
 //! On any failure the sink is aborted, so nothing is left that looks complete. The future is

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! The online half of pgrepl: base backups and WAL streams over a [`pgrepl`] connection.
 //!
 //! - [`backup`]: BASE_BACKUP into a [`basebackup::sink::BackupSink`], the sink on a thread of

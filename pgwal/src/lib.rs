@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! The PostgreSQL write-ahead-log format, without I/O.
 //!
 //! This crate owns the units of WAL bookkeeping ([`Lsn`], [`TimelineId`], [`WalSegSize`],

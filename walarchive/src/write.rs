@@ -539,10 +539,8 @@ impl SegmentWriter {
         self.flushed = start;
     }
 
-    /// Writes a timeline history file (as [`Connection::timeline_history`] returned it) into
-    /// the directory, under a temporary name renamed when complete; durably when syncing.
-    ///
-    /// [`Connection::timeline_history`]: crate::Connection::timeline_history
+    /// Writes a timeline history file (as TIMELINE_HISTORY returned it) into the directory,
+    /// under a temporary name renamed when complete; durably when syncing.
     pub fn write_history(&self, file_name: &str, content: &[u8]) -> Result<(), WriteError> {
         let tmp = self.dir.join(format!("{file_name}.tmp"));
         let fin = self.dir.join(file_name);
