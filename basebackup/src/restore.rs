@@ -455,16 +455,47 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Restores `backups` (oldest first) into `opts.data_dir`, configured to recover from
-/// `opts.wal_archive` to `opts.target`.
-pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSummary, RestoreError> {
+/// What a restore of a chain with an archive will do, found before anything is written: where
+/// the backup becomes consistent, how far the archive's WAL reaches, and between which commit
+/// times a target can lie. [`plan_restore`] makes one; [`restore`] carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestorePlan {
+    /// The backups, oldest first (the newest is the one restored).
+    pub backups: Vec<PathBuf>,
+    /// The timeline the newest backup was taken on.
+    pub timeline: TimelineId,
+    /// Where replay starts (the newest backup's start LSN).
+    pub start: Lsn,
+    /// Where the backup becomes consistent (its end LSN): no target may lie before it.
+    pub consistent_at: Lsn,
+    /// The last commit time (µs since 2000-01-01 UTC) the backup already covers, if known: a
+    /// time target must be later.
+    pub consistent_time: Option<i64>,
+    /// How far the archive's WAL goes (on the newest timeline that descends from ours).
+    pub archive_end: Lsn,
+    /// The last commit time (µs since 2000) in the archive: a time target must be earlier.
+    pub last_commit_time: Option<i64>,
+    /// The target the plan was checked against.
+    pub target: Option<RecoveryTarget>,
+}
+
+/// Checks that `backups` (oldest first) restored with the WAL in `wal_archive` reach `target`,
+/// reading the newest backup's manifest and decoding the archive's WAL from the backup's start;
+/// writes nothing. A target before the consistent point or beyond the archive is refused with
+/// the positions that make it so.
+pub fn plan_restore(
+    backups: &[PathBuf],
+    wal_archive: &Path,
+    target: Option<&RecoveryTarget>,
+) -> Result<RestorePlan, RestoreError> {
     let Some(newest) = backups.last() else {
         return err("no backup given");
     };
-    if !opts.wal_archive.is_dir() {
+    if !wal_archive.is_dir() {
         return err(format!(
             "WAL archive \"{}\" is not a directory",
-            opts.wal_archive.display()
+            wal_archive.display()
         ));
     }
     let mpath = newest.join("backup_manifest");
@@ -482,16 +513,36 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
         .and_then(|c| WalSegSize::new(c.wal_segment_size as u64).ok())
         .unwrap_or(WalSegSize::DEFAULT);
     let scan = scan_archive(
-        &opts.wal_archive,
+        wal_archive,
         seg,
         m.system_identifier,
         first.timeline,
         start,
         end,
-        opts.target.as_ref(),
+        target,
     )?;
-    check_target(&scan, opts.target.as_ref(), end)?;
+    check_target(&scan, target, end)?;
+    Ok(RestorePlan {
+        backups: backups.to_vec(),
+        timeline: first.timeline,
+        start,
+        consistent_at: end,
+        consistent_time: scan
+            .max_time_before_end
+            .into_iter()
+            .chain(scan.start_time)
+            .max(),
+        archive_end: scan.reached,
+        last_commit_time: scan.last_time,
+        target: target.cloned(),
+    })
+}
 
+/// Restores `backups` (oldest first) into `opts.data_dir`, configured to recover from
+/// `opts.wal_archive` to `opts.target`: [`plan_restore`], then the chain combined and the
+/// recovery settings written. On failure the data directory is removed.
+pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSummary, RestoreError> {
+    let plan = plan_restore(backups, &opts.wal_archive, opts.target.as_ref())?;
     let mut copts = opts.combine.clone();
     copts.output = opts.data_dir.clone();
     let summary = combine(backups, &copts)?;
@@ -564,10 +615,10 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
     }
     Ok(RestoreSummary {
         combine: summary,
-        consistent_at: end,
-        consistent_time: scan.max_time_before_end,
-        archive_end: scan.reached,
-        last_commit_time: scan.last_time,
+        consistent_at: plan.consistent_at,
+        consistent_time: plan.consistent_time,
+        archive_end: plan.archive_end,
+        last_commit_time: plan.last_commit_time,
     })
 }
 

@@ -63,7 +63,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         VerifySink::new(ChecksumKind::Crc32c, Some(id.system_id)),
         HashSink::default(),
     );
-    let options = pgrepl::BaseBackupOptions::default();
+    let options = pgrepl::BaseBackupOptions {
+        checkpoint: pgrepl::CheckpointMode::Fast,
+        ..Default::default()
+    };
     let (summary, _sink) = take_backup(&mut conn, &options, &WalMethod::None, sink, |_| {}).await?;
     println!(
         "{} files verified against the manifest in {:?}",

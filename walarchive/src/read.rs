@@ -180,6 +180,11 @@ impl WalDir {
         }
     }
 
+    /// The segment size the directory is read with.
+    pub fn seg_size(&self) -> WalSegSize {
+        self.seg_size
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.dir
