@@ -378,34 +378,48 @@ fn check_wal_stream(
     }
 }
 
-/// Verifies the backup at `path`.
+/// `exit_on_error` was set and a problem was found: stop where we are.
+struct Stop;
+
+/// Turns [`Ctx`]'s "stop now" answer into `?`.
+fn go_on(stop: bool) -> Result<(), Stop> {
+    if stop {
+        Err(Stop)
+    } else {
+        Ok(())
+    }
+}
+
+/// What the backup holds, as read from disk or its archives.
+#[derive(Default)]
+struct OnDisk {
+    /// Every file: its size and checksum (of the manifest's kind).
+    seen: Seen,
+    /// The first 8 kB of global/pg_control.
+    pg_control: Option<Vec<u8>>,
+    /// pg_wal.tar[.*] of a tar backup.
+    wal_tar: Option<PathBuf>,
+    /// base.tar[.*] of a tar backup.
+    base_tar: Option<PathBuf>,
+    /// Archives that could not be read to their end, with the path prefix of their files ("" for
+    /// base.tar: everything outside pg_tblspc/): their unread files are counted, not listed.
+    damaged: Vec<(String, String)>,
+}
+
+/// Verifies the backup at `path`: its manifest, the system identifier, every file, then the WAL
+/// it needs. With `exit_on_error`, the report ends at the first finding.
 pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
     let mut ctx = Ctx {
         report: VerifyReport::default(),
         opts,
     };
-    let manifest_path = opts
-        .manifest_path
-        .clone()
-        .unwrap_or_else(|| path.join("backup_manifest"));
-    let manifest_file = match fs::File::open(&manifest_path) {
-        Ok(f) => f,
-        Err(e) => {
-            ctx.general(
-                FindingKind::Manifest,
-                format!("could not open file \"{}\": {e}", manifest_path.display()),
-            );
-            return ctx.report;
-        }
-    };
-    // read in pieces: memory grows with the number of files, not with the manifest's text
-    let m = match ManifestParser::parse_reader(manifest_file) {
-        Ok(m) => m,
-        Err(e) => {
-            ctx.general(FindingKind::Manifest, e.to_string());
-            return ctx.report;
-        }
-    };
+    let _ = verify_phases(&mut ctx, path);
+    ctx.report
+}
+
+fn verify_phases(ctx: &mut Ctx<'_>, path: &Path) -> Result<(), Stop> {
+    let opts = ctx.opts;
+    let m = read_manifest(ctx, path)?;
     let kinds: BTreeMap<String, ChecksumKind> = m
         .files
         .iter()
@@ -424,148 +438,195 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             .iter()
             .any(|n| path.join(n).exists()),
     };
-    let mut seen: Seen = BTreeMap::new();
-    let mut pg_control: Option<Vec<u8>> = None;
-    let mut wal_tar: Option<PathBuf> = None;
-    // archives that could not be read to their end, with the path prefix of their files ("" for
-    // base.tar: everything outside pg_tblspc/): their unread files are counted, not listed
-    let mut damaged: Vec<(String, String)> = Vec::new();
-    let mut base_tar: Option<PathBuf> = None;
-    if is_tar {
-        let mut names: Vec<String> = fs::read_dir(path)
-            .map(|it| {
-                it.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        for name in names {
-            if name == "backup_manifest" || opts.is_ignored(&name) {
-                continue;
-            }
-            // only regular files named as pg_basebackup names its archives belong here
-            let regular = fs::metadata(path.join(&name)).is_ok_and(|m| m.is_file());
-            let stem = match tar_member_stem(&name) {
-                Some(s) if regular => s.to_owned(),
-                _ => {
-                    let why = if regular {
-                        format!("file \"{name}\" is not expected in a tar format backup")
-                    } else {
-                        format!("file \"{name}\" is not a regular file")
-                    };
-                    if ctx.file(FindingKind::Extra, &name, why) {
-                        return ctx.report;
-                    }
-                    continue;
-                }
-            };
-            if stem == "pg_wal" {
-                wal_tar = Some(path.join(&name));
-                continue;
-            }
-            let prefix = if stem == "base" {
-                base_tar = Some(path.join(&name));
-                String::new()
-            } else {
-                format!("pg_tblspc/{stem}/")
-            };
-            let mut current: Option<(String, u64, FileHasher)> = None;
-            let mut control = None;
-            let r = read_archive(&path.join(&name), |ev| match ev {
-                TarEvent::Entry(h) if h.kind == EntryKind::File => {
-                    let p = format!("{prefix}{}", h.path);
-                    let kind = kinds.get(&p).copied().unwrap_or(ChecksumKind::None);
-                    if p == "global/pg_control" {
-                        control = Some(Vec::new());
-                    }
-                    current = Some((p, 0, FileHasher::new(kind)));
-                }
-                TarEvent::Data(d) => {
-                    if let Some((p, n, h)) = &mut current {
-                        *n += d.len() as u64;
-                        h.update(d);
-                        if p == "global/pg_control" {
-                            if let Some(c) = &mut control {
-                                c.extend_from_slice(
-                                    &d[..d.len().min(8192usize.saturating_sub(c.len()))],
-                                );
-                            }
-                        }
-                    }
-                }
-                TarEvent::EntryEnd => {
-                    if let Some((p, n, h)) = current.take() {
-                        if !ignored(&p) {
-                            seen.insert(p, (n, h.finish()));
-                        }
-                    }
-                }
-                _ => {}
-            });
-            if control.is_some() {
-                pg_control = control;
-            }
-            if let Err(e) = r {
-                if ctx.file(FindingKind::Archive, &name, e) {
-                    return ctx.report;
-                }
-                damaged.push((name.clone(), prefix.clone()));
-            }
-        }
+    let on_disk = if is_tar {
+        read_tar_backup(ctx, path, &kinds)?
     } else {
-        let mut errs = Vec::new();
-        walk_plain(path, "", &kinds, &mut seen, &mut errs);
-        for e in errs {
-            if ctx.found(e) {
-                return ctx.report;
+        read_plain_backup(ctx, path, &kinds)?
+    };
+    check_system_identifier(ctx, &m, &on_disk)?;
+    check_files(ctx, &m, &on_disk)?;
+    if !opts.skip_wal {
+        check_wal(ctx, path, &m, on_disk);
+    }
+    Ok(())
+}
+
+/// The manifest, parsed in pieces: memory grows with the number of files, not with its text.
+fn read_manifest(ctx: &mut Ctx<'_>, path: &Path) -> Result<Manifest, Stop> {
+    let manifest_path = ctx
+        .opts
+        .manifest_path
+        .clone()
+        .unwrap_or_else(|| path.join("backup_manifest"));
+    let manifest_file = fs::File::open(&manifest_path).map_err(|e| {
+        ctx.general(
+            FindingKind::Manifest,
+            format!("could not open file \"{}\": {e}", manifest_path.display()),
+        );
+        Stop
+    })?;
+    ManifestParser::parse_reader(manifest_file).map_err(|e| {
+        ctx.general(FindingKind::Manifest, e.to_string());
+        Stop
+    })
+}
+
+/// A plain backup: every file walked and hashed.
+fn read_plain_backup(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    kinds: &BTreeMap<String, ChecksumKind>,
+) -> Result<OnDisk, Stop> {
+    let mut on_disk = OnDisk::default();
+    let mut errs = Vec::new();
+    walk_plain(path, "", kinds, &mut on_disk.seen, &mut errs);
+    for e in errs {
+        go_on(ctx.found(e))?;
+    }
+    on_disk.pg_control = fs::read(path.join("global/pg_control")).ok();
+    Ok(on_disk)
+}
+
+/// A tar backup: only archives named as pg_basebackup names them, each read as a stream and
+/// every file in it hashed; pg_wal's archive is kept for the WAL phase.
+fn read_tar_backup(
+    ctx: &mut Ctx<'_>,
+    path: &Path,
+    kinds: &BTreeMap<String, ChecksumKind>,
+) -> Result<OnDisk, Stop> {
+    let opts = ctx.opts;
+    let mut on_disk = OnDisk::default();
+    let mut names: Vec<String> = fs::read_dir(path)
+        .map(|it| {
+            it.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        if name == "backup_manifest" || opts.is_ignored(&name) {
+            continue;
+        }
+        // only regular files named as pg_basebackup names its archives belong here
+        let regular = fs::metadata(path.join(&name)).is_ok_and(|m| m.is_file());
+        let stem = match tar_member_stem(&name) {
+            Some(s) if regular => s.to_owned(),
+            _ => {
+                let why = if regular {
+                    format!("file \"{name}\" is not expected in a tar format backup")
+                } else {
+                    format!("file \"{name}\" is not a regular file")
+                };
+                go_on(ctx.file(FindingKind::Extra, &name, why))?;
+                continue;
+            }
+        };
+        if stem == "pg_wal" {
+            on_disk.wal_tar = Some(path.join(&name));
+            continue;
+        }
+        let prefix = if stem == "base" {
+            on_disk.base_tar = Some(path.join(&name));
+            String::new()
+        } else {
+            format!("pg_tblspc/{stem}/")
+        };
+        let r = hash_archive(&path.join(&name), &prefix, kinds, &mut on_disk);
+        if let Err(e) = r {
+            go_on(ctx.file(FindingKind::Archive, &name, e))?;
+            on_disk.damaged.push((name.clone(), prefix.clone()));
+        }
+    }
+    Ok(on_disk)
+}
+
+/// Hashes every file of one archive into `on_disk.seen` (paths under `prefix`), keeping
+/// pg_control's first 8 kB.
+fn hash_archive(
+    archive: &Path,
+    prefix: &str,
+    kinds: &BTreeMap<String, ChecksumKind>,
+    on_disk: &mut OnDisk,
+) -> Result<(), String> {
+    let mut current: Option<(String, u64, FileHasher)> = None;
+    let mut control = None;
+    let seen = &mut on_disk.seen;
+    let r = read_archive(archive, |ev| match ev {
+        TarEvent::Entry(h) if h.kind == EntryKind::File => {
+            let p = format!("{prefix}{}", h.path);
+            let kind = kinds.get(&p).copied().unwrap_or(ChecksumKind::None);
+            if p == "global/pg_control" {
+                control = Some(Vec::new());
+            }
+            current = Some((p, 0, FileHasher::new(kind)));
+        }
+        TarEvent::Data(d) => {
+            if let Some((p, n, h)) = &mut current {
+                *n += d.len() as u64;
+                h.update(d);
+                if p == "global/pg_control" {
+                    if let Some(c) = &mut control {
+                        c.extend_from_slice(&d[..d.len().min(8192usize.saturating_sub(c.len()))]);
+                    }
+                }
             }
         }
-        pg_control = fs::read(path.join("global/pg_control")).ok();
+        TarEvent::EntryEnd => {
+            if let Some((p, n, h)) = current.take() {
+                if !ignored(&p) {
+                    seen.insert(p, (n, h.finish()));
+                }
+            }
+        }
+        _ => {}
+    });
+    if control.is_some() {
+        on_disk.pg_control = control;
     }
+    r
+}
 
-    // system identifier
-    match (&pg_control, m.system_identifier) {
+/// pg_control is there and names the manifest's system.
+fn check_system_identifier(ctx: &mut Ctx<'_>, m: &Manifest, on_disk: &OnDisk) -> Result<(), Stop> {
+    match (&on_disk.pg_control, m.system_identifier) {
         (Some(c), Some(sys)) if c.len() >= 8 => {
             let in_control = u64::from_le_bytes(c[..8].try_into().unwrap_or([0; 8]));
-            if in_control != sys
-                && ctx.general(
+            if in_control != sys {
+                go_on(ctx.general(
                     FindingKind::Control,
                     format!(
                         "manifest system identifier is {sys}, but control file has {in_control}"
                     ),
-                )
-            {
-                return ctx.report;
+                ))?;
             }
         }
         // a damaged base archive is reported already, with what it left unread
-        (None, _) if damaged.iter().any(|(_, p)| p.is_empty()) => {}
-        (None, _)
-            if ctx.file(
-                FindingKind::Control,
-                "global/pg_control",
-                "missing from the backup",
-            ) =>
-        {
-            return ctx.report;
-        }
+        (None, _) if on_disk.damaged.iter().any(|(_, p)| p.is_empty()) => {}
+        (None, _) => go_on(ctx.file(
+            FindingKind::Control,
+            "global/pg_control",
+            "missing from the backup",
+        ))?,
         _ => {}
     }
+    Ok(())
+}
 
-    // files, reported in pg_verifybackup's order: what is on disk (extra files, sizes), then
-    // what is missing, then checksums
+/// Files, reported in pg_verifybackup's order: what is on disk (extra files, sizes), then what
+/// is missing, then checksums.
+fn check_files(ctx: &mut Ctx<'_>, m: &Manifest, on_disk: &OnDisk) -> Result<(), Stop> {
+    let opts = ctx.opts;
+    let seen = &on_disk.seen;
     let listed: HashSet<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
     let skip = |p: &str| ignored(p) || opts.is_ignored(p);
     for p in seen.keys().filter(|p| !skip(p)) {
-        if !listed.contains(p.as_str())
-            && ctx.file(
+        if !listed.contains(p.as_str()) {
+            go_on(ctx.file(
                 FindingKind::Extra,
                 p,
                 format!("\"{p}\" is present on disk but not in the manifest"),
-            )
-        {
-            return ctx.report;
+            ))?;
         }
     }
     let mut mismatched = Vec::new();
@@ -574,16 +635,14 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             ctx.report.files_checked += 1;
             ctx.report.bytes_checked += *size;
             if *size != f.size {
-                if ctx.file(
+                go_on(ctx.file(
                     FindingKind::Size,
                     &f.path,
                     format!(
                         "\"{}\" has size {size} on disk but size {} in the manifest",
                         f.path, f.size
                     ),
-                ) {
-                    return ctx.report;
-                }
+                ))?;
             } else if !opts.skip_checksums
                 && f.checksum_kind != ChecksumKind::None
                 && *sum != f.checksum
@@ -592,6 +651,7 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
             }
         }
     }
+    let damaged = &on_disk.damaged;
     let mut unread = vec![0usize; damaged.len()];
     for f in m.files.iter().filter(|f| !skip(&f.path)) {
         if seen.contains_key(&f.path) {
@@ -606,131 +666,123 @@ pub fn verify_backup(path: &Path, opts: &VerifyOptions) -> VerifyReport {
         });
         if let Some(i) = in_damaged {
             unread[i] += 1;
-        } else if ctx.file(
-            FindingKind::Missing,
-            &f.path,
-            format!("\"{}\" is present in the manifest but not on disk", f.path),
-        ) {
-            return ctx.report;
+        } else {
+            go_on(ctx.file(
+                FindingKind::Missing,
+                &f.path,
+                format!("\"{}\" is present in the manifest but not on disk", f.path),
+            ))?;
         }
     }
     for ((name, _), n) in damaged.iter().zip(unread) {
-        if n > 0
-            && ctx.file(
+        if n > 0 {
+            go_on(ctx.file(
                 FindingKind::Archive,
                 name,
                 format!(
                     "{n} files listed in the manifest were not checked: archive \"{name}\" could not be read to its end"
                 ),
-            )
-        {
-            return ctx.report;
+            ))?;
         }
     }
     for p in mismatched {
-        if ctx.file(
+        go_on(ctx.file(
             FindingKind::Checksum,
             &p,
             format!("checksum mismatch for file \"{p}\""),
-        ) {
-            return ctx.report;
-        }
+        ))?;
     }
+    Ok(())
+}
 
-    // WAL
-    if opts.skip_wal {
-        return ctx.report;
-    }
-    let seg = pg_control
+/// The WAL the backup needs, from the archive given, pg_wal.tar, base.tar's pg_wal/ (`-X
+/// fetch`), or the plain backup's pg_wal: decoded from the start to the end of every range.
+fn check_wal(ctx: &mut Ctx<'_>, path: &Path, m: &Manifest, on_disk: OnDisk) {
+    let seg = on_disk
+        .pg_control
         .as_deref()
         .and_then(|c| crate::control::ControlFile::parse(c).ok())
         .and_then(|c| WalSegSize::new(u64::from(c.wal_segment_size)).ok())
         .unwrap_or(WalSegSize::DEFAULT);
-    if let Some(dir) = &opts.wal_archive {
-        let wd = WalDir::new(dir, seg);
-        let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
-            ctx.wal(None, "the manifest lists no WAL range");
-            return ctx.report;
-        };
-        let history = history_of(&m.wal_ranges);
-        let (tli, start, end) = (last.timeline, first.start, last.end);
-        check_wal_stream(&mut ctx, &m, seg, |sink| {
-            wd.read_range(tli, &history, start, Some(end), |s, b, _| {
-                let _ = sink(s, b);
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        });
-    } else if let Some((t, prefix)) = wal_tar
+    let tar = on_disk
+        .wal_tar
         .map(|t| (t, ""))
         // -X fetch: the server put the WAL into base.tar, under pg_wal/
-        .or_else(|| base_tar.map(|t| (t, "pg_wal/")))
-    {
-        let history = history_of(&m.wal_ranges);
-        let newest = m.wal_ranges.first().map(|r| r.timeline);
-        check_wal_stream(&mut ctx, &m, seg, |sink| {
-            let mut seg_start: Option<Lsn> = None;
-            let mut buf: Vec<u8> = Vec::new();
-            let mut cont = true;
-            let mut fed = false;
-            read_archive(&t, |ev| match ev {
-                TarEvent::Entry(h) => {
-                    seg_start = h
-                        .path
-                        .strip_prefix(prefix)
-                        .filter(|_| h.kind == EntryKind::File)
-                        .and_then(|name| pgwal::parse_wal_file_name(name, seg))
-                        .filter(|p| p.kind == pgwal::WalFileKind::SEGMENT)
-                        .and_then(|p| Some((p.timeline, p.segment?.start_lsn(seg)?)))
-                        // of a segment present on two timelines, the one recovery reads
-                        .filter(|&(t, s)| {
-                            newest.is_some_and(|n| owner_of_segment(&history, n, s, seg) == t)
-                        })
-                        .map(|(_, s)| s);
-                    buf.clear();
-                }
-                // a segment's bytes, never more than a segment holds (the entry's size is the
-                // archive's word, and the decoder reports a short or long segment)
-                TarEvent::Data(d) if seg_start.is_some() => {
-                    let room = (seg.bytes() as usize + 1).saturating_sub(buf.len());
-                    buf.extend_from_slice(&d[..d.len().min(room)]);
-                }
-                TarEvent::EntryEnd => {
-                    if let (Some(s), true) = (seg_start, cont) {
-                        fed = true;
-                        buf.truncate(seg.bytes() as usize);
-                        cont = sink(s, &buf);
-                    }
-                }
-                _ => {}
-            })?;
-            match (fed, m.wal_ranges.last()) {
-                (false, Some(first)) => Err(format!(
-                    "WAL segment {} (from {}) is not in {}",
-                    pgwal::segment_file_name(first.timeline, first.start.segment(seg), seg),
-                    first.start,
-                    t.display()
-                )),
-                _ => Ok(()),
-            }
-        });
-    } else {
-        let wd = WalDir::new(path.join("pg_wal"), seg);
-        let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
-            ctx.wal(None, "the manifest lists no WAL range");
-            return ctx.report;
-        };
-        let (tli, start, end) = (last.timeline, first.start, last.end);
-        let history = history_of(&m.wal_ranges);
-        check_wal_stream(&mut ctx, &m, seg, |sink| {
-            wd.read_range(tli, &history, start, Some(end), |s, b, _| {
-                let _ = sink(s, b);
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        });
+        .or_else(|| on_disk.base_tar.map(|t| (t, "pg_wal/")));
+    match (&ctx.opts.wal_archive, tar) {
+        (Some(dir), _) => check_wal_dir(ctx, m, &WalDir::new(dir, seg)),
+        (None, Some((t, prefix))) => check_wal_tar(ctx, m, seg, &t, prefix),
+        (None, None) => check_wal_dir(ctx, m, &WalDir::new(path.join("pg_wal"), seg)),
     }
-    ctx.report
+}
+
+/// The WAL ranges read from a directory of segments.
+fn check_wal_dir(ctx: &mut Ctx<'_>, m: &Manifest, wd: &WalDir) {
+    let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
+        ctx.wal(None, "the manifest lists no WAL range");
+        return;
+    };
+    let history = history_of(&m.wal_ranges);
+    let (tli, start, end) = (last.timeline, first.start, last.end);
+    check_wal_stream(ctx, m, wd.seg_size(), |sink| {
+        wd.read_range(tli, &history, start, Some(end), |s, b, _| {
+            let _ = sink(s, b);
+        })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    });
+}
+
+/// The WAL ranges read from the segments inside a tar archive (under `prefix`).
+fn check_wal_tar(ctx: &mut Ctx<'_>, m: &Manifest, seg: WalSegSize, t: &Path, prefix: &str) {
+    let history = history_of(&m.wal_ranges);
+    let newest = m.wal_ranges.first().map(|r| r.timeline);
+    check_wal_stream(ctx, m, seg, |sink| {
+        let mut seg_start: Option<Lsn> = None;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut cont = true;
+        let mut fed = false;
+        read_archive(t, |ev| match ev {
+            TarEvent::Entry(h) => {
+                seg_start = h
+                    .path
+                    .strip_prefix(prefix)
+                    .filter(|_| h.kind == EntryKind::File)
+                    .and_then(|name| pgwal::parse_wal_file_name(name, seg))
+                    .filter(|p| p.kind == pgwal::WalFileKind::SEGMENT)
+                    .and_then(|p| Some((p.timeline, p.segment?.start_lsn(seg)?)))
+                    // of a segment present on two timelines, the one recovery reads
+                    .filter(|&(t, s)| {
+                        newest.is_some_and(|n| owner_of_segment(&history, n, s, seg) == t)
+                    })
+                    .map(|(_, s)| s);
+                buf.clear();
+            }
+            // a segment's bytes, never more than a segment holds (the entry's size is the
+            // archive's word, and the decoder reports a short or long segment)
+            TarEvent::Data(d) if seg_start.is_some() => {
+                let room = (seg.bytes() as usize + 1).saturating_sub(buf.len());
+                buf.extend_from_slice(&d[..d.len().min(room)]);
+            }
+            TarEvent::EntryEnd => {
+                if let (Some(s), true) = (seg_start, cont) {
+                    fed = true;
+                    buf.truncate(seg.bytes() as usize);
+                    cont = sink(s, &buf);
+                }
+            }
+            _ => {}
+        })?;
+        match (fed, m.wal_ranges.last()) {
+            (false, Some(first)) => Err(format!(
+                "WAL segment {} (from {}) is not in {}",
+                pgwal::segment_file_name(first.timeline, first.start.segment(seg), seg),
+                first.start,
+                t.display()
+            )),
+            _ => Ok(()),
+        }
+    });
 }
 
 #[cfg(test)]

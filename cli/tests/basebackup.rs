@@ -51,6 +51,19 @@ fn wait_for(c: &Cluster, sql: &str, want: &str, secs: u64, what: &str) {
     }
 }
 
+/// ALTER SYSTEM SET, reloaded, and waited for: a new session sees the value.
+fn set_and_reload(c: &Cluster, name: &str, value: &str) {
+    c.psql(&format!("ALTER SYSTEM SET {name} = {value}"));
+    c.psql("SELECT pg_reload_conf()");
+    wait_for(
+        c,
+        &format!("SHOW {name}"),
+        value,
+        30,
+        &format!("{name} never became {value}"),
+    );
+}
+
 /// The command failed with exit status 1, saying `want` on stderr.
 fn fails_saying(out: &Output, want: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -458,21 +471,15 @@ fn pg18_incremental_refusals() {
     nothing_complete(&work, "bad");
 
     // summarize_wal=off: a clear error
-    c.psql("ALTER SYSTEM SET summarize_wal = off");
-    c.psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(500));
+    set_and_reload(&c, "summarize_wal", "off");
     let mine = work.join("mine");
-    c.psql("ALTER SYSTEM SET summarize_wal = on");
-    c.psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(500));
+    set_and_reload(&c, "summarize_wal", "on");
     ok(pgrepl()
         .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-D"])
         .arg(&mine)
         .output()
         .unwrap());
-    c.psql("ALTER SYSTEM SET summarize_wal = off");
-    c.psql("SELECT pg_reload_conf()");
-    std::thread::sleep(Duration::from_millis(500));
+    set_and_reload(&c, "summarize_wal", "off");
     let out = pgrepl()
         .args(["basebackup", "-d", &conninfo(&c), "-c", "fast", "-i"])
         .arg(&mine)

@@ -137,8 +137,8 @@ fn password_prompt() {
     );
     let bin = env!("CARGO_BIN_EXE_pgrepl");
     for (typed, good) in [(secret, true), ("not-the-password", false)] {
-        // typed a moment after the prompt, as a person would: input that arrives before the
-        // echo is turned off would be echoed by the terminal, not by us
+        // typed once the prompt is shown, as a person would (the echo is off before the prompt
+        // is written; input that arrived earlier would be echoed by the terminal, not by us)
         let mut child = std::process::Command::new("script")
             .args([
                 "-qec",
@@ -149,15 +149,28 @@ fn password_prompt() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("the script program (util-linux), for a terminal");
-        std::thread::sleep(std::time::Duration::from_millis(800));
-        use std::io::Write;
+        use std::io::{Read, Write};
+        let mut stdout = child.stdout.take().unwrap();
+        let mut shown = Vec::new();
+        while !shown.ends_with(b"Password: ") {
+            let mut b = [0u8; 1];
+            let n = stdout.read(&mut b).unwrap();
+            assert!(n == 1, "no prompt: {}", String::from_utf8_lossy(&shown));
+            shown.push(b[0]);
+        }
         child
             .stdin
             .take()
             .unwrap()
             .write_all(format!("{typed}\n").as_bytes())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        stdout.read_to_end(&mut shown).unwrap();
+        let status = child.wait().unwrap();
+        let out = std::process::Output {
+            status,
+            stdout: shown,
+            stderr: Vec::new(),
+        };
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.starts_with("Password: "), "{text}");
         assert!(!text.contains(typed), "the password was echoed: {text}");

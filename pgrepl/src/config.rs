@@ -249,21 +249,97 @@ impl ConnParams {
 
     /// As [`ConnParams::resolve`], reading the environment through `env` (for tests).
     pub fn resolve_with(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
-        let get = |key: &str, var: &str| -> Option<String> {
-            self.values
-                .get(key)
-                .cloned()
-                .filter(|v| !v.is_empty())
-                .or_else(|| env(var).filter(|v| !v.is_empty()))
+        let src = Sources { params: self, env };
+        let (host, port) = src.endpoint()?;
+        let user = src.user()?;
+        let timing = src.timing()?;
+        let tls = src.tls(matches!(host, Host::Unix(_)))?;
+        let password = match src.get("password", "PGPASSWORD") {
+            Some(p) => Some(Password::new(p)),
+            None => src.pgpass(&host, port, &user),
         };
-        // as libpq: $HOME, else the password database's entry
-        let home = env("HOME")
+        Ok(Config {
+            host,
+            port,
+            user,
+            password,
+            dbname: src.get("dbname", "PGDATABASE"),
+            application_name: src
+                .get("application_name", "PGAPPNAME")
+                .or_else(|| self.get("fallback_application_name").map(str::to_owned)),
+            options: src.get("options", "PGOPTIONS"),
+            connect_timeout: timing.connect_timeout,
+            keepalives: timing.keepalives,
+            keepalives_idle: timing.keepalives_idle,
+            keepalives_interval: timing.keepalives_interval,
+            keepalives_count: timing.keepalives_count,
+            sslmode: tls.sslmode,
+            sslnegotiation: tls.sslnegotiation,
+            sslrootcert: tls.sslrootcert,
+            sslcert: tls.sslcert,
+            sslkey: tls.sslkey,
+            channel_binding: tls.channel_binding,
+            sslsni: tls.sslsni,
+        })
+    }
+}
+
+/// Where a setting comes from: the keyword, else its `PG*` variable (empty counts as unset).
+struct Sources<'a> {
+    params: &'a ConnParams,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Timeouts and TCP keepalives, resolved.
+struct Timing {
+    connect_timeout: Option<Duration>,
+    keepalives: bool,
+    keepalives_idle: Option<Duration>,
+    keepalives_interval: Option<Duration>,
+    keepalives_count: Option<u32>,
+}
+
+/// TLS settings, resolved and checked together.
+struct TlsSettings {
+    sslmode: SslMode,
+    sslnegotiation: SslNegotiation,
+    sslrootcert: Option<RootCert>,
+    sslcert: Option<PathBuf>,
+    sslkey: Option<PathBuf>,
+    channel_binding: ChannelBinding,
+    sslsni: bool,
+}
+
+impl Sources<'_> {
+    fn get(&self, key: &str, var: &str) -> Option<String> {
+        self.params
+            .values
+            .get(key)
+            .cloned()
+            .filter(|v| !v.is_empty())
+            .or_else(|| (self.env)(var).filter(|v| !v.is_empty()))
+    }
+
+    /// As libpq: $HOME, else the password database's entry.
+    fn home(&self) -> Option<PathBuf> {
+        (self.env)("HOME")
             .map(PathBuf::from)
             .or_else(|| crate::osuser::effective_user().map(|(_, h)| h))
-            .filter(|h| !h.as_os_str().is_empty());
+            .filter(|h| !h.as_os_str().is_empty())
+    }
 
-        let host_s = get("hostaddr", "PGHOSTADDR")
-            .or_else(|| get("host", "PGHOST"))
+    /// A file under ~/.postgresql, if it exists.
+    fn default_file(&self, name: &str) -> Option<PathBuf> {
+        self.home()
+            .map(|h| h.join(".postgresql").join(name))
+            .filter(|p| p.exists())
+    }
+
+    /// Host (or socket directory) and port.
+    fn endpoint(&self) -> Result<(Host, u16)> {
+        let host_s = self
+            .get("hostaddr", "PGHOSTADDR")
+            .or_else(|| self.get("host", "PGHOST"))
             .unwrap_or_else(default_socket_dir);
         if host_s.contains(',') {
             return Err(Error::Config(format!(
@@ -273,9 +349,9 @@ impl ConnParams {
         let host = if host_s.starts_with('/') || host_s.starts_with('@') {
             Host::Unix(PathBuf::from(host_s))
         } else {
-            Host::Tcp(host_s.clone())
+            Host::Tcp(host_s)
         };
-        let port = match get("port", "PGPORT") {
+        let port = match self.get("port", "PGPORT") {
             None => 5432,
             Some(p) => p
                 .parse::<u16>()
@@ -283,32 +359,30 @@ impl ConnParams {
                 .filter(|&p| p != 0)
                 .ok_or_else(|| Error::Config(format!("invalid port number: \"{p}\"")))?,
         };
-        let user = match get("user", "PGUSER") {
-            Some(u) => u,
-            // as libpq: the effective user's name, whatever $USER says
-            None => crate::osuser::effective_user()
-                .map(|(name, _)| name)
-                .or_else(|| env("USER"))
-                .or_else(|| env("LOGNAME"))
-                .ok_or_else(|| {
-                    Error::Config(
-                        "could not look up the effective user's name; give one with user= or PGUSER"
-                            .into(),
-                    )
-                })?,
-        };
-        let dbname = get("dbname", "PGDATABASE");
-        let secs = |key: &str, var: &str| -> Result<Option<Duration>> {
-            match get(key, var) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse::<u64>()
-                    .map(|s| (s > 0).then(|| Duration::from_secs(s.max(2))))
-                    .map_err(|_| Error::Config(format!("invalid integer value \"{v}\" for {key}"))),
-            }
-        };
+        Ok((host, port))
+    }
+
+    /// The user; as libpq, the effective user's name whatever $USER says.
+    fn user(&self) -> Result<String> {
+        if let Some(u) = self.get("user", "PGUSER") {
+            return Ok(u);
+        }
+        crate::osuser::effective_user()
+            .map(|(name, _)| name)
+            .or_else(|| (self.env)("USER"))
+            .or_else(|| (self.env)("LOGNAME"))
+            .ok_or_else(|| {
+                Error::Config(
+                    "could not look up the effective user's name; give one with user= or PGUSER"
+                        .into(),
+                )
+            })
+    }
+
+    fn timing(&self) -> Result<Timing> {
+        let params = self.params;
         let plain_secs = |key: &str| -> Result<Option<Duration>> {
-            match self.get(key) {
+            match params.get(key) {
                 None => Ok(None),
                 Some(v) => v
                     .parse::<u64>()
@@ -316,13 +390,22 @@ impl ConnParams {
                     .map_err(|_| Error::Config(format!("invalid integer value \"{v}\" for {key}"))),
             }
         };
-        let connect_timeout = secs("connect_timeout", "PGCONNECT_TIMEOUT")?;
-        let keepalives = match self.get("keepalives") {
+        // as libpq: 0 means none, and less than 2 s is 2 s
+        let connect_timeout = match self.get("connect_timeout", "PGCONNECT_TIMEOUT") {
+            None => None,
+            Some(v) => v
+                .parse::<u64>()
+                .map(|s| (s > 0).then(|| Duration::from_secs(s.max(2))))
+                .map_err(|_| {
+                    Error::Config(format!("invalid integer value \"{v}\" for connect_timeout"))
+                })?,
+        };
+        let keepalives = match params.get("keepalives") {
             None | Some("1") => true,
             Some("0") => false,
             Some(v) => return Err(Error::Config(format!("invalid keepalives value \"{v}\""))),
         };
-        let keepalives_count = match self.get("keepalives_count") {
+        let keepalives_count = match params.get("keepalives_count") {
             None => None,
             Some(v) => Some(v.parse::<u32>().map_err(|_| {
                 Error::Config(format!(
@@ -330,35 +413,39 @@ impl ConnParams {
                 ))
             })?),
         };
+        Ok(Timing {
+            connect_timeout,
+            keepalives,
+            keepalives_idle: plain_secs("keepalives_idle")?,
+            keepalives_interval: plain_secs("keepalives_interval")?,
+            keepalives_count,
+        })
+    }
 
-        let is_unix = matches!(host, Host::Unix(_));
-        let sslmode_explicit = get("sslmode", "PGSSLMODE");
+    /// sslmode and its companions, with libpq's refusals of combinations that cannot hold.
+    fn tls(&self, is_unix: bool) -> Result<TlsSettings> {
+        let sslmode_explicit = self.get("sslmode", "PGSSLMODE");
         let mut sslmode = match &sslmode_explicit {
             Some(s) => SslMode::parse(s)?,
             None => SslMode::Prefer,
         };
-        let sslrootcert = match get("sslrootcert", "PGSSLROOTCERT") {
+        let sslrootcert = match self.get("sslrootcert", "PGSSLROOTCERT") {
             Some(s) if s == "system" => Some(RootCert::System),
             Some(s) => Some(RootCert::File(PathBuf::from(s))),
-            None => home
-                .as_ref()
-                .map(|h| h.join(".postgresql/root.crt"))
-                .filter(|p| p.exists())
-                .map(RootCert::File),
+            None => self.default_file("root.crt").map(RootCert::File),
         };
         if sslrootcert == Some(RootCert::System) {
-            match sslmode_explicit {
+            match &sslmode_explicit {
                 None => sslmode = SslMode::VerifyFull,
-                Some(_) if sslmode != SslMode::VerifyFull => {
+                Some(m) if sslmode != SslMode::VerifyFull => {
                     return Err(Error::Config(format!(
-                        "weak sslmode \"{}\" may not be used with sslrootcert=system (use \"verify-full\")",
-                        sslmode_explicit.unwrap_or_default()
+                        "weak sslmode \"{m}\" may not be used with sslrootcert=system (use \"verify-full\")"
                     )))
                 }
                 _ => {}
             }
         }
-        let sslnegotiation = match get("sslnegotiation", "PGSSLNEGOTIATION").as_deref() {
+        let sslnegotiation = match self.get("sslnegotiation", "PGSSLNEGOTIATION").as_deref() {
             None | Some("postgres") => SslNegotiation::Postgres,
             Some("direct") => SslNegotiation::Direct,
             Some(v) => {
@@ -377,18 +464,7 @@ impl ConnParams {
                 "sslmode {sslmode:?} needs a TCP host; TLS is not used over Unix-domain sockets"
             )));
         }
-        let default_file = |name: &str| {
-            home.as_ref()
-                .map(|h| h.join(".postgresql").join(name))
-                .filter(|p| p.exists())
-        };
-        let sslcert = get("sslcert", "PGSSLCERT")
-            .map(PathBuf::from)
-            .or_else(|| default_file("postgresql.crt"));
-        let sslkey = get("sslkey", "PGSSLKEY")
-            .map(PathBuf::from)
-            .or_else(|| default_file("postgresql.key"));
-        let channel_binding = match get("channel_binding", "PGCHANNELBINDING").as_deref() {
+        let channel_binding = match self.get("channel_binding", "PGCHANNELBINDING").as_deref() {
             None | Some("prefer") => ChannelBinding::Prefer,
             Some("disable") => ChannelBinding::Disable,
             Some("require") => ChannelBinding::Require,
@@ -403,51 +479,8 @@ impl ConnParams {
                 "channel_binding=require needs TLS, which this connection cannot use".into(),
             ));
         }
-        let sslsni = get("sslsni", "PGSSLSNI").as_deref() != Some("0");
-
-        let mut password = get("password", "PGPASSWORD").map(Password::new);
-        if password.is_none() {
-            let passfile = get("passfile", "PGPASSFILE")
-                .map(PathBuf::from)
-                .or_else(|| home.as_ref().map(|h| h.join(".pgpass")));
-            if let Some(pf) = passfile {
-                let host_for_match = match &host {
-                    Host::Tcp(h) => h.clone(),
-                    Host::Unix(p) => {
-                        let d = p.to_string_lossy().into_owned();
-                        if d == default_socket_dir() {
-                            "localhost".into()
-                        } else {
-                            d
-                        }
-                    }
-                };
-                password = lookup_pgpass(
-                    &pf,
-                    &host_for_match,
-                    port,
-                    // A physical walsender matches pgpass entries for "replication".
-                    "replication",
-                    &user,
-                )
-                .map(Password::new);
-            }
-        }
-
-        Ok(Config {
-            host,
-            port,
-            user,
-            password,
-            dbname,
-            application_name: get("application_name", "PGAPPNAME")
-                .or_else(|| self.get("fallback_application_name").map(str::to_owned)),
-            options: get("options", "PGOPTIONS"),
-            connect_timeout,
-            keepalives,
-            keepalives_idle: plain_secs("keepalives_idle")?,
-            keepalives_interval: plain_secs("keepalives_interval")?,
-            keepalives_count,
+        Ok(TlsSettings {
+            // a socket without an explicit sslmode: TLS does not apply
             sslmode: if is_unix && sslmode_explicit.is_none() {
                 SslMode::Disable
             } else {
@@ -455,11 +488,38 @@ impl ConnParams {
             },
             sslnegotiation,
             sslrootcert,
-            sslcert,
-            sslkey,
+            sslcert: self
+                .get("sslcert", "PGSSLCERT")
+                .map(PathBuf::from)
+                .or_else(|| self.default_file("postgresql.crt")),
+            sslkey: self
+                .get("sslkey", "PGSSLKEY")
+                .map(PathBuf::from)
+                .or_else(|| self.default_file("postgresql.key")),
             channel_binding,
-            sslsni,
+            sslsni: self.get("sslsni", "PGSSLSNI").as_deref() != Some("0"),
         })
+    }
+
+    /// The password file's entry for this connection (a physical walsender matches entries for
+    /// the database "replication"; the default socket directory matches "localhost").
+    fn pgpass(&self, host: &Host, port: u16, user: &str) -> Option<Password> {
+        let pf = self
+            .get("passfile", "PGPASSFILE")
+            .map(PathBuf::from)
+            .or_else(|| self.home().map(|h| h.join(".pgpass")))?;
+        let host_for_match = match host {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(p) => {
+                let d = p.to_string_lossy().into_owned();
+                if d == default_socket_dir() {
+                    "localhost".into()
+                } else {
+                    d
+                }
+            }
+        };
+        lookup_pgpass(&pf, &host_for_match, port, "replication", user).map(Password::new)
     }
 }
 

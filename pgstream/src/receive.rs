@@ -23,7 +23,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pgrepl::{
-    Config, Connection, CreateSlotOptions, Lsn, ReplicationEvent, StartReplication, TimelineId,
+    Config, Connection, CreateSlotOptions, Lsn, ReplicationEvent, ReplicationStream,
+    StartReplication, TimelineId,
 };
 use pgwal::receiver::Receiver;
 use pgwal::{segment_file_name, WalSegSize};
@@ -379,15 +380,20 @@ async fn run_once(
     }
     let mut rx = Receiver::new(start, tli, seg_size, id.system_id);
     rx.set_stop(opts.endpos);
-    let mut writer = OffThreadWriter::new(SegmentWriter::new(
+    let writer = OffThreadWriter::new(SegmentWriter::new(
         &opts.dir,
         seg_size,
         opts.compression,
         !opts.no_sync,
         start,
     ));
+    let mut st = Archiving {
+        rx,
+        writer,
+        flushed_out,
+    };
     loop {
-        let (tli, start) = (rx.timeline(), rx.received());
+        let (tli, start) = (st.rx.timeline(), st.rx.received());
         on_event(&ReceiveEvent::Started {
             system_id: id.system_id,
             start,
@@ -401,123 +407,35 @@ async fn run_once(
             })
             .await
             .map_err(|e| refused(e, opts, tli, start, seg_size))?;
-        let mut ticker = tokio::time::interval(opts.status_interval);
-        ticker.tick().await;
-        let mut stop: Option<StopReason> = None;
-        let next_tl = loop {
-            let ev = tokio::select! {
-                ev = stream.next() => ev,
-                _ = ticker.tick() => {
-                    rx.durable(writer.flush().await?);
-                    *flushed_out = rx.flushed();
-                    let s = rx.status();
-                    stream.send_status(s.write, s.flush, Lsn::INVALID, false).await?;
-                    on_event(&ReceiveEvent::Flushed { written: s.write, flushed: s.flush, server_end: rx.server_end() });
-                    continue;
-                }
-                _ = shutdown.as_mut() => {
-                    stop = Some(StopReason::Shutdown);
-                    break None;
-                }
-            };
-            let ev = match ev {
-                Ok(Some(ev)) => ev,
-                Ok(None) => break None,
-                Err(e) => {
-                    // keep what we have durable before giving up on this connection
-                    *flushed_out = writer.flush().await?;
-                    return Err(refused(e, opts, rx.timeline(), rx.received(), seg_size));
-                }
-            };
-            match ev {
-                ReplicationEvent::XLogData(x) => {
-                    let inc = rx.xlogdata(x.wal_start, x.wal_end, &x.data)?;
-                    let (len, reached) = (inc.data.len(), inc.stop);
-                    let done = writer
-                        .write(inc.timeline, inc.start, x.data.slice(..len))
-                        .await?;
-                    rx.written(rx.received());
-                    for seg in done {
-                        rx.durable(seg.end);
-                        *flushed_out = rx.flushed();
-                        on_event(&ReceiveEvent::SegmentDone(seg));
-                        let s = rx.status();
-                        stream
-                            .send_status(s.write, s.flush, Lsn::INVALID, false)
-                            .await?;
-                    }
-                    if opts.synchronous {
-                        rx.durable(writer.flush().await?);
-                        *flushed_out = rx.flushed();
-                        let s = rx.status();
-                        stream
-                            .send_status(s.write, s.flush, Lsn::INVALID, false)
-                            .await?;
-                    }
-                    if reached {
-                        stop = Some(StopReason::EndPos);
-                        break None;
-                    }
-                }
-                ReplicationEvent::Keepalive(k) => {
-                    if rx.keepalive(k.wal_end, k.reply_requested) {
-                        rx.durable(writer.flush().await?);
-                        *flushed_out = rx.flushed();
-                        let s = rx.status();
-                        stream
-                            .send_status(s.write, s.flush, Lsn::INVALID, false)
-                            .await?;
-                    }
-                    if rx.stopped() {
-                        stop = Some(StopReason::EndPos);
-                        break None;
-                    }
-                }
-                ReplicationEvent::Notice(n) => tracing::warn!("{n}"),
-                ReplicationEvent::EndOfTimeline {
-                    next_timeline,
-                    next_timeline_start,
-                } => break Some((next_timeline, next_timeline_start)),
-                ReplicationEvent::ServerShutdown => {
-                    *flushed_out = writer.flush().await?;
-                    return Err(pgrepl::Error::Closed {
-                        state: "START_REPLICATION streaming (server shut down)",
-                    }
-                    .into());
-                }
-                _ => {}
+        let ended = st
+            .stream_timeline(&mut stream, opts, seg_size, shutdown, on_event)
+            .await?;
+        let (next, at) = match ended {
+            TimelineEnded::Stop(reason) => {
+                st.rx.durable(st.writer.close().await?);
+                *st.flushed_out = st.rx.flushed();
+                let s = st.rx.status();
+                let _ = stream
+                    .send_status(s.write, s.flush, Lsn::INVALID, false)
+                    .await;
+                let _ = stream.finish().await;
+                on_event(&ReceiveEvent::Flushed {
+                    written: s.write,
+                    flushed: s.flush,
+                    server_end: st.rx.server_end(),
+                });
+                let _ = conn.close().await;
+                return Ok((reason, st.rx.timeline()));
             }
+            TimelineEnded::Switch(next, at) => (next, at),
         };
-        if let Some(reason) = stop {
-            rx.durable(writer.close().await?);
-            *flushed_out = rx.flushed();
-            let s = rx.status();
-            let _ = stream
-                .send_status(s.write, s.flush, Lsn::INVALID, false)
-                .await;
-            let _ = stream.finish().await;
-            on_event(&ReceiveEvent::Flushed {
-                written: s.write,
-                flushed: s.flush,
-                server_end: rx.server_end(),
-            });
-            let _ = conn.close().await;
-            return Ok((reason, rx.timeline()));
-        }
         drop(stream);
-        let Some((next, at)) = next_tl else {
-            *flushed_out = writer.flush().await?;
-            return Err(pgrepl::Error::Closed {
-                state: "START_REPLICATION streaming",
-            }
-            .into());
-        };
         // End of timeline: keep the old timeline's last segment as .partial, store the new
         // timeline's history, and continue from the segment holding the switch point.
-        let sw = rx.end_of_timeline(next, at)?;
-        *flushed_out = writer.close().await?;
+        let sw = st.rx.end_of_timeline(next, at)?;
+        *st.flushed_out = st.writer.close().await?;
         let history = conn.timeline_history(next).await?;
-        writer
+        st.writer
             .write_history(history.file_name, history.content)
             .await?;
         on_event(&ReceiveEvent::TimelineSwitch {
@@ -525,6 +443,143 @@ async fn run_once(
             to: sw.to,
             at: sw.at,
         });
-        writer.reset(sw.resume);
+        st.writer.reset(sw.resume);
+    }
+}
+
+/// How streaming one timeline ended (a lost connection is an error).
+enum TimelineEnded {
+    /// Stop cleanly: endpos reached or shutdown asked.
+    Stop(StopReason),
+    /// The server ended the timeline and named the next, and where it begins.
+    Switch(TimelineId, Lsn),
+}
+
+/// One connection's archiving: the receiver's checks, the writer off the async threads, and
+/// the durable position the caller learns even when this connection fails.
+struct Archiving<'a> {
+    rx: Receiver,
+    writer: OffThreadWriter,
+    flushed_out: &'a mut Lsn,
+}
+
+impl Archiving<'_> {
+    /// Makes everything written durable, then tells the server: never the other way round.
+    async fn flush_and_report(
+        &mut self,
+        stream: &mut ReplicationStream<'_>,
+    ) -> Result<pgwal::receiver::Status, ReceiveError> {
+        self.rx.durable(self.writer.flush().await?);
+        *self.flushed_out = self.rx.flushed();
+        self.report(stream).await
+    }
+
+    /// Sends the receiver's status (flush covers only what is durable).
+    async fn report(
+        &mut self,
+        stream: &mut ReplicationStream<'_>,
+    ) -> Result<pgwal::receiver::Status, ReceiveError> {
+        let s = self.rx.status();
+        stream
+            .send_status(s.write, s.flush, Lsn::INVALID, false)
+            .await?;
+        Ok(s)
+    }
+
+    /// Streams until the timeline ends, a stop, or an error; status on every tick.
+    async fn stream_timeline(
+        &mut self,
+        stream: &mut ReplicationStream<'_>,
+        opts: &ReceiveOptions,
+        seg_size: WalSegSize,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+        on_event: &mut impl FnMut(&ReceiveEvent),
+    ) -> Result<TimelineEnded, ReceiveError> {
+        let mut ticker = tokio::time::interval(opts.status_interval);
+        ticker.tick().await;
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = ticker.tick() => {
+                    let s = self.flush_and_report(stream).await?;
+                    on_event(&ReceiveEvent::Flushed { written: s.write, flushed: s.flush, server_end: self.rx.server_end() });
+                    continue;
+                }
+                _ = shutdown.as_mut() => return Ok(TimelineEnded::Stop(StopReason::Shutdown)),
+            };
+            let ev = match ev {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    *self.flushed_out = self.writer.flush().await?;
+                    return Err(pgrepl::Error::Closed {
+                        state: "START_REPLICATION streaming",
+                    }
+                    .into());
+                }
+                Err(e) => {
+                    // keep what we have durable before giving up on this connection
+                    *self.flushed_out = self.writer.flush().await?;
+                    let (tli, at) = (self.rx.timeline(), self.rx.received());
+                    return Err(refused(e, opts, tli, at, seg_size));
+                }
+            };
+            match ev {
+                ReplicationEvent::XLogData(x) => {
+                    let reached = self.xlogdata(x, stream, opts, on_event).await?;
+                    if reached {
+                        return Ok(TimelineEnded::Stop(StopReason::EndPos));
+                    }
+                }
+                ReplicationEvent::Keepalive(k) => {
+                    if self.rx.keepalive(k.wal_end, k.reply_requested) {
+                        self.flush_and_report(stream).await?;
+                    }
+                    if self.rx.stopped() {
+                        return Ok(TimelineEnded::Stop(StopReason::EndPos));
+                    }
+                }
+                ReplicationEvent::Notice(n) => tracing::warn!("{n}"),
+                ReplicationEvent::EndOfTimeline {
+                    next_timeline,
+                    next_timeline_start,
+                } => return Ok(TimelineEnded::Switch(next_timeline, next_timeline_start)),
+                ReplicationEvent::ServerShutdown => {
+                    *self.flushed_out = self.writer.flush().await?;
+                    return Err(pgrepl::Error::Closed {
+                        state: "START_REPLICATION streaming (server shut down)",
+                    }
+                    .into());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks and writes one XLogData; reports each completed segment (durable once renamed)
+    /// and, when synchronous, every write. Returns whether endpos is reached.
+    async fn xlogdata(
+        &mut self,
+        x: pgrepl::replication::XLogData,
+        stream: &mut ReplicationStream<'_>,
+        opts: &ReceiveOptions,
+        on_event: &mut impl FnMut(&ReceiveEvent),
+    ) -> Result<bool, ReceiveError> {
+        let inc = self.rx.xlogdata(x.wal_start, x.wal_end, &x.data)?;
+        let (len, reached) = (inc.data.len(), inc.stop);
+        let done = self
+            .writer
+            .write(inc.timeline, inc.start, x.data.slice(..len))
+            .await?;
+        self.rx.written(self.rx.received());
+        for seg in done {
+            self.rx.durable(seg.end);
+            *self.flushed_out = self.rx.flushed();
+            on_event(&ReceiveEvent::SegmentDone(seg));
+            self.report(stream).await?;
+        }
+        if opts.synchronous {
+            self.flush_and_report(stream).await?;
+        }
+        Ok(reached)
     }
 }
