@@ -1,4 +1,8 @@
 //! Reflink cloning (FICLONE) and syncfs, the system calls std does not offer.
+//!
+//! Linux only: both are Linux system calls (the crates as a whole are built and tested on Linux
+//! only; `safe_dir` relies on `openat2`-style `O_NOFOLLOW` walks and `sockopt` on Linux TCP
+//! options too).
 #![allow(unsafe_code)]
 
 use std::fs::File;
