@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::backup_label::{strip_incremental, BackupLabel};
@@ -22,7 +22,7 @@ use crate::incremental::{self, BlockSource, IncrementalError, IncrementalHeader,
 use crate::manifest::{Manifest, ManifestError, ManifestParser, ManifestWriter};
 use crate::safe_dir::SafeDir;
 use crate::sink::TablespaceMapping;
-use crate::source::{BackupSource, FileLoc, SourceError};
+use crate::source::{BackupSource, FileLoc, Opened, SourceError};
 
 /// How whole files are copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -182,18 +182,25 @@ fn empty_or_absent(p: &Path) -> Result<bool, CombineError> {
     }
 }
 
-/// Loads and checks the chain (in the order pg_combinebackup checks it).
-fn load_chain(
-    backups: &[PathBuf],
-    scratch: &Path,
-    need_manifest: bool,
-) -> Result<(Vec<Input>, u64), CombineError> {
+/// Opens the chain's backups.
+fn open_chain(backups: &[PathBuf], scratch: &Path) -> Result<Vec<BackupSource>, CombineError> {
     if backups.is_empty() {
         return fail("no input directories specified");
     }
     let mut sources = Vec::with_capacity(backups.len());
     for b in backups {
         sources.push(BackupSource::open(b, scratch)?);
+    }
+    Ok(sources)
+}
+
+/// Checks the chain (in the order pg_combinebackup checks it) and reads its manifests.
+fn load_chain(
+    sources: Vec<BackupSource>,
+    need_manifest: bool,
+) -> Result<(Vec<Input>, u64), CombineError> {
+    if sources.is_empty() {
+        return fail("no input directories specified");
     }
     // control files: CRC, version, one system identifier
     let mut system_id = None;
@@ -203,10 +210,26 @@ fn load_chain(
         let bytes = s
             .read("global/pg_control")?
             .ok_or_else(|| format!("could not open file \"{path}\": No such file or directory"))?;
-        let c = ControlFile::parse(&bytes).map_err(|source| CombineError::Control {
-            path: path.clone(),
-            source,
-        })?;
+        let c = match ControlFile::parse(&bytes) {
+            Ok(c) => c,
+            // a lone full backup of a release before 17 (no incremental backups there) is
+            // only copied: its system identifier, the first field of every version, is all
+            // that is checked
+            Err(crate::control::ControlError::UnknownVersion { version })
+                if sources.len() == 1 && bytes.len() >= 8 =>
+            {
+                let id = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8]));
+                system_id = Some(id);
+                let _ = version;
+                continue;
+            }
+            Err(source) => {
+                return Err(CombineError::Control {
+                    path: path.clone(),
+                    source,
+                })
+            }
+        };
         match system_id {
             None => system_id = Some(c.system_identifier),
             Some(id) if id != c.system_identifier => {
@@ -291,30 +314,32 @@ fn load_chain(
         let Some((label_text, _)) = label else {
             return fail("internal error: label missing");
         };
-        let mpath = src.root.join("backup_manifest");
-        let manifest = match File::open(&mpath) {
-            Ok(f) => {
+        let mpath = src
+            .manifest
+            .as_ref()
+            .map(|l| l.path.clone())
+            .unwrap_or_else(|| src.root.join("backup_manifest"));
+        let manifest = match &src.manifest {
+            Some(loc) => {
+                let r = loc.reader().map_err(|source| CombineError::Read {
+                    path: mpath.clone(),
+                    source,
+                })?;
                 Some(
-                    ManifestParser::parse_reader(f).map_err(|source| CombineError::Manifest {
+                    ManifestParser::parse_reader(r).map_err(|source| CombineError::Manifest {
                         path: mpath.clone(),
                         source,
                     })?,
                 )
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 if i == n - 1 && need_manifest {
                     return fail(format!(
-                        "could not open file \"{}\": {e} (the newest backup's manifest is needed; use --no-manifest to write none)",
+                        "could not open file \"{}\": No such file or directory (the newest backup's manifest is needed; use --no-manifest to write none)",
                         mpath.display()
                     ));
                 }
                 None
-            }
-            Err(source) => {
-                return Err(CombineError::Read {
-                    path: mpath.clone(),
-                    source,
-                })
             }
         };
         if let Some(m) = &manifest {
@@ -487,7 +512,7 @@ impl Writer<'_> {
     /// Hashes `len` bytes of `f` from `offset`.
     fn hash_range(
         &mut self,
-        f: &File,
+        f: &Opened,
         offset: u64,
         len: u64,
         h: &mut FileHasher,
@@ -505,16 +530,16 @@ impl Writer<'_> {
     /// Copies `len` bytes of `src` from `offset` to the end of `dst`, hashing them into `h`.
     fn copy_range(
         &mut self,
-        src: &File,
+        src: &Opened,
         offset: u64,
         len: u64,
         dst: &mut File,
         h: Option<&mut FileHasher>,
         method: CopyMethod,
     ) -> std::io::Result<()> {
-        if method == CopyMethod::CopyFileRange {
+        if let (CopyMethod::CopyFileRange, Some(file)) = (method, src.as_file()) {
             // std copies File→File (a Take of a File included) with copy_file_range(2)
-            let mut s = src.try_clone()?;
+            let mut s = file.try_clone()?;
             s.seek(SeekFrom::Start(offset))?;
             let n = std::io::copy(&mut (&s).take(len), dst)?;
             if n != len {
@@ -555,7 +580,7 @@ impl Writer<'_> {
             .map(|(_, s, _)| s.clone());
         let mut hasher =
             (self.needs_sum(rel) && reuse.is_none()).then(|| FileHasher::new(self.kind));
-        let src = File::open(&loc.path).map_err(|e| read_err(loc, e))?;
+        let src = loc.open().map_err(|e| read_err(loc, e))?;
         let method = self.opts.copy_method;
         if method == CopyMethod::Link && loc.is_whole_file() {
             let (dir, name) = out.parent()?;
@@ -583,18 +608,21 @@ impl Writer<'_> {
                 }
                 (None, None) => Vec::new(),
             };
-            return self.record(rel, out, &src, &sum);
+            let Some(linked) = src.as_file() else {
+                return fail(format!("\"{}\" is not a local file", loc.path.display()));
+            };
+            return self.record(rel, out, linked, &sum);
         }
         let mut dst = out.create()?;
         if method == CopyMethod::Clone {
-            if !loc.is_whole_file() {
+            let Some(src_file) = src.as_file().filter(|_| loc.is_whole_file()) else {
                 return fail(format!(
                     "could not clone \"{}\" to \"{}\": files inside a tar archive cannot be cloned (use --copy or --copy-file-range)",
                     loc.path.display(),
                     out.shown.display()
                 ));
-            }
-            crate::reflink::clone(&src, &dst).map_err(|e| {
+            };
+            crate::reflink::clone(src_file, &dst).map_err(|e| {
                 format!(
                     "could not clone file \"{}\" to \"{}\": {e}",
                     loc.path.display(),
@@ -641,7 +669,7 @@ fn read_header(
     rel: &str,
     loc: &FileLoc,
 ) -> Result<IncrementalHeader, CombineError> {
-    let f = File::open(&loc.path).map_err(|e| read_err(loc, e))?;
+    let f = loc.open().map_err(|e| read_err(loc, e))?;
     let what = src.describe(rel);
     let mut fixed = [0u8; incremental::FIXED_LEN];
     if loc.size < fixed.len() as u64 {
@@ -667,6 +695,29 @@ fn read_header(
 
 /// Combines `backups` (oldest first) into `opts.output`.
 pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSummary, CombineError> {
+    let scratch = opts.scratch_dir.clone().unwrap_or_else(|| {
+        opts.output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    });
+    // pg_combinebackup checks the output before the inputs
+    if !empty_or_absent(&opts.output)? {
+        return fail(format!(
+            "directory \"{}\" exists but is not empty",
+            opts.output.display()
+        ));
+    }
+    combine_sources(open_chain(backups, &scratch)?, opts)
+}
+
+/// Combines opened backups (oldest first) into `opts.output`: backups kept elsewhere than a
+/// local directory (a repository) come in as [`BackupSource::from_parts`].
+pub fn combine_sources(
+    sources: Vec<BackupSource>,
+    opts: &CombineOptions,
+) -> Result<CombineSummary, CombineError> {
     let output = &opts.output;
     if !empty_or_absent(output)? {
         return fail(format!(
@@ -679,8 +730,7 @@ pub fn combine(backups: &[PathBuf], opts: &CombineOptions) -> Result<CombineSumm
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let scratch = opts.scratch_dir.clone().unwrap_or_else(|| parent.clone());
-    let (inputs, system_id) = load_chain(backups, &scratch, !opts.no_manifest)?;
+    let (inputs, system_id) = load_chain(sources, !opts.no_manifest)?;
     let newest = inputs
         .last()
         .expect("load_chain checks for at least one backup");
@@ -947,7 +997,7 @@ fn reconstruct(
         return w.copy_file(out_rel, l, inputs[i].checksums.get(out_rel), out);
     }
     // sources: 0 = newest incremental file, k = locs[k-1]
-    let mut files: Vec<Option<File>> = (0..=locs.len()).map(|_| None).collect();
+    let mut files: Vec<Option<Opened>> = (0..=locs.len()).map(|_| None).collect();
     let loc_of = |b: usize| -> &FileLoc {
         if b == 0 {
             loc
@@ -1004,7 +1054,7 @@ fn reconstruct(
             BlockSource::Backup { backup, offset } => {
                 let l = loc_of(backup);
                 if files[backup].is_none() {
-                    files[backup] = Some(File::open(&l.path).map_err(|e| read_err(l, e))?);
+                    files[backup] = Some(l.open().map_err(|e| read_err(l, e))?);
                 }
                 let src = files[backup].as_ref().expect("opened above");
                 if offset.checked_add(len).is_none_or(|e| e > l.size) {

@@ -23,6 +23,7 @@ use walarchive::WalDir;
 use crate::combine::{combine, CombineError, CombineOptions, CombineSummary};
 use crate::control::ControlFile;
 use crate::manifest::read_manifest_file;
+use crate::source::BackupSource;
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's timestamp epoch).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -258,8 +259,69 @@ fn err<T>(m: impl Into<String>) -> Result<T, RestoreError> {
     Err(RestoreError::Unreachable { problem: m.into() })
 }
 
+/// A WAL archive a restore replays from: a directory, or a repository's WAL.
+pub trait WalSource {
+    /// A name for messages.
+    fn describe(&self) -> String;
+    /// The text of `tli`'s history file, if the archive has it.
+    fn history(&self, tli: TimelineId) -> Option<String>;
+    /// Feeds the WAL of `current` (and the timelines of its `history`) from `start`'s segment
+    /// as far as the archive goes without a gap, segment by segment (its start and bytes),
+    /// until `on_segment` returns `false`.
+    fn read_from(
+        &self,
+        current: TimelineId,
+        history: &TimelineHistory,
+        start: Lsn,
+        on_segment: &mut dyn FnMut(Lsn, &[u8]) -> bool,
+    ) -> Result<(), String>;
+}
+
+/// A WAL archive directory, as `pgrepl receivewal` writes it.
+#[derive(Debug, Clone)]
+pub struct DirWal {
+    dir: PathBuf,
+    seg: WalSegSize,
+}
+
+impl DirWal {
+    /// The archive at `dir`, of segments of `seg` bytes.
+    pub fn new(dir: impl Into<PathBuf>, seg: WalSegSize) -> Self {
+        DirWal {
+            dir: dir.into(),
+            seg,
+        }
+    }
+}
+
+impl WalSource for DirWal {
+    fn describe(&self) -> String {
+        format!("WAL archive \"{}\"", self.dir.display())
+    }
+    fn history(&self, tli: TimelineId) -> Option<String> {
+        fs::read_to_string(self.dir.join(history_file_name(tli))).ok()
+    }
+    fn read_from(
+        &self,
+        current: TimelineId,
+        history: &TimelineHistory,
+        start: Lsn,
+        on_segment: &mut dyn FnMut(Lsn, &[u8]) -> bool,
+    ) -> Result<(), String> {
+        let mut go_on = true;
+        WalDir::new(&self.dir, self.seg)
+            .read_range(current, history, start, None, |s, b, _| {
+                if go_on {
+                    go_on = on_segment(s, b);
+                }
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn scan_archive(
-    archive: &Path,
+    wal: &dyn WalSource,
     seg: WalSegSize,
     system_id: Option<u64>,
     tli: TimelineId,
@@ -272,7 +334,7 @@ fn scan_archive(
     let mut current = tli;
     let mut history = TimelineHistory::default();
     for t in (tli.0.saturating_add(1)..tli.0.saturating_add(1000)).rev() {
-        if let Ok(text) = fs::read_to_string(archive.join(history_file_name(TimelineId(t)))) {
+        if let Some(text) = wal.history(TimelineId(t)) {
             if let Ok(h) = TimelineHistory::parse(&text) {
                 if h.timeline_of(TimelineId(t), start) == tli {
                     current = TimelineId(t);
@@ -282,15 +344,28 @@ fn scan_archive(
             }
         }
     }
-    let wd = WalDir::new(archive, seg);
     let mut opts = DecoderOptions::new(seg);
     opts.system_id = system_id;
     let mut decoder: Option<WalDecoder> = None;
     let mut scan = Scan::default();
     let mut failure: Option<String> = None;
-    let r = wd.read_range(current, &history, start, None, |seg_start, bytes, _| {
-        if failure.is_some() {
-            return;
+    // what the target needs has been seen once it lies behind the decoded WAL: reading on
+    // would only download more
+    let satisfied = |scan: &Scan| {
+        scan.reached >= end
+            && match target {
+                None => false,
+                Some(RecoveryTarget::Immediate) => true,
+                Some(RecoveryTarget::Lsn(l)) => scan.reached > *l,
+                Some(RecoveryTarget::Time(_, t)) => scan.last_time.is_some_and(|last| last > *t),
+                Some(RecoveryTarget::Xid(_)) => scan.xid_at.is_some(),
+                Some(RecoveryTarget::Name(_)) => scan.name_at.is_some(),
+            }
+    };
+    let mut ended = false;
+    let r = wal.read_from(current, &history, start, &mut |seg_start, bytes| {
+        if failure.is_some() || ended {
+            return false;
         }
         let d = match &mut decoder {
             Some(d) => d,
@@ -298,7 +373,7 @@ fn scan_archive(
                 Ok(d) => decoder.insert(d),
                 Err(e) => {
                     failure = Some(e.to_string());
-                    return;
+                    return false;
                 }
             },
         };
@@ -341,30 +416,30 @@ fn scan_archive(
                         }
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return !satisfied(&scan),
                 Err(e) => {
                     // the end of valid WAL (a partial segment's zeroed tail ends it normally)
                     if scan.reached < end {
                         failure = Some(e.to_string());
                     }
-                    return;
+                    ended = true;
+                    return false;
                 }
             }
         }
     });
+    let name = wal.describe();
     if let Err(e) = r {
-        return err(format!("WAL archive \"{}\": {e}", archive.display()));
+        return err(format!("{name}: {e}"));
     }
     if let Some(f) = failure {
         return err(format!(
-            "WAL archive \"{}\": {f} (the backup needs WAL from {start} to {end})",
-            archive.display()
+            "{name}: {f} (the backup needs WAL from {start} to {end})"
         ));
     }
     if scan.reached < end {
         return err(format!(
-            "WAL archive \"{}\" ends at {}, before the backup is consistent at {end}: the backup's WAL is missing",
-            archive.display(),
+            "{name} ends at {}, before the backup is consistent at {end}: the backup's WAL is missing",
             scan.reached
         ));
     }
@@ -472,9 +547,11 @@ pub struct RestorePlan {
     /// The last commit time (µs since 2000-01-01 UTC) the backup already covers, if known: a
     /// time target must be later.
     pub consistent_time: Option<i64>,
-    /// How far the archive's WAL goes (on the newest timeline that descends from ours).
+    /// How far the archive's WAL was read (on the newest timeline that descends from ours):
+    /// to its end without a target, or until what the target needs was seen.
     pub archive_end: Lsn,
-    /// The last commit time (µs since 2000) in the archive: a time target must be earlier.
+    /// The last commit time (µs since 2000) read from the archive: a time target must be
+    /// earlier.
     pub last_commit_time: Option<i64>,
     /// The target the plan was checked against.
     pub target: Option<RecoveryTarget>,
@@ -503,17 +580,72 @@ pub fn plan_restore(
         path: mpath.clone(),
         source,
     })?;
-    let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
-        return err(format!("\"{}\" lists no WAL range", mpath.display()));
-    };
-    let (start, end) = (first.start, last.end);
     let seg = fs::read(newest.join("global/pg_control"))
         .ok()
         .and_then(|b| ControlFile::parse(&b).ok())
         .and_then(|c| WalSegSize::new(c.wal_segment_size as u64).ok())
         .unwrap_or(WalSegSize::DEFAULT);
+    plan_with(
+        backups.to_vec(),
+        &mpath,
+        &m,
+        &DirWal::new(wal_archive, seg),
+        seg,
+        target,
+    )
+}
+
+/// As [`plan_restore`], for opened backups (oldest first) and any [`WalSource`].
+pub fn plan_restore_sources(
+    sources: &[BackupSource],
+    wal: &dyn WalSource,
+    target: Option<&RecoveryTarget>,
+) -> Result<RestorePlan, RestoreError> {
+    let Some(newest) = sources.last() else {
+        return err("no backup given");
+    };
+    let Some(loc) = &newest.manifest else {
+        return err(format!(
+            "backup \"{}\" has no backup_manifest",
+            newest.root.display()
+        ));
+    };
+    let m = loc
+        .reader()
+        .map_err(|source| crate::manifest::ManifestError::Read {
+            path: loc.path.clone(),
+            source,
+        })
+        .and_then(crate::manifest::ManifestParser::parse_reader)
+        .map_err(|source| RestoreError::Manifest {
+            path: loc.path.clone(),
+            source,
+        })?;
+    let seg = newest
+        .read("global/pg_control")
+        .ok()
+        .flatten()
+        .and_then(|b| ControlFile::parse(b.as_slice()).ok())
+        .and_then(|c| WalSegSize::new(c.wal_segment_size as u64).ok())
+        .unwrap_or(WalSegSize::DEFAULT);
+    let names = sources.iter().map(|s| s.root.clone()).collect();
+    plan_with(names, &loc.path, &m, wal, seg, target)
+}
+
+fn plan_with(
+    backups: Vec<PathBuf>,
+    mpath: &Path,
+    m: &crate::manifest::Manifest,
+    wal: &dyn WalSource,
+    seg: WalSegSize,
+    target: Option<&RecoveryTarget>,
+) -> Result<RestorePlan, RestoreError> {
+    let (Some(first), Some(last)) = (m.wal_ranges.last(), m.wal_ranges.first()) else {
+        return err(format!("\"{}\" lists no WAL range", mpath.display()));
+    };
+    let (start, end) = (first.start, last.end);
     let scan = scan_archive(
-        wal_archive,
+        wal,
         seg,
         m.system_identifier,
         first.timeline,
@@ -523,7 +655,7 @@ pub fn plan_restore(
     )?;
     check_target(&scan, target, end)?;
     Ok(RestorePlan {
-        backups: backups.to_vec(),
+        backups,
         timeline: first.timeline,
         start,
         consistent_at: end,
@@ -546,6 +678,39 @@ pub fn restore(backups: &[PathBuf], opts: &RestoreOptions) -> Result<RestoreSumm
     let mut copts = opts.combine.clone();
     copts.output = opts.data_dir.clone();
     let summary = combine(backups, &copts)?;
+    configure_recovery(opts, plan, summary)
+}
+
+/// As [`restore`], for opened backups (oldest first) and any [`WalSource`] (`opts.wal_archive`
+/// is not used: the WAL comes from `wal`, and `opts.restore_command` fetches it the same way).
+pub fn restore_sources(
+    sources: Vec<BackupSource>,
+    wal: &dyn WalSource,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary, RestoreError> {
+    let plan = plan_restore_sources(&sources, wal, opts.target.as_ref())?;
+    restore_planned(sources, plan, opts)
+}
+
+/// Carries out a plan [`plan_restore_sources`] made for `sources` (without reading the WAL
+/// again).
+pub fn restore_planned(
+    sources: Vec<BackupSource>,
+    plan: RestorePlan,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary, RestoreError> {
+    let mut copts = opts.combine.clone();
+    copts.output = opts.data_dir.clone();
+    let summary = crate::combine::combine_sources(sources, &copts)?;
+    configure_recovery(opts, plan, summary)
+}
+
+/// Writes the recovery settings into the combined data directory; on failure removes it.
+fn configure_recovery(
+    opts: &RestoreOptions,
+    plan: RestorePlan,
+    summary: CombineSummary,
+) -> Result<RestoreSummary, RestoreError> {
     let finish = || -> Result<(), RestoreError> {
         let io = |file: &'static str, source: std::io::Error| RestoreError::Write {
             dir: opts.data_dir.clone(),

@@ -5,6 +5,9 @@
 //! the source.
 //!
 //! Paths are manifest-relative: `pg_tblspc/<oid>/...` for tablespaces, `pg_wal/...` for WAL.
+//!
+//! A backup kept elsewhere (a repository in object storage) is a source too: its files carry a
+//! [`RangeRead`] instead of a local path, and [`BackupSource::from_parts`] builds it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -67,23 +70,109 @@ fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+/// Bytes that can be read at any offset: a file of a backup kept somewhere other than a local
+/// directory. Reads are blocking (combine runs on threads of its own).
+pub trait RangeRead: Send + Sync + std::fmt::Debug {
+    /// Fills `buf` from `offset`, or fails (a short read is an error).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
 /// Where a file's bytes are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct FileLoc {
-    /// The file holding them (the file itself, or an archive).
+    /// The file holding them (the file itself, or an archive); for a file with a `reader`, a
+    /// name for messages.
     pub path: PathBuf,
-    /// Offset of the first byte in `path`.
+    /// Offset of the first byte in `path` (or in the reader).
     pub offset: u64,
     /// Length.
     pub size: u64,
     /// Modification time (Unix seconds).
     pub mtime: i64,
+    /// Read through this instead of opening `path`.
+    pub reader: Option<std::sync::Arc<dyn RangeRead>>,
 }
 
 impl FileLoc {
-    /// Whether the bytes are a whole file of their own (not inside an archive).
+    /// Bytes of a local file (or archive) at `offset`.
+    pub fn local(path: PathBuf, offset: u64, size: u64, mtime: i64) -> Self {
+        FileLoc {
+            path,
+            offset,
+            size,
+            mtime,
+            reader: None,
+        }
+    }
+
+    /// Whether the bytes are a whole local file of their own (not inside an archive, not
+    /// remote): only such a file can be linked or cloned.
     pub fn is_whole_file(&self) -> bool {
-        self.offset == 0 && !is_archive_name(&self.path)
+        self.reader.is_none() && self.offset == 0 && !is_archive_name(&self.path)
+    }
+
+    /// Opens what holds the bytes.
+    pub fn open(&self) -> std::io::Result<Opened> {
+        match &self.reader {
+            Some(r) => Ok(Opened::Remote(r.clone())),
+            None => File::open(&self.path).map(Opened::File),
+        }
+    }
+
+    /// A sequential reader of the file's bytes.
+    pub fn reader(&self) -> std::io::Result<LocReader> {
+        Ok(LocReader {
+            src: self.open()?,
+            pos: self.offset,
+            end: self.offset + self.size,
+        })
+    }
+}
+
+/// An opened [`FileLoc`]: a local file, or a remote reader.
+#[derive(Debug)]
+pub enum Opened {
+    /// A local file (whole, or an archive holding the bytes).
+    File(File),
+    /// Read through a [`RangeRead`].
+    Remote(std::sync::Arc<dyn RangeRead>),
+}
+
+impl Opened {
+    /// Fills `buf` from `offset`.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Opened::File(f) => f.read_exact_at(buf, offset),
+            Opened::Remote(r) => r.read_exact_at(buf, offset),
+        }
+    }
+
+    /// The local file, when it is one (for copy_file_range, reflinks, links).
+    pub fn as_file(&self) -> Option<&File> {
+        match self {
+            Opened::File(f) => Some(f),
+            Opened::Remote(_) => None,
+        }
+    }
+}
+
+/// Reads a [`FileLoc`]'s bytes in order.
+#[derive(Debug)]
+pub struct LocReader {
+    src: Opened,
+    pos: u64,
+    end: u64,
+}
+
+impl std::io::Read for LocReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.src.read_exact_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -106,8 +195,10 @@ pub struct Tablespace {
 /// An opened backup.
 #[derive(Debug)]
 pub struct BackupSource {
-    /// The backup's directory, as given.
+    /// The backup's directory, as given (for a remote backup, its name).
     pub root: PathBuf,
+    /// Its backup_manifest, if it has one.
+    pub manifest: Option<FileLoc>,
     /// Whether it is a tar backup.
     pub is_tar: bool,
     /// Files by manifest-relative path.
@@ -144,8 +235,14 @@ impl BackupSource {
         let is_tar = ["base.tar", "base.tar.gz", "base.tar.zst", "base.tar.lz4"]
             .iter()
             .any(|n| root.join(n).exists());
+        let mpath = root.join("backup_manifest");
+        let manifest = fs::metadata(&mpath)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| FileLoc::local(mpath, 0, m.len(), mtime_of(&m)));
         let mut s = BackupSource {
             root: root.to_path_buf(),
+            manifest,
             is_tar,
             files: BTreeMap::new(),
             dirs: BTreeMap::new(),
@@ -158,6 +255,26 @@ impl BackupSource {
             s.walk_plain(root, "")?;
         }
         Ok(s)
+    }
+
+    /// A backup whose files are read through their [`FileLoc`]s (a remote backup): `name`
+    /// stands for its root in messages.
+    pub fn from_parts(
+        name: PathBuf,
+        manifest: Option<FileLoc>,
+        files: BTreeMap<String, FileLoc>,
+        dirs: BTreeMap<String, ()>,
+        tablespaces: BTreeMap<String, Tablespace>,
+    ) -> Self {
+        BackupSource {
+            root: name,
+            manifest,
+            is_tar: false,
+            files,
+            dirs,
+            tablespaces,
+            scratch: Vec::new(),
+        }
     }
 
     /// Reads a whole small file of the backup (a label, a map, pg_control), if present; one
@@ -174,7 +291,7 @@ impl BackupSource {
                 max: MAX,
             });
         }
-        let f = File::open(&loc.path).map_err(io(&loc.path, "open file"))?;
+        let f = loc.open().map_err(io(&loc.path, "open file"))?;
         let mut buf = vec![0u8; loc.size as usize];
         f.read_exact_at(&mut buf, loc.offset)
             .map_err(io(&loc.path, "read a file of the backup from"))?;
@@ -226,12 +343,7 @@ impl BackupSource {
             } else if lmeta.is_file() {
                 self.files.insert(
                     child,
-                    FileLoc {
-                        path,
-                        offset: 0,
-                        size: lmeta.len(),
-                        mtime: mtime_of(&lmeta),
-                    },
+                    FileLoc::local(path, 0, lmeta.len(), mtime_of(&lmeta)),
                 );
             }
         }
@@ -305,12 +417,7 @@ impl BackupSource {
                         }
                         self.files.insert(
                             p,
-                            FileLoc {
-                                path: readable.clone(),
-                                offset: data_offset,
-                                size: h.size,
-                                mtime: h.mtime,
-                            },
+                            FileLoc::local(readable.clone(), data_offset, h.size, h.mtime),
                         );
                     }
                 }

@@ -4,11 +4,14 @@
 mod cmd;
 mod compress_spec;
 mod conn;
+mod repo_args;
 mod tty;
 
 use std::process::ExitCode;
 
-use cmd::{basebackup, combine, identify, receivewal, restore, verify, walfetch};
+use cmd::{
+    backup, basebackup, combine, identify, info, init, receivewal, restore, verify, walfetch,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +51,12 @@ enum Command {
     /// Serve a WAL file from an archive to recovery (restore_command); exit 1 if it is missing
     #[command(name = "wal-fetch")]
     WalFetch(walfetch::WalFetchArgs),
+    /// Make a repository (S3 or a directory) for backups and WAL
+    Init(init::InitArgs),
+    /// Back up into a repository: incremental on the newest backup when possible, else full
+    Backup(Box<backup::BackupArgs>),
+    /// Show a repository's backups, chains, WAL and the window one can restore to
+    Info(info::InfoArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +79,9 @@ fn main() -> ExitCode {
         Command::Verify(a) => a.verbose,
         Command::Combine(a) => a.verbose,
         Command::Restore(a) => a.verbose,
+        Command::Init(a) => a.verbose,
+        Command::Backup(a) => a.verbose,
+        Command::Info(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
@@ -77,10 +89,13 @@ fn main() -> ExitCode {
             Command::Identify(a) => identify::run(a).await,
             Command::Receivewal(a) => receivewal::run(a).await,
             Command::Basebackup(a) => basebackup::run(*a).await,
-            Command::WalFetch(a) => walfetch::run(a),
+            Command::WalFetch(a) => walfetch::run(a).await,
             Command::Verify(a) => verify::run(a),
             Command::Combine(a) => combine::run(a),
-            Command::Restore(a) => restore::run(a),
+            Command::Restore(a) => restore::run(a).await,
+            Command::Init(a) => init::run(a).await,
+            Command::Backup(a) => backup::run(*a).await,
+            Command::Info(a) => info::run(a).await,
         }
     });
     match result {

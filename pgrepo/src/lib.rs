@@ -2,4 +2,16 @@
 //! A backup repository for PostgreSQL: full and incremental backups and the WAL archive, kept
 //! in S3-compatible object storage or a local directory, restored to any point in time.
 
+pub mod backup;
+pub mod info;
+pub mod layout;
+pub mod location;
+pub mod reader;
+pub mod records;
+pub mod repo;
+pub mod restore;
+pub mod sink;
 pub mod store;
+pub mod wal;
+
+pub use repo::{Repo, RepoError};

@@ -15,6 +15,7 @@ pub mod backup;
 pub mod plan;
 pub mod receive;
 mod sink_thread;
+pub mod wal_store;
 pub mod wal_stream;
 mod wal_writer;
 
@@ -23,7 +24,8 @@ pub use backup::{
 };
 pub use plan::{BackupPlan, CompressionChoice, Output, PlanError, WalChoice};
 pub use receive::{
-    create_slot, drop_slot, receive_wal, ReceiveError, ReceiveEvent, ReceiveOptions,
-    ReceiveSummary, StopReason,
+    create_slot, drop_slot, receive_wal, receive_wal_into, ReceiveError, ReceiveEvent,
+    ReceiveOptions, ReceiveSummary, StopReason,
 };
+pub use wal_store::{DirWalStore, WalStore};
 pub use wal_stream::{SlotChoice, WalStreamError};

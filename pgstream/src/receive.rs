@@ -28,9 +28,9 @@ use pgrepl::{
 };
 use pgwal::receiver::Receiver;
 use pgwal::{segment_file_name, WalSegSize};
-use walarchive::{scan_archive, CompletedSegment, SegmentCompression, SegmentWriter, WriteError};
+use walarchive::{CompletedSegment, SegmentCompression, WriteError};
 
-use crate::wal_writer::OffThreadWriter;
+use crate::wal_store::{DirWalStore, WalStore};
 
 /// How to receive.
 #[derive(Debug, Clone)]
@@ -146,11 +146,23 @@ pub enum ReceiveError {
     /// What the server sent is wrong (a gap, a bad page, an impossible timeline switch).
     #[error(transparent)]
     Stream(#[from] pgwal::receiver::ReceiveError),
+    /// Storing WAL failed (a store other than a directory: object storage).
+    #[error("WAL archive {archive}: {detail}")]
+    Storage {
+        /// The archive.
+        archive: String,
+        /// What failed.
+        detail: String,
+        /// Whether trying again later may help (the store did not answer).
+        transient: bool,
+    },
     /// The archive holds another cluster's WAL.
-    #[error("archive {} holds WAL of database system {archive}, but the server is system {server}", dir.display())]
+    #[error(
+        "archive {dir} holds WAL of database system {archive}, but the server is system {server}"
+    )]
     ForeignSystem {
-        /// The directory.
-        dir: PathBuf,
+        /// The archive.
+        dir: String,
         /// System identifier in the archive.
         archive: u64,
         /// The server's.
@@ -198,6 +210,7 @@ impl ReceiveError {
             },
             // a gap can come from a server restarted from a backup: a new connection resolves it
             ReceiveError::Stream(pgwal::receiver::ReceiveError::Gap { .. }) => false,
+            ReceiveError::Storage { transient, .. } => !transient,
             _ => true,
         }
     }
@@ -261,6 +274,19 @@ pub async fn receive_wal(
     config: &Config,
     opts: &ReceiveOptions,
     shutdown: impl Future<Output = ()>,
+    on_event: impl FnMut(&ReceiveEvent),
+) -> Result<ReceiveSummary, ReceiveError> {
+    let mut store = DirWalStore::new(&opts.dir, opts.compression, !opts.no_sync);
+    receive_wal_into(config, opts, &mut store, shutdown, on_event).await
+}
+
+/// As [`receive_wal`], into any [`WalStore`] (`opts.dir` and `opts.compression` are the
+/// directory store's and are not used).
+pub async fn receive_wal_into(
+    config: &Config,
+    opts: &ReceiveOptions,
+    store: &mut dyn WalStore,
+    shutdown: impl Future<Output = ()>,
     mut on_event: impl FnMut(&ReceiveEvent),
 ) -> Result<ReceiveSummary, ReceiveError> {
     tokio::pin!(shutdown);
@@ -268,7 +294,15 @@ pub async fn receive_wal(
     let mut last_flushed = Lsn(0);
     loop {
         let mut flushed = Lsn(0);
-        let r = run_once(config, opts, &mut shutdown, &mut on_event, &mut flushed).await;
+        let r = run_once(
+            config,
+            opts,
+            store,
+            &mut shutdown,
+            &mut on_event,
+            &mut flushed,
+        )
+        .await;
         if flushed > last_flushed {
             last_flushed = flushed;
             delay = Duration::from_millis(500);
@@ -304,14 +338,15 @@ pub async fn receive_wal(
 async fn starting_point(
     conn: &mut Connection,
     opts: &ReceiveOptions,
+    store: &mut dyn WalStore,
     id: &pgrepl::SystemIdentity,
     seg_size: WalSegSize,
 ) -> Result<(Lsn, TimelineId, bool), ReceiveError> {
-    let state = scan_archive(&opts.dir, seg_size)?;
+    let state = store.open(seg_size).await?;
     if let Some(sys) = state.system_id {
         if sys != id.system_id {
             return Err(ReceiveError::ForeignSystem {
-                dir: opts.dir.clone(),
+                dir: store.describe(),
                 archive: sys,
                 server: id.system_id,
             });
@@ -364,6 +399,7 @@ fn refused(
 async fn run_once(
     config: &Config,
     opts: &ReceiveOptions,
+    store: &mut dyn WalStore,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     on_event: &mut impl FnMut(&ReceiveEvent),
     flushed_out: &mut Lsn,
@@ -371,7 +407,7 @@ async fn run_once(
     let mut conn = Connection::connect(config).await?;
     let id = conn.identify_system().await?;
     let seg_size: WalSegSize = conn.wal_segment_size().await?;
-    let (start, tli, resumed) = starting_point(&mut conn, opts, &id, seg_size).await?;
+    let (start, tli, resumed) = starting_point(&mut conn, opts, store, &id, seg_size).await?;
     if let Some(end) = opts.endpos {
         if start >= end && resumed {
             // nothing to do: everything up to endpos is already archived
@@ -380,16 +416,10 @@ async fn run_once(
     }
     let mut rx = Receiver::new(start, tli, seg_size, id.system_id);
     rx.set_stop(opts.endpos);
-    let writer = OffThreadWriter::new(SegmentWriter::new(
-        &opts.dir,
-        seg_size,
-        opts.compression,
-        !opts.no_sync,
-        start,
-    ));
+    store.start_at(start);
     let mut st = Archiving {
         rx,
-        writer,
+        writer: store,
         flushed_out,
     };
     loop {
@@ -443,7 +473,7 @@ async fn run_once(
             to: sw.to,
             at: sw.at,
         });
-        st.writer.reset(sw.resume);
+        st.writer.start_at(sw.resume);
     }
 }
 
@@ -457,13 +487,13 @@ enum TimelineEnded {
 
 /// One connection's archiving: the receiver's checks, the writer off the async threads, and
 /// the durable position the caller learns even when this connection fails.
-struct Archiving<'a> {
+struct Archiving<'a, 'w> {
     rx: Receiver,
-    writer: OffThreadWriter,
+    writer: &'w mut dyn WalStore,
     flushed_out: &'a mut Lsn,
 }
 
-impl Archiving<'_> {
+impl Archiving<'_, '_> {
     /// Makes everything written durable, then tells the server: never the other way round.
     async fn flush_and_report(
         &mut self,

@@ -124,6 +124,41 @@ impl SeaweedFs {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.wait_for_buckets(deadline);
+    }
+
+    /// The buckets are made a moment after the gateway listens, and the gateway accepts
+    /// listings and plain writes to them earlier than create-only ones (what `init` does
+    /// first): wait until a create-only write to each succeeds (and remove it).
+    fn wait_for_buckets(&self, deadline: Instant) {
+        use pgrepo::store::{PutMode, S3Options, S3Store, Store};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let env = self.env();
+        let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        for b in &self.buckets {
+            let mut o = S3Options::from_env(b, "", &lookup);
+            o.path_style = true;
+            o.request_timeout = Duration::from_secs(5);
+            let store = S3Store::new(&o).unwrap();
+            let probe = "pgrepl-testbed-probe/ready";
+            loop {
+                let r = rt
+                    .block_on(store.put(probe, Default::default(), PutMode::Create))
+                    .and_then(|()| rt.block_on(store.delete(probe)));
+                match r {
+                    Ok(()) => break,
+                    Err(e) => assert!(
+                        Instant::now() < deadline,
+                        "SeaweedFS did not make bucket {b} ready: {e}\n{}",
+                        self.log_tail(30)
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 
     /// The S3 port.

@@ -1,8 +1,11 @@
 //! One module per subcommand: flags, progress, printing; the work is a library call.
 
+pub mod backup;
 pub mod basebackup;
 pub mod combine;
 pub mod identify;
+pub mod info;
+pub mod init;
 pub mod receivewal;
 pub mod restore;
 pub mod verify;

@@ -20,6 +20,12 @@ pub struct ReceiveWalArgs {
     /// Receive WAL files into this directory
     #[arg(short = 'D', long = "directory", value_name = "DIR")]
     directory: Option<PathBuf>,
+    #[command(flatten)]
+    repo: crate::repo_args::RepoArgs,
+    /// With --repo: store the tail of the segment being filled at least this often, in
+    /// seconds (the newest point one can restore to trails the server by at most this)
+    #[arg(long = "partial-interval", value_name = "SECS", default_value_t = 60)]
+    partial_interval: u64,
     /// Exit after receiving the specified LSN
     #[arg(short = 'E', long = "endpos", value_name = "LSN")]
     endpos: Option<Lsn>,
@@ -178,8 +184,15 @@ pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(dir) = args.directory.clone() else {
-        bail!("no target directory specified (-D/--directory)");
+    let use_repo =
+        args.repo.repo.is_some() || (args.directory.is_none() && args.repo.url().is_some());
+    if use_repo && args.directory.is_some() {
+        bail!("cannot use -D/--directory together with --repo");
+    }
+    let dir = match (&args.directory, use_repo) {
+        (Some(d), _) => d.clone(),
+        (None, true) => PathBuf::new(),
+        (None, false) => bail!("no target directory specified (-D/--directory or --repo)"),
     };
     let mut opts = ReceiveOptions::new(dir);
     opts.slot = args.slot.clone();
@@ -193,7 +206,32 @@ pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
     let status_line = !args.json && args.verbose == 0 && std::io::stderr().is_terminal();
     let verbose = args.verbose;
     let json = args.json;
-    let summary = receivewal::receive_wal(&config, &opts, shutdown_signal(), |e| {
+    let mut repo_store = if use_repo {
+        if opts.compression.is_some() {
+            bail!("-Z/--compress applies to -D/--directory; a repository stores WAL with zstd");
+        }
+        let repo = args.repo.open(&[]).await?;
+        // the repository belongs to one cluster: bind it, or refuse another's, before streaming
+        let mut c = pgrepl::Connection::connect(&config).await?;
+        let id = c.identify_system().await?;
+        let seg = c.wal_segment_size().await?;
+        let _ = c.close().await;
+        repo.bind(id.system_id, seg.bytes()).await?;
+        let interval = if args.synchronous {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(args.partial_interval)
+        };
+        Some(pgrepo::wal::RepoWalStore::new(repo, 3, interval))
+    } else {
+        None
+    };
+    let mut dir_store = pgstream::DirWalStore::new(&opts.dir, opts.compression, !opts.no_sync);
+    let store: &mut dyn pgstream::WalStore = match &mut repo_store {
+        Some(r) => r,
+        None => &mut dir_store,
+    };
+    let summary = receivewal::receive_wal_into(&config, &opts, store, shutdown_signal(), |e| {
         if json {
             println!("{}", event_json(e));
             return;

@@ -15,15 +15,21 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// The backups: a full backup, then its incrementals (oldest first)
-    #[arg(required = true, value_name = "BACKUP")]
+    /// The backups: a full backup, then its incrementals (oldest first); none with --repo
+    #[arg(value_name = "BACKUP")]
     backups: Vec<PathBuf>,
+    #[command(flatten)]
+    repo: crate::repo_args::RepoArgs,
+    /// With --repo: restore this backup (and its chain) instead of the newest that reaches the
+    /// target
+    #[arg(long = "backup", value_name = "ID")]
+    backup: Option<String>,
     /// The data directory to create (absent or empty)
     #[arg(short = 'D', long = "pgdata", value_name = "DIR")]
     pgdata: PathBuf,
     /// The WAL archive recovery reads from (as written by pgrepl receivewal)
     #[arg(short = 'w', long = "wal-archive", value_name = "DIR")]
-    wal_archive: PathBuf,
+    wal_archive: Option<PathBuf>,
     /// Stop at this time (with a zone: "2026-11-24 10:00:00+00")
     #[arg(long = "target-time", value_name = "TIMESTAMP")]
     target_time: Option<String>,
@@ -102,12 +108,29 @@ fn target(args: &RestoreArgs) -> anyhow::Result<Option<RecoveryTarget>> {
     Ok(targets.pop())
 }
 
-pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let use_repo =
+        args.repo.repo.is_some() || (args.backups.is_empty() && args.repo.url().is_some());
+    if use_repo {
+        if !args.backups.is_empty() || args.wal_archive.is_some() {
+            bail!("with --repo, give no backup directories and no --wal-archive: the repository holds both");
+        }
+        return run_repo(args).await;
+    }
+    if args.backups.is_empty() {
+        bail!("no backup given: name the backup directories (oldest first), or use --repo");
+    }
+    if args.backup.is_some() {
+        bail!("--backup names a backup in a repository (--repo)");
+    }
+    let Some(wal_archive) = &args.wal_archive else {
+        bail!("no WAL archive given (-w/--wal-archive DIR)");
+    };
     let target = target(&args)?;
     let exe =
         std::env::current_exe().context("cannot find the pgrepl executable for restore_command")?;
-    let archive = std::path::absolute(&args.wal_archive)
-        .with_context(|| format!("bad archive path \"{}\"", args.wal_archive.display()))?;
+    let archive = std::path::absolute(wal_archive)
+        .with_context(|| format!("bad archive path \"{}\"", wal_archive.display()))?;
     let restore_command = format!(
         "{} wal-fetch {} %f %p",
         shell_quote(&exe.to_string_lossy()),
@@ -136,16 +159,95 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let s = restore(&args.backups, &opts)?;
-    {
-        use std::os::unix::fs::MetadataExt;
-        // PostgreSQL refuses to run as root: say so now rather than at pg_ctl start
-        if std::fs::metadata(&args.pgdata).is_ok_and(|m| m.uid() == 0) {
-            eprintln!(
-                "pgrepl: warning: \"{}\" belongs to root; give it to the server's user (chown -R) before starting the server",
-                args.pgdata.display()
-            );
-        }
+    warn_root_owned(&args.pgdata);
+    report(&args, &opts, &s, None);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// PostgreSQL refuses to run as root: say so now rather than at pg_ctl start.
+fn warn_root_owned(pgdata: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata(pgdata).is_ok_and(|m| m.uid() == 0) {
+        eprintln!(
+            "pgrepl: warning: \"{}\" belongs to root; give it to the server's user (chown -R) before starting the server",
+            pgdata.display()
+        );
     }
+}
+
+/// The files beside the data directory that restore_command uses: `<DIR>.pgrepl-env` (S3
+/// credentials, 0600) and `<DIR>.pgrepl-prefetch/` (segments fetched ahead).
+fn beside(pgdata: &std::path::Path, suffix: &str) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(pgdata)
+        .with_context(|| format!("bad data directory \"{}\"", pgdata.display()))?;
+    let name = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| anyhow::anyhow!("bad data directory \"{}\"", pgdata.display()))?;
+    Ok(abs.with_file_name(format!("{name}.{suffix}")))
+}
+
+async fn run_repo(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let target = target(&args)?;
+    let (loc, _) = args.repo.store(&[])?;
+    let repo = args.repo.open(&[]).await?;
+    let exe =
+        std::env::current_exe().context("cannot find the pgrepl executable for restore_command")?;
+    let env_file = beside(&args.pgdata, "pgrepl-env")?;
+    let cache = beside(&args.pgdata, "pgrepl-prefetch")?;
+    let mut words = vec![exe.to_string_lossy().into_owned(), "wal-fetch".to_owned()];
+    words.extend(args.repo.to_args(&loc));
+    let parent = env_file.parent().map(PathBuf::from).unwrap_or_default();
+    std::fs::create_dir_all(&parent).ok();
+    if crate::repo_args::write_env_file(&env_file, &parent)? {
+        words.extend(["--env-file".to_owned(), env_file.display().to_string()]);
+    }
+    words.extend(["--prefetch-dir".to_owned(), cache.display().to_string()]);
+    let mut restore_command: String = words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ");
+    restore_command.push_str(" %f %p");
+    let tablespace_mappings = args
+        .tablespace_mapping
+        .iter()
+        .map(|m| TablespaceMapping::parse(m).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut ropts = pgrepo::restore::RepoRestoreOptions::default();
+    ropts.data_dir = args.pgdata.clone();
+    ropts.target = target.clone();
+    ropts.target_action = args.target_action;
+    ropts.backup = args.backup.clone();
+    ropts.tablespace_mappings = tablespace_mappings;
+    ropts.restore_command = restore_command.clone();
+    ropts.sync = !args.no_sync;
+    let out = match pgrepo::restore::restore_from_repo(&repo, &ropts).await {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = std::fs::remove_file(&env_file);
+            return Err(e.into());
+        }
+    };
+    warn_root_owned(&args.pgdata);
+    let opts = RestoreOptions {
+        data_dir: args.pgdata.clone(),
+        wal_archive: PathBuf::new(),
+        target,
+        target_action: args.target_action,
+        restore_command,
+        combine: CombineOptions::default(),
+    };
+    report(&args, &opts, &out.summary, Some(&out.chain));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(
+    args: &RestoreArgs,
+    opts: &RestoreOptions,
+    s: &basebackup::restore::RestoreSummary,
+    chain: Option<&[String]>,
+) {
     if args.json {
         println!(
             "{}",
@@ -158,6 +260,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 "archive_end_lsn": s.archive_end.to_string(),
                 "restore_command": opts.restore_command,
                 "target_action": opts.target.is_some().then(|| opts.target_action.as_str()),
+                "chain": chain,
             })
         );
     } else {
@@ -175,12 +278,14 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
                 a.as_str()
             ),
         };
+        let from = chain
+            .map(|c| format!(" from {}", c.join(" + ")))
+            .unwrap_or_default();
         eprintln!(
-            "pgrepl: restored into \"{}\"; the backup is consistent at {}, the WAL archive reaches {}. Start the server to recover: it {at_target}.",
+            "pgrepl: restored into \"{}\"{from}; the backup is consistent at {}, the WAL archive reaches {}. Start the server to recover: it {at_target}.",
             args.pgdata.display(),
             s.consistent_at,
             s.archive_end
         );
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,37 +1,59 @@
-//! `pgrepl wal-fetch ARCHIVE WALFILE DEST`: the restore_command half of the WAL archive. It
-//! serves `WALFILE` from the archive (plain, or decompressing `.zst` / `.gz`), falls back to the
-//! `.partial` of a segment that was never completed (zero-padded to full size, as recovery
-//! requires), serves `.history` files, and exits 1 when the file is not there, as
-//! restore_command must; other failures exit 126 so that recovery stops instead of ending early.
+//! `pgrepl wal-fetch ARCHIVE WALFILE DEST` and `pgrepl wal-fetch --repo URL WALFILE DEST`: the
+//! restore_command half of the WAL archive. It serves `WALFILE` from an archive directory (plain,
+//! or decompressing `.zst` / `.gz`) or a repository, falls back to the tail of a segment that was
+//! never completed (zero-padded to full size, as recovery requires), serves `.history` files,
+//! and exits 1 when the file is not there, as restore_command must; other failures exit 126 so
+//! that recovery stops instead of ending early.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::Args;
+
+use crate::repo_args::{read_env_file, RepoArgs};
 
 #[derive(Args, Debug)]
 pub struct WalFetchArgs {
-    /// The WAL archive directory (as written by pgrepl receivewal)
-    archive: PathBuf,
-    /// The file recovery asks for (%f)
-    walfile: String,
-    /// Where to put it (%p)
-    dest: PathBuf,
+    /// ARCHIVE WALFILE DEST (an archive directory), or WALFILE DEST with --repo; WALFILE is
+    /// recovery's %f and DEST its %p
+    #[arg(value_name = "ARGS", num_args = 2..=3, required = true)]
+    args: Vec<String>,
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// With --repo: read the S3 settings from this file (KEY=VALUE lines, 0600)
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// With --repo: fetch the next segments ahead, in parallel, into this directory
+    #[arg(long = "prefetch-dir", value_name = "DIR")]
+    prefetch_dir: Option<PathBuf>,
+    /// How many segments to fetch ahead
+    #[arg(long = "prefetch", value_name = "N", default_value_t = 8)]
+    prefetch: usize,
     /// Output verbose messages
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 /// Exit 1 means "not in the archive" to recovery, which then ends or tries elsewhere. Any other
-/// failure (a damaged file, a full disk) exits 126: PostgreSQL treats that like a failed command
-/// and aborts recovery instead of silently stopping early (`RestoreArchivedFile`).
-pub fn run(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
-    match fetch(args) {
+/// failure (a damaged file, a full disk, a store that does not answer) exits 126: PostgreSQL
+/// treats that like a failed command and aborts recovery instead of silently stopping early
+/// (`RestoreArchivedFile`).
+pub async fn run(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
+    let r = if args.repo.repo.is_some() || (args.args.len() == 2 && args.repo.url().is_some()) {
+        fetch_repo(&args).await
+    } else {
+        fetch_dir(&args)
+    };
+    match r {
         Ok(code) => Ok(code),
         Err(e) => {
             let mut msg = e.to_string();
             for cause in e.chain().skip(1) {
-                msg.push_str(&format!(": {cause}"));
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
             }
             eprintln!("pgrepl: error: {}", msg.replace('\n', " "));
             Ok(ExitCode::from(126))
@@ -39,19 +61,52 @@ pub fn run(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn fetch(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
-    match walarchive::fetch(&args.archive, &args.walfile, &args.dest) {
+fn fetch_dir(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
+    let [archive, walfile, dest] = &args.args[..] else {
+        bail!("expected ARCHIVE WALFILE DEST (or WALFILE DEST with --repo)");
+    };
+    match walarchive::fetch(&PathBuf::from(archive), walfile, &PathBuf::from(dest)) {
         Ok(f) => {
             if args.verbose > 0 {
-                eprintln!(
-                    "pgrepl: restored {} from {}",
-                    args.walfile,
-                    f.from.display()
-                );
+                eprintln!("pgrepl: restored {walfile} from {}", f.from.display());
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ walarchive::FetchError::Missing { .. }) => {
+            if args.verbose > 0 {
+                eprintln!("pgrepl: {e}");
+            }
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn fetch_repo(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
+    let [walfile, dest] = &args.args[..] else {
+        bail!("with --repo, expected WALFILE DEST");
+    };
+    let extra = match &args.env_file {
+        Some(f) => read_env_file(f)?,
+        None => Vec::new(),
+    };
+    let repo = args.repo.open(&extra).await?;
+    let prefetch = args
+        .prefetch_dir
+        .as_ref()
+        .filter(|_| args.prefetch > 0)
+        .map(|d| pgrepo::wal::Prefetch {
+            cache: d.clone(),
+            depth: args.prefetch.min(64),
+        });
+    match pgrepo::wal::fetch(&repo, walfile, &PathBuf::from(dest), prefetch.as_ref()).await {
+        Ok(s) => {
+            if args.verbose > 0 {
+                eprintln!("pgrepl: restored {walfile} from {}", s.from);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ pgrepo::wal::FetchError::Missing { .. }) => {
             if args.verbose > 0 {
                 eprintln!("pgrepl: {e}");
             }

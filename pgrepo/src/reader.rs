@@ -1,0 +1,267 @@
+//! Reading a stored backup: its index, and its files as [`RangeRead`]ers, so that combine and
+//! restore read exactly the chunks they need with ranged reads — no download of whole packs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use basebackup::source::{BackupSource, FileLoc, RangeRead, Tablespace};
+use tokio::runtime::Handle;
+
+use crate::layout::{self, CHUNK};
+use crate::records::{BackupRecord, EntryType, IndexEntry};
+use crate::repo::{Repo, RepoError};
+
+/// Bytes per ranged read of a whole object read in order (an index).
+const PIECE: u64 = 8 << 20;
+
+/// Reads an object in order, in ranged pieces of at most 8 MiB.
+pub async fn read_in_pieces(
+    repo: &Repo,
+    key: &str,
+    size: u64,
+    mut on_piece: impl FnMut(&[u8]) -> Result<(), RepoError>,
+) -> Result<(), RepoError> {
+    let mut at = 0;
+    while at < size {
+        let end = (at + PIECE).min(size);
+        let b = repo.get_range(key, at..end).await?;
+        on_piece(&b)?;
+        at = end;
+    }
+    Ok(())
+}
+
+/// A backup's index entries, in the order they were written.
+pub async fn load_index(repo: &Repo, record: &BackupRecord) -> Result<Vec<IndexEntry>, RepoError> {
+    let key = layout::index_key(&record.id);
+    let size = record
+        .objects
+        .iter()
+        .find(|o| o.key == key)
+        .map(|o| o.size)
+        .ok_or_else(|| RepoError::Damaged {
+            repo: repo.name(),
+            key: layout::commit_key(&record.id),
+            detail: "the commit record lists no index".into(),
+        })?;
+    let damaged = |detail: String| RepoError::Damaged {
+        repo: repo.name(),
+        key: key.clone(),
+        detail,
+    };
+    let mut dec =
+        zstd::stream::write::Decoder::new(Vec::new()).map_err(|e| damaged(e.to_string()))?;
+    let mut entries = Vec::new();
+    let take_lines = |buf: &mut Vec<u8>, entries: &mut Vec<IndexEntry>| -> Result<(), RepoError> {
+        let mut start = 0;
+        while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + nl];
+            let e: IndexEntry = serde_json::from_slice(line)
+                .map_err(|e| damaged(format!("entry {}: {e}", entries.len() + 1)))?;
+            entries.push(e);
+            start += nl + 1;
+        }
+        buf.drain(..start);
+        // a line is an entry of a few hundred bytes; a longer one is not an index
+        if buf.len() > 1 << 20 {
+            return Err(damaged("an index line longer than 1 MiB".into()));
+        }
+        Ok(())
+    };
+    read_in_pieces(repo, &key, size, |piece| {
+        std::io::Write::write_all(&mut dec, piece).map_err(|e| damaged(e.to_string()))?;
+        take_lines(dec.get_mut(), &mut entries)
+    })
+    .await?;
+    std::io::Write::flush(&mut dec).map_err(|e| damaged(e.to_string()))?;
+    take_lines(dec.get_mut(), &mut entries)?;
+    if !dec.get_ref().is_empty() {
+        return Err(damaged("the index ends inside an entry".into()));
+    }
+    Ok(entries)
+}
+
+/// One stored file, read by chunks (the last chunk read is kept for the next read).
+pub struct StoredFile {
+    rt: Handle,
+    repo: Repo,
+    pack: String,
+    /// Where each chunk starts in the pack, and where the last ends.
+    bounds: Vec<u64>,
+    size: u64,
+    compressed: bool,
+    name: String,
+    cache: Mutex<Option<(usize, Arc<Vec<u8>>)>>,
+}
+
+impl std::fmt::Debug for StoredFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredFile")
+            .field("pack", &self.pack)
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredFile {
+    /// The file of `entry` in backup `id`; `rt` reaches the store's runtime (reads block).
+    pub fn new(rt: Handle, repo: Repo, id: &str, entry: &IndexEntry, compressed: bool) -> Self {
+        let mut bounds = Vec::with_capacity(entry.chunks.len() + 1);
+        let mut at = entry.offset;
+        bounds.push(at);
+        for c in &entry.chunks {
+            at = at.saturating_add(u64::from(*c));
+            bounds.push(at);
+        }
+        StoredFile {
+            rt,
+            repo,
+            pack: if entry.archive == "meta" {
+                layout::manifest_key(id)
+            } else {
+                layout::pack_key(id, entry.pack)
+            },
+            bounds,
+            size: entry.size,
+            compressed,
+            name: format!("{id}:{}", entry.manifest_path()),
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn chunk(&self, i: usize) -> std::io::Result<Arc<Vec<u8>>> {
+        if let Ok(c) = self.cache.lock() {
+            if let Some((j, data)) = c.as_ref() {
+                if *j == i {
+                    return Ok(data.clone());
+                }
+            }
+        }
+        let bad = |m: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} in {}: {m}", self.name, self.pack),
+            )
+        };
+        let (Some(&a), Some(&b)) = (self.bounds.get(i), self.bounds.get(i + 1)) else {
+            return Err(bad(format!("chunk {i} is not in the index")));
+        };
+        let raw_len = (self.size - (i as u64) * CHUNK as u64).min(CHUNK as u64) as usize;
+        let stored = self
+            .rt
+            .block_on(self.repo.get_range(&self.pack, a..b))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let data = if self.compressed {
+            let d = zstd::bulk::decompress(&stored, raw_len)
+                .map_err(|e| bad(format!("chunk {i} does not decompress: {e}")))?;
+            if d.len() != raw_len {
+                return Err(bad(format!(
+                    "chunk {i} holds {} bytes, {raw_len} expected",
+                    d.len()
+                )));
+            }
+            d
+        } else {
+            if stored.len() != raw_len {
+                return Err(bad(format!(
+                    "chunk {i} holds {} bytes, {raw_len} expected",
+                    stored.len()
+                )));
+            }
+            stored.to_vec()
+        };
+        let data = Arc::new(data);
+        if let Ok(mut c) = self.cache.lock() {
+            *c = Some((i, data.clone()));
+        }
+        Ok(data)
+    }
+}
+
+impl RangeRead for StoredFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.size)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{}: read past its {} bytes", self.name, self.size),
+                )
+            })?;
+        let mut at = offset;
+        let mut done = 0;
+        while at < end {
+            let i = (at / CHUNK as u64) as usize;
+            let c = self.chunk(i)?;
+            let within = (at - i as u64 * CHUNK as u64) as usize;
+            let n = (c.len() - within).min((end - at) as usize);
+            buf[done..done + n].copy_from_slice(&c[within..within + n]);
+            done += n;
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A stored backup as a [`BackupSource`] for combine and restore: every file a [`StoredFile`].
+pub fn open_source(
+    rt: &Handle,
+    repo: &Repo,
+    record: &BackupRecord,
+    index: &[IndexEntry],
+) -> Result<BackupSource, RepoError> {
+    let compressed = record.compression != "none";
+    let mut files = BTreeMap::new();
+    let mut dirs = BTreeMap::new();
+    let mut tablespaces = BTreeMap::new();
+    let mut manifest = None;
+    for t in &record.tablespaces {
+        tablespaces.insert(
+            t.oid.to_string(),
+            Tablespace {
+                oid: t.oid.to_string(),
+                location: PathBuf::from(&t.location),
+            },
+        );
+    }
+    for e in index {
+        let path = e.manifest_path();
+        match e.kind {
+            EntryType::Dir => {
+                dirs.insert(path, ());
+            }
+            EntryType::Link => {}
+            EntryType::File => {
+                let reader = Arc::new(StoredFile::new(
+                    rt.clone(),
+                    repo.clone(),
+                    &record.id,
+                    e,
+                    compressed,
+                ));
+                let loc = FileLoc {
+                    path: PathBuf::from(format!("{}/{}", record.id, path)),
+                    offset: 0,
+                    size: e.size,
+                    mtime: e.mtime,
+                    reader: Some(reader),
+                };
+                if e.archive == "meta" {
+                    manifest = Some(loc);
+                } else {
+                    files.insert(path, loc);
+                }
+            }
+        }
+    }
+    Ok(BackupSource::from_parts(
+        PathBuf::from(format!("{} backup {}", repo.name(), record.id)),
+        manifest,
+        files,
+        dirs,
+        tablespaces,
+    ))
+}
