@@ -10,18 +10,20 @@
 //!   pgrepl-bench combine [--scale N] [--rounds R]        (needs target/release/pgrepl)
 //!   pgrepl-bench verify [--scale N] [--rounds R]         (needs target/release/pgrepl)
 //!   pgrepl-bench micro [--rounds R]                      (no server: tar, WAL, checksums in MB/s)
+//!   pgrepl-bench repository [--scale N] [--rounds R]     (needs target/release/pgrepl, zstd, curl)
 
 mod basebackup;
 mod combine;
 mod measure;
 mod micro;
 mod receivewal;
+mod repository;
 mod wal_decode;
 
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository [--scale N] [--rounds R]");
     std::process::exit(2);
 }
 
@@ -54,6 +56,7 @@ fn main() {
         "combine" => combine::bench_combine(scale, rounds),
         "verify" => combine::bench_verify(scale, rounds),
         "micro" => micro::bench(rounds),
+        "repository" => repository::bench(scale, rounds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");

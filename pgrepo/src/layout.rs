@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let s = WalSegSize::DEFAULT;
-        let seg = SegmentNo(0x1_0000_0042);
+        let seg = SegmentNo(0x142);
         let k = segment_key(TimelineId(3), seg, s);
         assert_eq!(k, "wal/0000000300000001/000000030000000100000042.zst");
         assert_eq!(

@@ -15,6 +15,93 @@ use crate::repo::{Repo, RepoError};
 /// Bytes per ranged read of a whole object read in order (an index).
 const PIECE: u64 = 8 << 20;
 
+/// Bytes per window of a pack read through [`PackWindows`].
+const WINDOW: u64 = 8 << 20;
+/// Windows kept (per backup's readers): 64 MiB at most.
+const WINDOWS_KEPT: usize = 8;
+
+type Window = Arc<tokio::sync::OnceCell<bytes::Bytes>>;
+/// Windows in the order they were made, and by (pack, window number).
+type WindowMap = (
+    std::collections::VecDeque<(String, u64)>,
+    std::collections::HashMap<(String, u64), Window>,
+);
+
+/// Stored bytes of a backup's packs, read in aligned windows of 8 MiB and kept for the files
+/// that follow (a file's chunks, and the small files next to it in the pack, are then one
+/// ranged GET instead of one each); the window after one read is fetched ahead in the
+/// background. At most [`WINDOWS_KEPT`] windows are kept.
+#[derive(Debug, Default)]
+pub struct PackWindows {
+    map: Mutex<WindowMap>,
+}
+
+impl PackWindows {
+    /// An empty cache, to share among the files of one backup.
+    pub fn new() -> Arc<Self> {
+        Arc::new(PackWindows::default())
+    }
+
+    fn cell(&self, pack: &str, w: u64) -> Window {
+        let Ok(mut g) = self.map.lock() else {
+            return Arc::new(tokio::sync::OnceCell::new());
+        };
+        let (order, cells) = &mut *g;
+        let key = (pack.to_owned(), w);
+        if let Some(c) = cells.get(&key) {
+            return c.clone();
+        }
+        let c: Window = Arc::new(tokio::sync::OnceCell::new());
+        cells.insert(key.clone(), c.clone());
+        order.push_back(key);
+        while order.len() > WINDOWS_KEPT {
+            if let Some(old) = order.pop_front() {
+                cells.remove(&old);
+            }
+        }
+        c
+    }
+
+    /// Bytes `range` of `pack` (of `pack_size` bytes), through the windows.
+    fn read(
+        self: &Arc<Self>,
+        rt: &Handle,
+        repo: &Repo,
+        pack: &str,
+        pack_size: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, RepoError> {
+        let w = range.start / WINDOW;
+        if (range.end.saturating_sub(1)) / WINDOW != w || range.end > pack_size {
+            // across windows (a chunk at a window's edge): read it alone
+            return rt.block_on(repo.get_range(pack, range));
+        }
+        let fetch = |w: u64| {
+            let (repo, pack) = (repo.clone(), pack.to_owned());
+            async move {
+                let start = w * WINDOW;
+                repo.get_range(&pack, start..(start + WINDOW).min(pack_size))
+                    .await
+            }
+        };
+        let cell = self.cell(pack, w);
+        let bytes = rt.block_on(cell.get_or_try_init(|| fetch(w)))?.clone();
+        // the next window, ahead
+        if (w + 1) * WINDOW < pack_size {
+            let next = self.cell(pack, w + 1);
+            if !next.initialized() {
+                let f = fetch(w + 1);
+                rt.spawn(async move {
+                    let _ = next.get_or_try_init(|| f).await;
+                });
+            }
+        }
+        let a = (range.start - w * WINDOW) as usize;
+        let b = (range.end - w * WINDOW) as usize;
+        Ok(bytes.slice(a..b))
+    }
+}
+
 /// Reads an object in order, in ranged pieces of at most 8 MiB.
 pub async fn read_in_pieces(
     repo: &Repo,
@@ -93,6 +180,7 @@ pub struct StoredFile {
     compressed: bool,
     name: String,
     cache: Mutex<Option<(usize, Arc<Vec<u8>>)>>,
+    windows: Option<(Arc<PackWindows>, u64)>,
 }
 
 impl std::fmt::Debug for StoredFile {
@@ -128,7 +216,15 @@ impl StoredFile {
             compressed,
             name: format!("{id}:{}", entry.manifest_path()),
             cache: Mutex::new(None),
+            windows: None,
         }
+    }
+
+    /// Reads through `windows`, shared with the backup's other files (`pack_size`: the size of
+    /// the pack the file is in).
+    pub fn with_windows(mut self, windows: Arc<PackWindows>, pack_size: u64) -> Self {
+        self.windows = Some((windows, pack_size));
+        self
     }
 
     fn chunk(&self, i: usize) -> std::io::Result<Arc<Vec<u8>>> {
@@ -149,10 +245,11 @@ impl StoredFile {
             return Err(bad(format!("chunk {i} is not in the index")));
         };
         let raw_len = (self.size - (i as u64) * CHUNK as u64).min(CHUNK as u64) as usize;
-        let stored = self
-            .rt
-            .block_on(self.repo.get_range(&self.pack, a..b))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let stored = match &self.windows {
+            Some((w, size)) => w.read(&self.rt, &self.repo, &self.pack, *size, a..b),
+            None => self.rt.block_on(self.repo.get_range(&self.pack, a..b)),
+        }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         let data = if self.compressed {
             let d = zstd::bulk::decompress(&stored, raw_len)
                 .map_err(|e| bad(format!("chunk {i} does not decompress: {e}")))?;
@@ -214,6 +311,12 @@ pub fn open_source(
     index: &[IndexEntry],
 ) -> Result<BackupSource, RepoError> {
     let compressed = record.compression != "none";
+    let windows = PackWindows::new();
+    let sizes: std::collections::HashMap<&str, u64> = record
+        .objects
+        .iter()
+        .map(|o| (o.key.as_str(), o.size))
+        .collect();
     let mut files = BTreeMap::new();
     let mut dirs = BTreeMap::new();
     let mut tablespaces = BTreeMap::new();
@@ -235,13 +338,11 @@ pub fn open_source(
             }
             EntryType::Link => {}
             EntryType::File => {
-                let reader = Arc::new(StoredFile::new(
-                    rt.clone(),
-                    repo.clone(),
-                    &record.id,
-                    e,
-                    compressed,
-                ));
+                let mut f = StoredFile::new(rt.clone(), repo.clone(), &record.id, e, compressed);
+                if let Some(size) = sizes.get(f.pack.as_str()) {
+                    f = f.with_windows(windows.clone(), *size);
+                }
+                let reader = Arc::new(f);
                 let loc = FileLoc {
                     path: PathBuf::from(format!("{}/{}", record.id, path)),
                     offset: 0,

@@ -161,6 +161,13 @@ impl SeaweedFs {
         }
     }
 
+    /// Leaves it running past this value (for a shell script): its directory and process ID.
+    pub fn keep(mut self) -> (PathBuf, u32) {
+        let pid = self.child.take().map(|c| c.id()).unwrap_or(0);
+        let dir = std::mem::take(&mut self.dir);
+        (dir, pid)
+    }
+
     /// The S3 port.
     pub fn s3_port(&self) -> u16 {
         self.ports[6]
@@ -205,6 +212,9 @@ impl SeaweedFs {
 
 impl Drop for SeaweedFs {
     fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            return; // kept
+        }
         self.kill();
         if std::thread::panicking() {
             eprintln!("SeaweedFS log tail:\n{}", self.log_tail(40));

@@ -139,12 +139,12 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         println!("{v}");
     } else {
         let kind = match (&r.parent, &out.full_reason) {
-            (Some(p), _) => format!("incremental backup on {p}"),
-            (None, Some(why)) => format!("full backup ({why})"),
-            (None, None) => "full backup".to_owned(),
+            (Some(p), _) => format!("an incremental backup on {p}"),
+            (None, Some(why)) => format!("a full backup ({why})"),
+            (None, None) => "a full backup".to_owned(),
         };
         eprintln!(
-            "pgrepl: {} is a {kind}: {} files, {} bytes stored as {}; consistent at {} on timeline {}",
+            "pgrepl: {} is {kind}: {} files, {} bytes stored as {}; consistent at {} on timeline {}",
             r.id, r.files, r.bytes, r.stored_bytes, r.end_lsn, r.timeline
         );
     }

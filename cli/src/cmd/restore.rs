@@ -281,11 +281,18 @@ fn report(
         let from = chain
             .map(|c| format!(" from {}", c.join(" + ")))
             .unwrap_or_default();
+        let reach = if opts.target.is_some() {
+            format!(
+                "the WAL archive was read to {}, past the target",
+                s.archive_end
+            )
+        } else {
+            format!("the WAL archive reaches {}", s.archive_end)
+        };
         eprintln!(
-            "pgrepl: restored into \"{}\"{from}; the backup is consistent at {}, the WAL archive reaches {}. Start the server to recover: it {at_target}.",
+            "pgrepl: restored into \"{}\"{from}; the backup is consistent at {}, {reach}. Start the server to recover: it {at_target}.",
             args.pgdata.display(),
             s.consistent_at,
-            s.archive_end
         );
     }
 }

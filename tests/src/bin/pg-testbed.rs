@@ -5,6 +5,9 @@
 //!                                 PGTB_SOCKET_CONNINFO
 //!   pg-testbed stop ROOT [DATA]   stops the server (of ROOT/data or DATA) and deletes ROOT
 //!   pg-testbed start-on 17|18 DIR starts a server on a data directory (a restored backup)
+//!   pg-testbed s3-start BUCKET    starts a throwaway SeaweedFS with BUCKET; prints S3_ROOT,
+//!                                 S3_PID and the AWS_* variables that reach it
+//!   pg-testbed s3-stop ROOT PID   stops it and deletes ROOT
 
 use std::path::PathBuf;
 
@@ -60,6 +63,21 @@ fn main() {
             print(&c);
             c.keep();
         }
+        ["s3-start", bucket] => {
+            let w = pgrepl_testbed::SeaweedFs::start(&[bucket]);
+            for (k, v) in w.env() {
+                println!("export {k}='{v}'");
+            }
+            let (dir, pid) = w.keep();
+            println!("S3_ROOT='{}'", dir.display());
+            println!("S3_PID={pid}");
+        }
+        ["s3-stop", root, pid] => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid])
+                .status();
+            let _ = std::fs::remove_dir_all(root);
+        }
         ["hand-over", dir] => {
             // give a directory (a WAL archive recovery reads) to the server user
             pgrepl_testbed::hand_over(&PathBuf::from(dir));
@@ -82,7 +100,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: pg-testbed start 15|17|18 | start-on 17|18 DATADIR | hand-over DIR | stop ROOT [DATADIR]"
+                "usage: pg-testbed start 15|17|18 | start-on 17|18 DATADIR | hand-over DIR | stop ROOT [DATADIR] | s3-start BUCKET | s3-stop ROOT PID"
             );
             std::process::exit(2);
         }
