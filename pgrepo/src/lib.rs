@@ -2,6 +2,7 @@
 //! A backup repository for PostgreSQL: full and incremental backups and the WAL archive, kept
 //! in S3-compatible object storage or a local directory, restored to any point in time.
 
+pub mod age;
 pub mod backup;
 pub mod info;
 pub mod layout;
