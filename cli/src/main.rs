@@ -10,7 +10,8 @@ mod tty;
 use std::process::ExitCode;
 
 use cmd::{
-    backup, basebackup, combine, identify, info, init, receivewal, restore, verify, walfetch,
+    backup, basebackup, combine, identify, info, init, keygen, receivewal, restore, verify,
+    walfetch,
 };
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Command {
     /// Serve a WAL file from an archive to recovery (restore_command); exit 1 if it is missing
     #[command(name = "wal-fetch")]
     WalFetch(walfetch::WalFetchArgs),
+    /// Make an age identity (and print its recipient) for an encrypted repository
+    Keygen(keygen::KeygenArgs),
     /// Make a repository (S3 or a directory) for backups and WAL
     Init(init::InitArgs),
     /// Back up into a repository: incremental on the newest backup when possible, else full
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Combine(a) => a.verbose,
         Command::Restore(a) => a.verbose,
         Command::Init(a) => a.verbose,
+        Command::Keygen(a) => a.verbose,
         Command::Backup(a) => a.verbose,
         Command::Info(a) => a.verbose,
     };
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             Command::Combine(a) => combine::run(a),
             Command::Restore(a) => restore::run(a).await,
             Command::Init(a) => init::run(a).await,
+            Command::Keygen(a) => keygen::run(a),
             Command::Backup(a) => backup::run(*a).await,
             Command::Info(a) => info::run(a).await,
         }

@@ -38,6 +38,9 @@ pub struct RepoArgs {
     /// A PEM file of CA certificates to trust for the S3 endpoint
     #[arg(long = "s3-ca-file", value_name = "FILE")]
     pub s3_ca_file: Option<PathBuf>,
+    /// The age identity file (0600) that reads an encrypted repository
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
 }
 
 impl RepoArgs {
@@ -80,10 +83,15 @@ impl RepoArgs {
         Ok((loc, store))
     }
 
-    /// Opens the repository (it must have been initialised).
+    /// Opens the repository (it must have been initialised), with the identity if one was
+    /// given.
     pub async fn open(&self, extra: &[(String, String)]) -> anyhow::Result<Repo> {
         let (_, store) = self.store(extra)?;
-        Ok(Repo::open(store).await?)
+        let repo = Repo::open(store).await?;
+        Ok(match &self.identity {
+            Some(f) => repo.with_identities(read_identity(f)?),
+            None => repo,
+        })
     }
 
     /// The flags again, for a command line written elsewhere (restore_command): no secrets.
@@ -101,8 +109,61 @@ impl RepoArgs {
         if let Some(c) = &self.s3_ca_file {
             v.extend(["--s3-ca-file".to_owned(), c.display().to_string()]);
         }
+        if let Some(i) = &self.identity {
+            let abs = std::path::absolute(i).unwrap_or_else(|_| i.clone());
+            v.extend(["--identity".to_owned(), abs.display().to_string()]);
+        }
         v
     }
+}
+
+/// Reads age identities from a file that only its owner can read (the identity is never taken
+/// from an argument or the environment).
+pub fn read_identity(path: &Path) -> anyhow::Result<Vec<pgrepo::age::Identity>> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)
+        .with_context(|| format!("could not open identity file \"{}\"", path.display()))?;
+    if m.mode() & 0o077 != 0 {
+        bail!(
+            "identity file \"{}\" has group or world access; it is a secret key and must be 0600",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read identity file \"{}\"", path.display()))?;
+    pgrepo::age::Identity::parse_file(&text)
+        .map_err(|e| anyhow::anyhow!("identity file \"{}\": {e}", path.display()))
+}
+
+/// Recipients from `--encrypt-to` values: an `age1…` recipient, or a file of recipients (one
+/// per line) or of identities (their recipients are taken).
+pub fn read_recipients(values: &[String]) -> anyhow::Result<Vec<pgrepo::age::Recipient>> {
+    let mut out = Vec::new();
+    for v in values {
+        if v.starts_with("age1") {
+            out.push(
+                v.parse()
+                    .map_err(|e| anyhow::anyhow!("--encrypt-to {v}: {e}"))?,
+            );
+            continue;
+        }
+        let text = std::fs::read_to_string(v).with_context(|| {
+            format!("--encrypt-to: could not read \"{v}\" (neither an age1… recipient nor a file)")
+        })?;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with("AGE-SECRET-KEY-") {
+                let id = pgrepo::age::Identity::parse(line)
+                    .map_err(|e| anyhow::anyhow!("\"{v}\": {e}"))?;
+                out.push(id.recipient());
+            } else {
+                out.push(line.parse().map_err(|e| anyhow::anyhow!("\"{v}\": {e}"))?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads `KEY=VALUE` lines (the S3 variables only) from a file that only its owner can read.

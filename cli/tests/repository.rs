@@ -24,6 +24,8 @@ enum Where {
 struct Repo {
     at: Where,
     url: String,
+    /// The identity of an encrypted repository.
+    identity: Option<PathBuf>,
 }
 
 impl Repo {
@@ -32,6 +34,7 @@ impl Repo {
         Repo {
             url: dir.display().to_string(),
             at: Where::Dir(dir),
+            identity: None,
         }
     }
 
@@ -39,7 +42,26 @@ impl Repo {
         Repo {
             at: Where::S3(SeaweedFs::start(&["pgrepl-backups"])),
             url: format!("s3://pgrepl-backups/{prefix}"),
+            identity: None,
         }
+    }
+
+    /// An encrypted repository on SeaweedFS, its key made with `pgrepl keygen`.
+    fn s3_encrypted(prefix: &str, work: &Path) -> Repo {
+        let mut r = Repo::s3(prefix);
+        let key = work.join("repo-key.txt");
+        ok(pgrepl().arg("keygen").arg("-o").arg(&key).output().unwrap());
+        r.identity = Some(key);
+        r
+    }
+
+    /// `--repo URL`, and `-i KEY` for an encrypted repository.
+    fn args(&self) -> Vec<String> {
+        let mut v = vec!["--repo".to_owned(), self.url.clone()];
+        if let Some(k) = &self.identity {
+            v.extend(["-i".to_owned(), k.display().to_string()]);
+        }
+        v
     }
 
     /// `pgrepl` with nothing in its environment but the store's credentials.
@@ -192,9 +214,13 @@ fn fixture(c: &Cluster, repo: Repo, work: PathBuf) -> Fixture {
             (k.parse().unwrap(), format!("{t}+00"))
         })
         .collect();
+    // recovery's restore_command runs as the server's user: it reads the repository (a
+    // directory) and the identity
     if let Where::Dir(d) = &repo.at {
-        // recovery's restore_command runs as the server's user
         hand_over(d);
+    }
+    if let Some(k) = &repo.identity {
+        hand_over(k);
     }
     Fixture {
         work,
@@ -221,7 +247,9 @@ fn recovered_rows(
         .repo
         .cmd()
         .current_dir(&fresh)
-        .args(["restore", "--repo", &f.repo.url, "-D"])
+        .arg("restore")
+        .args(f.repo.args())
+        .arg("-D")
         .arg(&pgdata)
         .args(["--no-sync", "--json", "-v"])
         .args(target)
@@ -231,7 +259,11 @@ fn recovered_rows(
     said["stderr"] = String::from_utf8_lossy(&out.stderr).into_owned().into();
     let auto = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains(" wal-fetch --repo "), "{auto}");
-    for secret in ["AWS_SECRET_ACCESS_KEY", pgrepl_testbed::S3_SECRET_KEY] {
+    for secret in [
+        "AWS_SECRET_ACCESS_KEY",
+        pgrepl_testbed::S3_SECRET_KEY,
+        "AGE-SECRET-KEY",
+    ] {
         assert!(
             !auto.contains(secret),
             "a secret in postgresql.auto.conf: {auto}"
@@ -289,6 +321,10 @@ fn repository_loop(v: PgVersion, repo: impl FnOnce(&Path) -> Repo) {
     let c = Cluster::start(v);
     let work = temp_dir("repo");
     let repo = repo(&work);
+    repository_loop_on(v, c, work, repo)
+}
+
+fn repository_loop_on(v: PgVersion, c: Cluster, work: PathBuf, repo: Repo) {
     let f = fixture(&c, repo, work);
     assert_eq!(f.rows.len(), ROWS as usize);
     let incremental = v != PgVersion::V15;
@@ -313,7 +349,8 @@ fn repository_loop(v: PgVersion, repo: impl FnOnce(&Path) -> Repo) {
     let out = ok(f
         .repo
         .cmd()
-        .args(["info", "--repo", &f.repo.url, "--json"])
+        .args(["info", "--json"])
+        .args(f.repo.args())
         .output()
         .unwrap());
     let info = json(&out);
@@ -359,7 +396,9 @@ fn repository_loop(v: PgVersion, repo: impl FnOnce(&Path) -> Repo) {
     let out = f
         .repo
         .cmd()
-        .args(["restore", "--repo", &f.repo.url, "-D"])
+        .arg("restore")
+        .args(f.repo.args())
+        .arg("-D")
         .arg(fresh.join("early"))
         .args(["--target-time", &time_after(&f, 3)])
         .output()
@@ -391,6 +430,16 @@ fn pg17_repository_in_a_directory() {
 #[test]
 fn pg17_repository_on_seaweedfs() {
     repository_loop(PgVersion::V17, |_| Repo::s3("db17"));
+}
+
+#[test]
+fn pg18_encrypted_repository_on_seaweedfs() {
+    repository_loop(PgVersion::V18, |w| Repo::s3_encrypted("enc18", w));
+}
+
+#[test]
+fn pg17_encrypted_repository_on_seaweedfs() {
+    repository_loop(PgVersion::V17, |w| Repo::s3_encrypted("enc17", w));
 }
 
 #[test]

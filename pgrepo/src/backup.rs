@@ -55,6 +55,9 @@ pub enum FullReason {
         /// Its length.
         length: usize,
     },
+    /// The repository is encrypted and no identity was given: the newest backup's manifest,
+    /// which an incremental needs, cannot be read.
+    NoIdentity,
     /// The server refused the incremental: its WAL summaries no longer reach back to the
     /// newest backup (its words).
     SummariesMissing {
@@ -73,6 +76,9 @@ impl std::fmt::Display for FullReason {
             FullReason::ServerTooOld { major } => write!(
                 f,
                 "the server is PostgreSQL {major}; incremental backups need 17 or later"
+            ),
+            FullReason::NoIdentity => f.write_str(
+                "the repository is encrypted and no identity was given (-i): the newest backup's manifest cannot be read",
             ),
             FullReason::SummarizeWalOff => {
                 f.write_str("summarize_wal is off on the server, so it keeps no WAL summaries")
@@ -104,6 +110,7 @@ impl FullReason {
             FullReason::NoPreviousBackup => "no_previous_backup",
             FullReason::ServerTooOld { .. } => "server_too_old",
             FullReason::SummarizeWalOff => "summarize_wal_off",
+            FullReason::NoIdentity => "no_identity",
             FullReason::TimelineChanged { .. } => "timeline_changed",
             FullReason::ChainAtMaximum { .. } => "chain_at_maximum",
             FullReason::SummariesMissing { .. } => "summaries_missing",
@@ -194,6 +201,9 @@ async fn choose_parent(
 ) -> Result<Result<BackupRecord, FullReason>, RepoBackupError> {
     if opts.requested == Requested::Full {
         return Ok(Err(FullReason::Requested));
+    }
+    if !repo.can_read() {
+        return Ok(Err(FullReason::NoIdentity));
     }
     let all = repo.backups().await?;
     let Some(parent) = all.last().cloned() else {

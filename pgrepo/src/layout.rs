@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! pgrepl-repository.json            format object: format name, version, encryption (plaintext)
-//! system.json                       the cluster the repository belongs to (written by the
-//!                                   first backup, create-only)
+//! system/<SYSTEM-ID>.json           the cluster the repository belongs to (written by the
+//!                                   first writer, create-only; the ID is in the name so that
+//!                                   a writer without the identity can check it)
 //! backups/<ID>/pack-<NNNNN>         a backup's file data: each file in chunks of 1 MiB,
 //!                                   each chunk compressed on its own (zstd) so that any
 //!                                   block can be read with one ranged GET
@@ -24,8 +25,13 @@ use pgwal::{SegmentNo, TimelineId, WalSegSize};
 
 /// The format object's key.
 pub const FORMAT_KEY: &str = "pgrepl-repository.json";
-/// The system binding's key.
-pub const SYSTEM_KEY: &str = "system.json";
+/// The prefix of the system binding.
+pub const SYSTEM_PREFIX: &str = "system/";
+
+/// The system binding's key for `system_id`.
+pub fn system_key(system_id: u64) -> String {
+    format!("{SYSTEM_PREFIX}{system_id}.json")
+}
 /// The prefix of every backup's objects.
 pub const BACKUPS_PREFIX: &str = "backups/";
 /// The prefix of the WAL archive.

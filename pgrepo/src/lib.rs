@@ -2,7 +2,8 @@
 //! A backup repository for PostgreSQL: full and incremental backups and the WAL archive, kept
 //! in S3-compatible object storage or a local directory, restored to any point in time.
 
-pub mod age;
+/// The age format every object of an encrypted repository is written in.
+pub use agefile as age;
 pub mod backup;
 pub mod info;
 pub mod layout;

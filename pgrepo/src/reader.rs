@@ -30,7 +30,7 @@ type WindowMap = (
 /// Stored bytes of a backup's packs, read in aligned windows of 8 MiB and kept for the files
 /// that follow (a file's chunks, and the small files next to it in the pack, are then one
 /// ranged GET instead of one each); the window after one read is fetched ahead in the
-/// background. At most [`WINDOWS_KEPT`] windows are kept.
+/// background. At most eight windows (64 MiB) are kept.
 #[derive(Debug, Default)]
 pub struct PackWindows {
     map: Mutex<WindowMap>,
@@ -126,7 +126,14 @@ pub async fn load_index(repo: &Repo, record: &BackupRecord) -> Result<Vec<IndexE
         .objects
         .iter()
         .find(|o| o.key == key)
-        .map(|o| o.size)
+        // what is read is the content (the stored size includes encryption's overhead)
+        .map(|o| {
+            if o.content_size > 0 {
+                o.content_size
+            } else {
+                o.size
+            }
+        })
         .ok_or_else(|| RepoError::Damaged {
             repo: repo.name(),
             key: layout::commit_key(&record.id),
@@ -315,7 +322,16 @@ pub fn open_source(
     let sizes: std::collections::HashMap<&str, u64> = record
         .objects
         .iter()
-        .map(|o| (o.key.as_str(), o.size))
+        .map(|o| {
+            (
+                o.key.as_str(),
+                if o.content_size > 0 {
+                    o.content_size
+                } else {
+                    o.size
+                },
+            )
+        })
         .collect();
     let mut files = BTreeMap::new();
     let mut dirs = BTreeMap::new();

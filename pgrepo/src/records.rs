@@ -85,6 +85,9 @@ pub struct StoredObject {
     pub key: String,
     /// Its size in the store.
     pub size: u64,
+    /// Its content's size (the stored size less encryption's overhead).
+    #[serde(default)]
+    pub content_size: u64,
 }
 
 /// A tablespace of a backup.

@@ -142,6 +142,7 @@ impl ObjectWriter {
         Ok(StoredObject {
             key: self.key.clone(),
             size,
+            content_size: self.written,
         })
     }
 

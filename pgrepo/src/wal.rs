@@ -209,12 +209,12 @@ impl WalStore for RepoWalStore {
                     s.start_lsn(seg).map(|l| (Lsn(l.0 + seg.bytes()), *t))
                 }
             });
+            // from the binding's name: a writer of an encrypted repository has no identity
             let system_id = self
                 .repo
-                .system()
+                .bound_system()
                 .await
-                .map_err(|e| storage_err(&self.repo, e))?
-                .map(|s| s.system_identifier);
+                .map_err(|e| storage_err(&self.repo, e))?;
             Ok(ArchiveState { resume, system_id })
         })
     }

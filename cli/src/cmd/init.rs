@@ -11,6 +11,10 @@ use crate::repo_args::RepoArgs;
 pub struct InitArgs {
     #[command(flatten)]
     repo: RepoArgs,
+    /// Encrypt every object to this age recipient (age1…) or to the recipients (or the
+    /// identities' recipients) in this file; may be repeated
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT-OR-FILE")]
+    encrypt_to: Vec<String>,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -20,8 +24,12 @@ pub struct InitArgs {
 }
 
 pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let recipients = crate::repo_args::read_recipients(&args.encrypt_to)?;
+    if !args.encrypt_to.is_empty() && recipients.is_empty() {
+        anyhow::bail!("--encrypt-to named no recipient");
+    }
     let (loc, store) = args.repo.store(&[])?;
-    let repo = Repo::init(store).await?;
+    let repo = Repo::init(store, &recipients).await?;
     if args.json {
         println!(
             "{}",
@@ -30,10 +38,18 @@ pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
                 "format": repo.format().format,
                 "version": repo.format().version,
                 "encrypted": repo.format().encryption.is_some(),
+                "recipients": repo.format().encryption.as_ref().map(|e| e.recipients.clone()),
             })
         );
     } else {
-        eprintln!("pgrepl: initialized {}", repo.name());
+        match &repo.format().encryption {
+            Some(e) => eprintln!(
+                "pgrepl: initialized {}, every object encrypted to {}",
+                repo.name(),
+                e.recipients.join(", ")
+            ),
+            None => eprintln!("pgrepl: initialized {}", repo.name()),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

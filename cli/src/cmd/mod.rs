@@ -6,6 +6,7 @@ pub mod combine;
 pub mod identify;
 pub mod info;
 pub mod init;
+pub mod keygen;
 pub mod receivewal;
 pub mod restore;
 pub mod verify;

@@ -1,3 +1,4 @@
+#![warn(missing_docs, unreachable_pub)]
 //! The age file format (age-encryption.org/v1), sans-io: X25519 recipients and identities, the
 //! header with its MAC, and the STREAM payload of ChaCha20-Poly1305 chunks of 64 KiB, the last
 //! one flagged. Any object written here decrypts with the `age` tool (`age -d -i key.txt`).
