@@ -141,5 +141,34 @@ pub fn bench(rounds: usize) -> serde_json::Value {
             .collect();
         line(name, mb, times);
     }
+
+    // age encryption of repository objects, one core: sealing as a streamed upload does, and
+    // opening every chunk of the result
+    let id = agefile::Identity::generate().expect("randomness");
+    let times = (0..rounds)
+        .map(|_| {
+            let t0 = Instant::now();
+            let (mut e, mut out) =
+                agefile::Encryptor::start(&[id.recipient()], "bench").expect("a recipient");
+            for chunk in buf.chunks(1 << 20) {
+                out.extend(e.push(chunk));
+            }
+            out.extend(e.finish());
+            assert!(out.len() > buf.len());
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    line("age encrypt (1 core)", mb, times);
+    let sealed = agefile::encrypt(&[id.recipient()], "bench", &buf).expect("a recipient");
+    let ids = [id];
+    let times = (0..rounds)
+        .map(|_| {
+            let t0 = Instant::now();
+            let plain = agefile::decrypt(&sealed, &ids, "bench").expect("our own file");
+            assert_eq!(plain.len(), buf.len());
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    line("age decrypt (1 core)", mb, times);
     serde_json::json!({"job": "micro", "rounds": rounds, "results": json})
 }

@@ -31,9 +31,12 @@ fn summary(name: &str, v: &[Sample]) -> (f64, f64, i64, serde_json::Value) {
     )
 }
 
-fn init(bin: &Path, w: &SeaweedFs, url: &str) {
+fn init(bin: &Path, w: &SeaweedFs, url: &str, recipient: Option<&str>) {
     let mut c = Command::new(bin);
     c.args(["init", "--repo", url]);
+    if let Some(r) = recipient {
+        c.args(["--encrypt-to", r]);
+    }
     with_env(&mut c, w);
     run(&mut c);
 }
@@ -49,15 +52,25 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         .parse::<f64>()
         .unwrap_or(0.0)
         / 1e6;
-    let (mut s3, mut dir, mut pipe) = (Vec::new(), Vec::new(), Vec::new());
+    let key = root.join("key.txt");
+    let out = Command::new(&bin)
+        .arg("keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("pgrepl keygen");
+    let recipient = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (mut s3, mut dir, mut pipe, mut enc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut r_s3, mut r_dir) = (Vec::new(), Vec::new());
     // round 0 warms both sides up and is not counted
     for round in 0..=rounds {
         let s3_url = format!("s3://{BUCKET}/r{round}");
         let dir_repo = root.join(format!("repo{round}"));
         let dir_url = dir_repo.display().to_string();
-        init(&bin, &w, &s3_url);
-        init(&bin, &w, &dir_url);
+        let enc_url = format!("s3://{BUCKET}/e{round}");
+        init(&bin, &w, &s3_url, None);
+        init(&bin, &w, &dir_url, None);
+        init(&bin, &w, &enc_url, Some(&recipient));
         let backup = |url: &str| {
             let mut cmd = Command::new(&bin);
             cmd.args([
@@ -84,19 +97,21 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                 get("AWS_ENDPOINT_URL"),
             )))
         };
-        let order: [u8; 3] = match round % 3 {
-            0 => [0, 1, 2],
-            1 => [1, 2, 0],
-            _ => [2, 0, 1],
+        let order: [u8; 4] = match round % 4 {
+            0 => [0, 1, 2, 3],
+            1 => [1, 2, 3, 0],
+            2 => [2, 3, 0, 1],
+            _ => [3, 0, 1, 2],
         };
         for side in order {
             let sample = match side {
                 0 => backup(&s3_url),
                 1 => backup(&dir_url),
-                _ => upload(),
+                2 => upload(),
+                _ => backup(&enc_url),
             };
             if round > 0 {
-                [&mut s3, &mut dir, &mut pipe][side as usize].push(sample);
+                [&mut s3, &mut dir, &mut pipe, &mut enc][side as usize].push(sample);
             }
         }
         // restore the backup just taken, from each repository, to its consistent point
@@ -125,6 +140,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
     let (sw, sc, srss, sj) = summary("backup --repo s3", &s3);
     let (dw, dc, drss, dj) = summary("backup --repo dir", &dir);
     let (pw, pc, prss, pj) = summary("pg_basebackup | zstd | curl", &pipe);
+    let (ew, ec, erss, ej) = summary("backup --repo s3, encrypted", &enc);
     let (rsw, rsc, rsrss, rsj) = summary("restore --repo s3", &r_s3);
     let (rdw, rdc, rdrss, rdj) = summary("restore --repo dir", &r_dir);
     println!(
@@ -134,13 +150,18 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         sc / pc
     );
     println!(
+        "repository encrypted s3 {ew:.2}s cpu {ec:.2}s rss {erss} MiB  ratio encrypted/plain wall {:.2}x cpu {:.2}x",
+        ew / sw,
+        ec / sc
+    );
+    println!(
         "repository restore s3 {rsw:.2}s cpu {rsc:.2}s rss {rsrss} MiB | dir {rdw:.2}s cpu {rdc:.2}s rss {rdrss} MiB  ratio s3/dir wall {:.2}x",
         rsw / rdw
     );
     let _ = std::fs::remove_dir_all(&root);
     serde_json::json!({
         "job": "repository", "scale": scale, "database_mb": db_mb, "rounds": rounds,
-        "backup": [sj, dj, pj], "restore": [rsj, rdj],
-        "ratio": {"backup_s3_over_dir": sw / dw, "backup_s3_over_pipe": sw / pw, "restore_s3_over_dir": rsw / rdw},
+        "backup": [sj, dj, pj, ej], "restore": [rsj, rdj],
+        "ratio": {"backup_s3_over_dir": sw / dw, "backup_s3_over_pipe": sw / pw, "restore_s3_over_dir": rsw / rdw, "encrypted_over_plain": ew / sw},
     })
 }
