@@ -274,6 +274,143 @@ fn pg18_receiver_killed_at_random_moments() {
     assert_eq!(i["gaps"].as_array().unwrap().len(), 0, "{i}");
 }
 
+/// Completed segments (and history files) waiting in a spool.
+fn spooled(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.len() == 24 || n.ends_with(".history")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn spool_receiver(
+    c: &Cluster,
+    w: &SeaweedFs,
+    url: &str,
+    spool: &std::path::Path,
+    log: &std::path::Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cmd(w)
+        .args([
+            "receivewal",
+            "-d",
+            &conninfo(c),
+            "-S",
+            "faults",
+            "--repo",
+            url,
+            "--spool",
+        ])
+        .arg(spool)
+        .args([
+            "--status-interval",
+            "1",
+            "--partial-interval",
+            "1",
+            "--json",
+        ])
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `receivewal --repo --spool`: the slot advances past WAL durable in the spool while the
+/// store is down, a receiver killed then leaves it there, and the next one carries it into
+/// the repository without a gap. wal-fetch --json reports what it served and what is missing.
+#[test]
+fn pg18_spool_streams_on_while_the_store_is_down() {
+    let url = format!("s3://{BUCKET}/spool");
+    let (c, mut w) = setup(PgVersion::V18, &url);
+    let work = temp_dir("spool");
+    let spool = work.join("spool");
+    let log = work.join("events.jsonl");
+    let first = slot_lsn(&c);
+    let mut rx = spool_receiver(&c, &w, &url, &spool, &log);
+    c.pgbench_init(5);
+    let a = lsn(&c, "SELECT pg_switch_wal()");
+    wait_for("the spool to reach the switch", || slot_lsn(&c) >= a);
+    wait_for("the spool to drain", || spooled(&spool) == 0);
+    holds(&c, &w, &url, first, a);
+
+    // the store goes away: streaming goes on into the spool, and the slot with it
+    w.kill();
+    c.pgbench(&["-t", "300", "-c", "2", "-n"]);
+    let b = lsn(&c, "SELECT pg_switch_wal()");
+    wait_for("the slot to pass WAL held in the spool only", || {
+        slot_lsn(&c) >= b
+    });
+    assert!(
+        spooled(&spool) > 0,
+        "nothing waits in the spool while the store is down"
+    );
+    wait_for("a failure to be reported", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("\"spool_failed\"")
+    });
+    // and the receiver dies with it there
+    rx.kill().unwrap();
+    rx.wait().unwrap();
+    let waiting = spooled(&spool);
+    assert!(waiting > 0);
+
+    w.restart();
+    let mut rx = spool_receiver(&c, &w, &url, &spool, &log);
+    c.psql("CREATE TABLE after_spool AS SELECT generate_series(1, 1000) AS i");
+    let e = lsn(&c, "SELECT pg_switch_wal()");
+    wait_for("the receiver to stream on", || slot_lsn(&c) >= e);
+    wait_for("the spool to drain after the store came back", || {
+        spooled(&spool) == 0
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &rx.id().to_string()])
+        .status();
+    assert!(rx.wait().unwrap().success());
+    holds(&c, &w, &url, first, e);
+    let i = info(&w, &url);
+    assert_eq!(i["gaps"].as_array().unwrap().len(), 0, "{i}");
+    let events = std::fs::read_to_string(&log).unwrap();
+    assert!(events.contains("\"spool_stored\""), "{events}");
+
+    // wal-fetch --json: what it served, and what it does not have
+    let name = seg_name(first);
+    let dest = work.join(&name);
+    let out = cmd(&w)
+        .args(["wal-fetch", "--repo", &url, "--json", &name])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    let j = json(&ok(out));
+    assert_eq!(j["status"], "restored", "{j}");
+    assert_eq!(j["file"], name.as_str(), "{j}");
+    assert_eq!(j["bytes"], 16u64 << 20, "{j}");
+    let out = cmd(&w)
+        .args([
+            "wal-fetch",
+            "--repo",
+            &url,
+            "--json",
+            "0000000100000000000000FF",
+        ])
+        .arg(work.join("ff"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["status"], "missing");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 /// One line on stderr, exit 1, in bounded time.
 fn fails_clearly(out: &Output, took: Duration, want: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);

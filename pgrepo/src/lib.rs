@@ -13,6 +13,7 @@ pub mod records;
 pub mod repo;
 pub mod restore;
 pub mod sink;
+pub mod spool;
 pub mod store;
 pub mod wal;
 

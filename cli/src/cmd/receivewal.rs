@@ -26,6 +26,11 @@ pub struct ReceiveWalArgs {
     /// seconds (the newest point one can restore to trails the server by at most this)
     #[arg(long = "partial-interval", value_name = "SECS", default_value_t = 60)]
     partial_interval: u64,
+    /// With --repo: make WAL durable in this local directory first and carry it into the
+    /// repository behind the stream; the server's slot then advances past WAL that is on this
+    /// host only until it is stored (see README)
+    #[arg(long = "spool", value_name = "DIR")]
+    spool: Option<PathBuf>,
     /// Exit after receiving the specified LSN
     #[arg(short = 'E', long = "endpos", value_name = "LSN")]
     endpos: Option<Lsn>,
@@ -143,6 +148,36 @@ fn event_json(e: &ReceiveEvent) -> serde_json::Value {
     }
 }
 
+fn spool_event(e: &pgrepo::spool::SpoolEvent, json: bool, verbose: u8) {
+    use pgrepo::spool::SpoolEvent;
+    match e {
+        SpoolEvent::Stored { file_name, partial } if json => println!(
+            "{}",
+            serde_json::json!({ "event": "spool_stored", "file": file_name, "partial": partial })
+        ),
+        SpoolEvent::Stored { file_name, partial } if verbose > 0 && !partial => {
+            eprintln!("pgrepl: stored {file_name} from the spool")
+        }
+        SpoolEvent::Failed {
+            error,
+            retry,
+            waiting,
+        } if json => println!(
+            "{}",
+            serde_json::json!({ "event": "spool_failed", "error": error, "retry_ms": retry.as_millis() as u64, "waiting": waiting })
+        ),
+        SpoolEvent::Failed {
+            error,
+            retry,
+            waiting,
+        } => eprintln!(
+            "pgrepl: storing from the spool failed ({error}); {waiting} file(s) wait in the spool; retrying in {} s",
+            retry.as_secs()
+        ),
+        _ => {}
+    }
+}
+
 pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
     if args.create_slot && args.drop_slot {
         bail!("cannot use --create-slot together with --drop-slot");
@@ -206,6 +241,10 @@ pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
     let status_line = !args.json && args.verbose == 0 && std::io::stderr().is_terminal();
     let verbose = args.verbose;
     let json = args.json;
+    if args.spool.is_some() && !use_repo {
+        bail!("--spool needs --repo (with -D/--directory, the directory is the archive)");
+    }
+    let mut spool_store = None;
     let mut repo_store = if use_repo {
         if opts.compression.is_some() {
             bail!("-Z/--compress applies to -D/--directory; a repository stores WAL with zstd");
@@ -222,14 +261,27 @@ pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
         } else {
             Duration::from_secs(args.partial_interval)
         };
-        Some(pgrepo::wal::RepoWalStore::new(repo, 3, interval))
+        if let Some(dir) = &args.spool {
+            spool_store = Some(pgrepo::spool::SpoolWalStore::new(
+                repo,
+                dir,
+                !args.no_sync,
+                3,
+                interval,
+                move |e| spool_event(e, json, verbose),
+            ));
+            None
+        } else {
+            Some(pgrepo::wal::RepoWalStore::new(repo, 3, interval))
+        }
     } else {
         None
     };
     let mut dir_store = pgstream::DirWalStore::new(&opts.dir, opts.compression, !opts.no_sync);
-    let store: &mut dyn pgstream::WalStore = match &mut repo_store {
-        Some(r) => r,
-        None => &mut dir_store,
+    let store: &mut dyn pgstream::WalStore = match (&mut repo_store, &mut spool_store) {
+        (Some(r), _) => r,
+        (None, Some(s)) => s,
+        (None, None) => &mut dir_store,
     };
     let summary = receivewal::receive_wal_into(&config, &opts, store, shutdown_signal(), |e| {
         if json {
@@ -270,6 +322,15 @@ pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
     .await?;
     if status_line {
         eprintln!();
+    }
+    if let Some(s) = &mut spool_store {
+        let waiting = s.finish().await?;
+        if waiting > 0 {
+            eprintln!(
+                "pgrepl: warning: {waiting} WAL file(s) are in the spool {:?} but not yet in the repository; the next receivewal --spool stores them",
+                args.spool.as_deref().unwrap_or(std::path::Path::new(""))
+            );
+        }
     }
     if verbose > 0 {
         eprintln!(

@@ -30,9 +30,42 @@ pub struct WalFetchArgs {
     /// How many segments to fetch ahead
     #[arg(long = "prefetch", value_name = "N", default_value_t = 8)]
     prefetch: usize,
+    /// Print the outcome as one JSON object on stdout: `{"file", "status": "restored" |
+    /// "missing" | "error", "from", "bytes", "error"}` (recovery ignores stdout)
+    #[arg(long)]
+    json: bool,
     /// Output verbose messages
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// What one fetch did, for `--json`.
+fn report(
+    args: &WalFetchArgs,
+    status: &str,
+    from: Option<String>,
+    bytes: Option<u64>,
+    error: Option<String>,
+) {
+    if !args.json {
+        return;
+    }
+    let file = if args.args.len() == 3 {
+        &args.args[1]
+    } else {
+        &args.args[0]
+    };
+    let mut o = serde_json::json!({ "file": file, "status": status });
+    if let Some(f) = from {
+        o["from"] = f.into();
+    }
+    if let Some(b) = bytes {
+        o["bytes"] = b.into();
+    }
+    if let Some(e) = error {
+        o["error"] = e.into();
+    }
+    println!("{o}");
 }
 
 /// Exit 1 means "not in the archive" to recovery, which then ends or tries elsewhere. Any other
@@ -55,7 +88,9 @@ pub async fn run(args: WalFetchArgs) -> anyhow::Result<ExitCode> {
                     msg.push_str(&format!(": {c}"));
                 }
             }
-            eprintln!("pgrepl: error: {}", msg.replace('\n', " "));
+            let msg = msg.replace('\n', " ");
+            eprintln!("pgrepl: error: {msg}");
+            report(&args, "error", None, None, Some(msg));
             Ok(ExitCode::from(126))
         }
     }
@@ -70,12 +105,20 @@ fn fetch_dir(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
             if args.verbose > 0 {
                 eprintln!("pgrepl: restored {walfile} from {}", f.from.display());
             }
+            report(
+                args,
+                "restored",
+                Some(f.from.display().to_string()),
+                Some(f.bytes),
+                None,
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ walarchive::FetchError::Missing { .. }) => {
             if args.verbose > 0 {
                 eprintln!("pgrepl: {e}");
             }
+            report(args, "missing", None, None, Some(e.to_string()));
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e.into()),
@@ -104,12 +147,14 @@ async fn fetch_repo(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
             if args.verbose > 0 {
                 eprintln!("pgrepl: restored {walfile} from {}", s.from);
             }
+            report(args, "restored", Some(s.from), Some(s.bytes), None);
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ pgrepo::wal::FetchError::Missing { .. }) => {
             if args.verbose > 0 {
                 eprintln!("pgrepl: {e}");
             }
+            report(args, "missing", None, None, Some(e.to_string()));
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e.into()),
