@@ -10,7 +10,7 @@ mod tty;
 use std::process::ExitCode;
 
 use cmd::{
-    backup, basebackup, combine, identify, info, init, keygen, receivewal, restore, verify,
+    backup, basebackup, check, combine, identify, info, init, keygen, receivewal, restore, verify,
     walfetch,
 };
 
@@ -60,6 +60,8 @@ enum Command {
     Backup(Box<backup::BackupArgs>),
     /// Show a repository's backups, chains, WAL and the window one can restore to
     Info(info::InfoArgs),
+    /// Check that every point a repository lists is restorable (WAL gaps, objects, leftovers)
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => a.verbose,
         Command::Backup(a) => a.verbose,
         Command::Info(a) => a.verbose,
+        Command::Check(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Command::Keygen(a) => keygen::run(a),
             Command::Backup(a) => backup::run(*a).await,
             Command::Info(a) => info::run(a).await,
+            Command::Check(a) => check::run(a).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@
 /// The age format every object of an encrypted repository is written in.
 pub use agefile as age;
 pub mod backup;
+pub mod check;
 pub mod info;
 pub mod layout;
 pub mod location;

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod basebackup;
+pub mod check;
 pub mod combine;
 pub mod identify;
 pub mod info;
