@@ -17,6 +17,7 @@ use walarchive::WalDir;
 
 use crate::checksum::{ChecksumKind, FileHasher};
 use crate::manifest::{Manifest, ManifestParser};
+use crate::source::BackupSource;
 use crate::tar::{EntryKind, TarEvent};
 
 const IGNORED: &[&str] = &[
@@ -449,6 +450,149 @@ fn verify_phases(ctx: &mut Ctx<'_>, path: &Path) -> Result<(), Stop> {
         check_wal(ctx, path, &m, on_disk);
     }
     Ok(())
+}
+
+/// Verifies a backup whose files are read through a [`BackupSource`] (a backup stored in a
+/// repository, read where it is): the manifest, the system identifier, every file against the
+/// manifest (sizes and checksums, read in pieces), and unless `skip_wal`, the WAL the backup
+/// carries under `pg_wal/`, decoded from its start to its end. `wal_archive`, `format` and
+/// `manifest_path` of `opts` do not apply.
+pub fn verify_source(source: &BackupSource, opts: &VerifyOptions) -> VerifyReport {
+    let mut ctx = Ctx {
+        report: VerifyReport::default(),
+        opts,
+    };
+    let _ = verify_source_phases(&mut ctx, source);
+    ctx.report
+}
+
+fn verify_source_phases(ctx: &mut Ctx<'_>, source: &BackupSource) -> Result<(), Stop> {
+    let opts = ctx.opts;
+    let Some(mloc) = &source.manifest else {
+        ctx.general(
+            FindingKind::Manifest,
+            format!(
+                "{}: the backup has no backup_manifest",
+                source.root.display()
+            ),
+        );
+        return Err(Stop);
+    };
+    let m = mloc
+        .reader()
+        .map_err(|e| e.to_string())
+        .and_then(|r| ManifestParser::parse_reader(r).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            ctx.general(FindingKind::Manifest, e);
+            Stop
+        })?;
+    let kinds: BTreeMap<&str, ChecksumKind> = m
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.checksum_kind))
+        .collect();
+    let mut on_disk = OnDisk::default();
+    for (path, loc) in &source.files {
+        if ignored(path) || opts.is_ignored(path) {
+            continue;
+        }
+        let kind = match kinds.get(path.as_str()) {
+            Some(k) if !opts.skip_checksums => *k,
+            _ => ChecksumKind::None,
+        };
+        let mut h = FileHasher::new(kind);
+        let mut n = 0u64;
+        let mut control = Vec::new();
+        let r = loc.reader().and_then(|mut r| {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = r.read(&mut buf)?;
+                if k == 0 {
+                    return Ok(());
+                }
+                h.update(&buf[..k]);
+                if path == "global/pg_control" && control.len() < 8192 {
+                    let take = k.min(8192 - control.len());
+                    control.extend_from_slice(&buf[..take]);
+                }
+                n += k as u64;
+            }
+        });
+        match r {
+            Ok(()) => {
+                if path == "global/pg_control" {
+                    on_disk.pg_control = Some(control);
+                }
+                on_disk.seen.insert(path.clone(), (n, h.finish()));
+            }
+            Err(e) => go_on(ctx.file(
+                FindingKind::Read,
+                path,
+                format!("could not read file \"{path}\": {e}"),
+            ))?,
+        }
+    }
+    check_system_identifier(ctx, &m, &on_disk)?;
+    check_files(ctx, &m, &on_disk)?;
+    if !opts.skip_wal {
+        check_wal_source(ctx, &m, source, on_disk.pg_control.as_deref());
+    }
+    Ok(())
+}
+
+/// The WAL a stored backup carries (its `pg_wal/` files), decoded from start to end.
+fn check_wal_source(
+    ctx: &mut Ctx<'_>,
+    m: &Manifest,
+    source: &BackupSource,
+    control: Option<&[u8]>,
+) {
+    let seg = control
+        .and_then(|c| crate::control::ControlFile::parse(c).ok())
+        .and_then(|c| WalSegSize::new(u64::from(c.wal_segment_size)).ok())
+        .unwrap_or(WalSegSize::DEFAULT);
+    let history = history_of(&m.wal_ranges);
+    let newest = m.wal_ranges.first().map(|r| r.timeline);
+    // segments by position; of one present on two timelines, the one recovery reads
+    let mut segments: BTreeMap<Lsn, &crate::source::FileLoc> = BTreeMap::new();
+    for (path, loc) in &source.files {
+        let Some(name) = path.strip_prefix("pg_wal/") else {
+            continue;
+        };
+        let Some((t, start)) = pgwal::parse_wal_file_name(name, seg)
+            .filter(|p| p.kind == pgwal::WalFileKind::SEGMENT)
+            .and_then(|p| Some((p.timeline, p.segment?.start_lsn(seg)?)))
+        else {
+            continue;
+        };
+        if newest.is_some_and(|n| owner_of_segment(&history, n, start, seg) == t) {
+            segments.insert(start, loc);
+        }
+    }
+    let first = m.wal_ranges.last().cloned();
+    check_wal_stream(ctx, m, seg, |sink| {
+        if segments.is_empty() {
+            if let Some(f) = &first {
+                return Err(format!(
+                    "WAL segment {} (from {}) is not in {}",
+                    pgwal::segment_file_name(f.timeline, f.start.segment(seg), seg),
+                    f.start,
+                    source.root.display()
+                ));
+            }
+        }
+        for (start, loc) in segments {
+            let mut buf = Vec::with_capacity(loc.size.min(seg.bytes()) as usize);
+            loc.reader()
+                .and_then(|r| r.take(seg.bytes() + 1).read_to_end(&mut buf))
+                .map_err(|e| format!("could not read {}: {e}", loc.path.display()))?;
+            buf.truncate(seg.bytes() as usize);
+            if !sink(start, &buf) {
+                break;
+            }
+        }
+        Ok(())
+    });
 }
 
 /// The manifest, parsed in pieces: memory grows with the number of files, not with its text.

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
             Command::Receivewal(a) => receivewal::run(a).await,
             Command::Basebackup(a) => basebackup::run(*a).await,
             Command::WalFetch(a) => walfetch::run(a).await,
-            Command::Verify(a) => verify::run(a),
+            Command::Verify(a) => verify::run(a).await,
             Command::Combine(a) => combine::run(a),
             Command::Restore(a) => restore::run(a).await,
             Command::Init(a) => init::run(a).await,

@@ -1,4 +1,6 @@
-//! `pgrepl check --repo`, on a local directory and on SeaweedFS: it passes on a healthy
+//! `pgrepl check --repo` and `pgrepl verify --repo`, on a local directory and on SeaweedFS.
+//! verify reads stored backups where they are and names the file a flipped byte lands in.
+//! check passes on a healthy
 //! repository (a full and an incremental backup, WAL streamed beside them), reports an upload
 //! without a commit record without failing, and fails (exit 2) naming what is broken: a
 //! deleted WAL segment (by its file name and the backups it cuts short), a truncated pack
@@ -192,6 +194,70 @@ fn run(on_s3: bool) {
     assert_eq!(v["healthy"], true, "{v}");
     assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
     assert_eq!(v["backups"], 2, "{v}");
+
+    // verify --repo: both backups, their WAL decoded, read where they are
+    let out = ok(bed
+        .cmd()
+        .args(["verify", "--repo", &bed.url, "--wal", "--json"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let verified = v["backups"].as_array().unwrap();
+    assert_eq!(verified.len(), 2, "{v}");
+    for b in verified {
+        assert!(b["files_checked"].as_u64().unwrap() > 900, "{b}");
+        assert!(b["wal_records"].as_u64().unwrap() > 0, "{b}");
+    }
+    // a flipped byte inside the full backup's pack, in pgbench_accounts' data: named by path
+    let rel = c.psql("SELECT pg_relation_filepath('pgbench_accounts')");
+    let repo = bed
+        .rt
+        .block_on(pgrepo::Repo::open(bed.store.clone()))
+        .unwrap();
+    let record = bed.rt.block_on(repo.backup(&full)).unwrap();
+    let index = bed
+        .rt
+        .block_on(pgrepo::reader::load_index(&repo, &record))
+        .unwrap();
+    let entry = index
+        .iter()
+        .find(|e| e.manifest_path() == rel)
+        .expect("the table's file in the index");
+    let pack_key = pgrepo::layout::pack_key(&full, entry.pack);
+    let size = record
+        .objects
+        .iter()
+        .find(|o| o.key == pack_key)
+        .unwrap()
+        .size;
+    let original = bed.rt.block_on(bed.store.get(&pack_key, size)).unwrap();
+    let mut flipped = original.to_vec();
+    flipped[(entry.offset + u64::from(entry.chunks[0]) / 2) as usize] ^= 0x10;
+    bed.rt
+        .block_on(bed.store.put(&pack_key, flipped.into(), PutMode::Overwrite))
+        .unwrap();
+    let out = bed
+        .cmd()
+        .args(["verify", "--repo", &bed.url, &full, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = v["backups"][0]["findings"].as_array().unwrap().clone();
+    assert!(
+        findings.iter().any(|f| f["path"] == rel.as_str()),
+        "{rel} not named: {v}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&rel));
+    bed.rt
+        .block_on(bed.store.put(&pack_key, original, PutMode::Overwrite))
+        .unwrap();
+    ok(bed
+        .cmd()
+        .args(["verify", "--repo", &bed.url, &full])
+        .output()
+        .unwrap());
 
     // an upload that never committed: reported, not a failure
     let orphan = "20200101T000000Z-F-0a0b0c";

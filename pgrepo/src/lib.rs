@@ -16,6 +16,7 @@ pub mod restore;
 pub mod sink;
 pub mod spool;
 pub mod store;
+pub mod verify;
 pub mod wal;
 
 pub use repo::{Repo, RepoError};
