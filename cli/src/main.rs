@@ -10,8 +10,8 @@ mod tty;
 use std::process::ExitCode;
 
 use cmd::{
-    backup, basebackup, check, combine, identify, info, init, keygen, receivewal, restore, verify,
-    walfetch,
+    backup, basebackup, check, combine, expire, identify, info, init, keygen, receivewal, restore,
+    verify, walfetch,
 };
 
 use clap::{Parser, Subcommand};
@@ -62,6 +62,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Check that every point a repository lists is restorable (WAL gaps, objects, leftovers)
     Check(check::CheckArgs),
+    /// Remove backups and WAL no retention rule needs, never breaking a chain
+    Expire(expire::ExpireArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => a.verbose,
         Command::Info(a) => a.verbose,
         Command::Check(a) => a.verbose,
+        Command::Expire(a) => a.verbose,
     };
     init_logging(verbose);
     let result = runtime.block_on(async {
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
             Command::Backup(a) => backup::run(*a).await,
             Command::Info(a) => info::run(a).await,
             Command::Check(a) => check::run(a).await,
+            Command::Expire(a) => expire::run(a).await,
         }
     });
     match result {

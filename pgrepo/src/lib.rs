@@ -6,6 +6,7 @@
 pub use agefile as age;
 pub mod backup;
 pub mod check;
+pub mod expire;
 pub mod info;
 pub mod layout;
 pub mod location;

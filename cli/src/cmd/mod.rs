@@ -4,6 +4,7 @@ pub mod backup;
 pub mod basebackup;
 pub mod check;
 pub mod combine;
+pub mod expire;
 pub mod identify;
 pub mod info;
 pub mod init;
