@@ -11,6 +11,7 @@ use pgstream::{take_backup, BackupError, BackupEvent, BackupSummary, SlotChoice,
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Handle;
 
+use crate::lease::{self, Lease};
 use crate::reader::{load_index, StoredFile};
 use crate::records::{BackupKind, BackupRecord, EntryType};
 use crate::repo::{chain_of, Repo, RepoError};
@@ -66,6 +67,12 @@ pub enum FullReason {
         /// What the server said.
         server_message: String,
     },
+    /// `expire` is removing the newest backup's chain (or just removed it) while this backup
+    /// started (see [`crate::lease`]).
+    ParentExpiring {
+        /// The backup it would have been incremental on.
+        parent: String,
+    },
 }
 
 impl std::fmt::Display for FullReason {
@@ -98,6 +105,10 @@ impl std::fmt::Display for FullReason {
                 f,
                 "the server cannot take an incremental on {parent}: {server_message}"
             ),
+            FullReason::ParentExpiring { parent } => write!(
+                f,
+                "expire is removing {parent}'s chain from the repository"
+            ),
         }
     }
 }
@@ -114,6 +125,7 @@ impl FullReason {
             FullReason::TimelineChanged { .. } => "timeline_changed",
             FullReason::ChainAtMaximum { .. } => "chain_at_maximum",
             FullReason::SummariesMissing { .. } => "summaries_missing",
+            FullReason::ParentExpiring { .. } => "parent_expiring",
         }
     }
 }
@@ -140,6 +152,8 @@ pub struct RepoBackupOptions {
     pub status_interval: Option<Duration>,
     /// Have the server estimate the size, for progress events.
     pub progress: bool,
+    /// The server sends at most this many kB/s (BASE_BACKUP MAX_RATE).
+    pub max_rate_kb: Option<u32>,
 }
 
 impl Default for RepoBackupOptions {
@@ -154,6 +168,7 @@ impl Default for RepoBackupOptions {
             label: "pgrepl backup".into(),
             status_interval: Some(Duration::from_secs(10)),
             progress: false,
+            max_rate_kb: None,
         }
     }
 }
@@ -311,7 +326,39 @@ pub async fn backup_to_repo(
     // refused before anything is written when the repository is another cluster's
     let seg = conn.wal_segment_size().await.map_err(BackupError::from)?;
     repo.bind(id.system_id, seg.bytes()).await?;
-    let choice = choose_parent(repo, &mut conn, &id, opts).await?;
+    let mut choice = choose_parent(repo, &mut conn, &id, opts).await?;
+    // claim the parent's chain against expire: write the lease, then look for expire's marks
+    let mut lease = None;
+    if let Ok(p) = &choice {
+        let chain: Vec<String> = repo.chain(&p.id).await?.into_iter().map(|b| b.id).collect();
+        let l = Lease::take(repo, chain.clone()).await?;
+        let (marked, _) = lease::expiring(repo, lease::now()).await?;
+        let intact = chain_of(&repo.backups().await?, &p.id).is_some();
+        if intact && !chain.iter().any(|c| marked.contains(c)) {
+            lease = Some(l);
+        } else {
+            l.release().await;
+            choice = Err(FullReason::ParentExpiring {
+                parent: p.id.clone(),
+            });
+        }
+    }
+    let r = backup_on(repo, conn, config, &id, opts, choice, &mut on_event).await;
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    r
+}
+
+async fn backup_on(
+    repo: &Repo,
+    mut conn: Connection,
+    config: &Config,
+    id: &pgrepl::SystemIdentity,
+    opts: &RepoBackupOptions,
+    choice: Result<BackupRecord, FullReason>,
+    mut on_event: impl FnMut(&BackupEvent),
+) -> Result<RepoBackupOutcome, RepoBackupError> {
     let (parent, mut reason) = match choice {
         Ok(p) => (Some(p), None),
         Err(r) if opts.requested == Requested::Incremental => {
@@ -325,7 +372,7 @@ pub async fn backup_to_repo(
             repo,
             &mut conn,
             config,
-            &id,
+            id,
             opts,
             Some(p),
             None,
@@ -359,7 +406,7 @@ pub async fn backup_to_repo(
         repo,
         &mut conn,
         config,
-        &id,
+        id,
         opts,
         None,
         reason,
@@ -410,6 +457,7 @@ async fn run(
         incremental: parent.is_some(),
         tablespace_map: false,
         progress: opts.progress,
+        max_rate_kb: opts.max_rate_kb,
         ..Default::default()
     };
     let wal = WalMethod::Stream {

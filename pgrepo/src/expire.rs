@@ -46,6 +46,9 @@ pub enum KeepReason {
     RetainPitr,
     /// An ancestor of a kept backup.
     Ancestor,
+    /// Claimed by a running backup's lease (see [`crate::lease`]), or committed after this
+    /// run marked what it would remove.
+    InUse,
 }
 
 impl KeepReason {
@@ -55,6 +58,7 @@ impl KeepReason {
             KeepReason::RetainFull => "retain_full",
             KeepReason::RetainPitr => "retain_pitr",
             KeepReason::Ancestor => "ancestor_of_kept",
+            KeepReason::InUse => "in_use",
         }
     }
 }
@@ -155,13 +159,15 @@ pub struct Listing {
     pub wal_objects: Vec<(String, u64)>,
 }
 
-/// Decides, from `backups` (committed, any order) and `listing`, at `now` (Unix seconds).
+/// Decides, from `backups` (committed, any order) and `listing`, at `now` (Unix seconds);
+/// `in_use`: backups to keep whatever the rules say (claimed by running backups).
 pub fn plan(
     backups: &[BackupRecord],
     listing: &Listing,
     rules: &Retention,
     now: i64,
     seg: WalSegSize,
+    in_use: &BTreeSet<String>,
 ) -> Result<ExpirePlan, ExpireError> {
     if rules.retain_full.is_none() && rules.retain_pitr.is_none() {
         return Err(ExpireError::NoRule);
@@ -216,17 +222,29 @@ pub fn plan(
             .or_else(|| inside.first().copied())
             .map(|b| b.start_lsn);
     }
-    // ancestors of kept backups
-    let kept: Vec<String> = keep.keys().cloned().collect();
-    for id in kept {
-        let mut cur = by_id.get(id.as_str()).copied();
-        while let Some(p) = cur.and_then(|b| b.parent.as_deref()) {
-            keep.entry(p.to_owned())
+    // ancestors of kept backups; then what running backups claim, with its ancestors (a
+    // backup the rules keep anyway is not said to be in use)
+    let ancestors = |keep: &mut BTreeMap<String, BTreeSet<KeepReason>>| {
+        let kept: Vec<String> = keep.keys().cloned().collect();
+        for id in kept {
+            let mut cur = by_id.get(id.as_str()).copied();
+            while let Some(p) = cur.and_then(|b| b.parent.as_deref()) {
+                keep.entry(p.to_owned())
+                    .or_default()
+                    .insert(KeepReason::Ancestor);
+                cur = by_id.get(p).copied();
+            }
+        }
+    };
+    ancestors(&mut keep);
+    for id in in_use {
+        if by_id.contains_key(id.as_str()) && !keep.contains_key(id) {
+            keep.entry(id.clone())
                 .or_default()
-                .insert(KeepReason::Ancestor);
-            cur = by_id.get(p).copied();
+                .insert(KeepReason::InUse);
         }
     }
+    ancestors(&mut keep);
     for reasons in keep.values_mut() {
         // a backup kept for itself is not "only an ancestor"
         if reasons.len() > 1 {
@@ -355,12 +373,24 @@ pub fn plan(
     })
 }
 
-/// Lists `repo` and plans (nothing is deleted). `now`: Unix seconds.
+/// Lists `repo` and plans (nothing is deleted): backups live leases claim are kept. `now`:
+/// Unix seconds.
 pub async fn plan_expire(
     repo: &Repo,
     rules: &Retention,
     now: i64,
 ) -> Result<ExpirePlan, ExpireError> {
+    plan_keeping(repo, rules, now, &BTreeSet::new()).await
+}
+
+async fn plan_keeping(
+    repo: &Repo,
+    rules: &Retention,
+    now: i64,
+    also_keep: &BTreeSet<String>,
+) -> Result<ExpirePlan, ExpireError> {
+    let (mut in_use, _) = crate::lease::claimed(repo, crate::lease::now()).await?;
+    in_use.extend(also_keep.iter().cloned());
     let backups = repo.backups().await?;
     let system = repo.system().await?;
     let seg = system
@@ -383,19 +413,66 @@ pub async fn plan_expire(
             .map(|m| (m.key, m.size))
             .collect(),
     };
-    plan(&backups, &listing, rules, now, seg)
+    plan(&backups, &listing, rules, now, seg, &in_use)
 }
 
-/// Carries out `plan`, in its order; returns how many objects were deleted.
-pub async fn apply(repo: &Repo, plan: &ExpirePlan) -> Result<usize, RepoError> {
-    for (n, key) in plan.deletions.iter().enumerate() {
-        repo.store().delete(key).await.map_err(|e| {
-            // what is left is consistent: a backup without its commit record is garbage
-            tracing::warn!("expire stopped after {n} deletions");
-            RepoError::from(e)
-        })?;
+/// What [`expire`] did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ExpireOutcome {
+    /// The plan carried out (after the running backups' leases were read again).
+    pub plan: ExpirePlan,
+    /// Objects deleted.
+    pub deleted: usize,
+}
+
+/// Why an expire run stopped.
+fn stopped(n: usize, e: impl std::fmt::Display) -> ExpireError {
+    ExpireError::Repo(RepoError::Unusable(format!(
+        "expire stopped after {n} deletions: {e} (what is left is consistent: run it again)"
+    )))
+}
+
+/// Plans and carries out an expiry, coordinated with running backups (see [`crate::lease`]):
+/// marks the backups it means to remove, reads the leases again, keeps whatever a lease now
+/// claims or whatever was committed meanwhile, then deletes in the plan's order and clears up
+/// its marks and void leases.
+pub async fn expire(
+    repo: &Repo,
+    rules: &Retention,
+    now: i64,
+) -> Result<ExpireOutcome, ExpireError> {
+    use crate::lease;
+    let first = plan_expire(repo, rules, now).await?;
+    let marked: Vec<&str> = first.expired();
+    let until = lease::mark_expiring(repo, &marked).await?;
+    // read second: a backup that wrote its lease before this sees no mark, and is seen here
+    let marked_set: BTreeSet<&str> = marked.iter().copied().collect();
+    let unmarked: BTreeSet<String> = repo
+        .backups()
+        .await?
+        .into_iter()
+        .map(|b| b.id)
+        .filter(|id| !marked_set.contains(id.as_str()))
+        .collect();
+    let plan = plan_keeping(repo, rules, now, &unmarked).await?;
+    let mut n = 0;
+    for key in &plan.deletions {
+        // commit records only while the marks hold (a backup starting now believes them)
+        if key.ends_with("/commit.json") && lease::now() + 30 > until {
+            return Err(stopped(n, "its expiry marks ran out"));
+        }
+        repo.store().delete(key).await.map_err(|e| stopped(n, e))?;
+        n += 1;
     }
-    Ok(plan.deletions.len())
+    // marks of what stays, of what went, and void leases and marks
+    let (_, void_leases) = lease::claimed(repo, lease::now()).await?;
+    let (_, void_marks) = lease::expiring(repo, lease::now()).await?;
+    let marks = marked.iter().map(|id| layout::expiring_key(id));
+    for key in marks.chain(void_leases).chain(void_marks) {
+        repo.store().delete(&key).await.map_err(|e| stopped(n, e))?;
+    }
+    Ok(ExpireOutcome { plan, deleted: n })
 }
 
 #[cfg(test)]
@@ -471,7 +548,7 @@ mod tests {
             retain_pitr: pitr.map(Duration::from_secs),
             min_age: Duration::from_secs(600),
         };
-        plan(&b, &l, &rules, 750, WalSegSize::DEFAULT).unwrap()
+        plan(&b, &l, &rules, 750, WalSegSize::DEFAULT, &BTreeSet::new()).unwrap()
     }
 
     fn kept(p: &ExpirePlan) -> Vec<&str> {
@@ -535,11 +612,27 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_backup_stays_with_its_ancestors() {
+        let (b, l) = graph();
+        let rules = Retention {
+            retain_full: Some(1),
+            ..Default::default()
+        };
+        let claimed: BTreeSet<String> = ["I1a".to_string()].into();
+        let p = plan(&b, &l, &rules, 750, WalSegSize::DEFAULT, &claimed).unwrap();
+        assert_eq!(p.expired(), ["F2", "I2a", "I2b"]);
+        assert_eq!(reasons(&p, "I1a"), [KeepReason::InUse]);
+        assert_eq!(reasons(&p, "F1"), [KeepReason::Ancestor]);
+        // and the WAL from the oldest kept backup, F1
+        assert_eq!(p.wal_from, Some(Lsn(2 * SEG + 0x28)));
+    }
+
+    #[test]
     fn refuses_without_a_rule_or_with_zero() {
         let (b, l) = graph();
         let r = Retention::default();
         assert!(matches!(
-            plan(&b, &l, &r, 0, WalSegSize::DEFAULT),
+            plan(&b, &l, &r, 0, WalSegSize::DEFAULT, &BTreeSet::new()),
             Err(ExpireError::NoRule)
         ));
         let r = Retention {
@@ -547,7 +640,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            plan(&b, &l, &r, 0, WalSegSize::DEFAULT),
+            plan(&b, &l, &r, 0, WalSegSize::DEFAULT, &BTreeSet::new()),
             Err(ExpireError::ZeroFull)
         ));
     }

@@ -16,6 +16,9 @@
 //! wal/<TLI><LOG>/<SEGMENT>.partial.zst
 //!                                   the tail of the segment being streamed, replaced as it grows
 //! wal/history/<TLI>.history         timeline history files
+//! leases/<TOKEN>.json               a running incremental backup's claim on its parent chain
+//!                                   (renewed while it runs, void once expired)
+//! expiring/<ID>.json                `expire` is about to remove backup ID (void once expired)
 //! ```
 //!
 //! Backup IDs sort by start time: `YYYYMMDDTHHMMSSZ-F-xxxxxx` (full) or `…-I-xxxxxx`
@@ -139,6 +142,21 @@ pub fn parse_wal_key(key: &str, size: WalSegSize) -> Option<WalObject> {
     } else {
         WalObject::Segment(p.timeline, seg)
     })
+}
+
+/// The prefix of leases.
+pub const LEASES_PREFIX: &str = "leases/";
+/// The prefix of expiry markers.
+pub const EXPIRING_PREFIX: &str = "expiring/";
+
+/// A lease's key.
+pub fn lease_key(token: &str) -> String {
+    format!("{LEASES_PREFIX}{token}.json")
+}
+
+/// The expiry marker of backup `id`.
+pub fn expiring_key(id: &str) -> String {
+    format!("{EXPIRING_PREFIX}{id}.json")
 }
 
 /// A new backup ID for a backup started at `unix_secs`.

@@ -9,6 +9,7 @@ pub mod check;
 pub mod expire;
 pub mod info;
 pub mod layout;
+pub mod lease;
 pub mod location;
 pub mod reader;
 pub mod records;

@@ -55,6 +55,9 @@ pub struct BackupArgs {
     /// Show progress
     #[arg(short = 'P', long = "progress")]
     progress: bool,
+    /// Maximum transfer rate (kB/s, or with suffix k or M)
+    #[arg(short = 'r', long = "max-rate", value_name = "RATE")]
+    max_rate: Option<String>,
     /// Output verbose messages
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -101,6 +104,11 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     opts.max_chain = args.max_chain.max(1);
     opts.label = args.label.clone();
     opts.progress = args.progress;
+    opts.max_rate_kb = args
+        .max_rate
+        .as_deref()
+        .map(crate::cmd::basebackup::parse_rate)
+        .transpose()?;
     if let Some(s) = &args.spool {
         opts.spool_parent = s.clone();
     }

@@ -229,7 +229,7 @@ fn parse_checkpoint(c: &str) -> anyhow::Result<CheckpointMode> {
 }
 
 /// `-r`: kB/s, with an optional k or M suffix; PostgreSQL accepts 32 kB/s to 1 GB/s.
-fn parse_rate(s: &str) -> anyhow::Result<u32> {
+pub(crate) fn parse_rate(s: &str) -> anyhow::Result<u32> {
     let (num, mult) = match s.trim().strip_suffix(['M', 'm']) {
         Some(n) => (n, 1024),
         None => (s.trim().trim_end_matches(['k', 'K']), 1),

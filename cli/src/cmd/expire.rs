@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use pgrepo::expire::{apply, plan_expire, ExpirePlan, Retention};
+use pgrepo::expire::{expire, plan_expire, ExpirePlan, Retention};
 
 use crate::repo_args::RepoArgs;
 
@@ -116,10 +116,21 @@ pub async fn run(args: ExpireArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let deleted = if args.dry_run {
-        0
+    // carried out with the running backups' leases read again: what one claims meanwhile stays
+    let (plan, deleted) = if args.dry_run {
+        (plan, 0)
     } else {
-        apply(&repo, &plan).await?
+        let done = expire(&repo, &rules, now).await?;
+        for b in &done.plan.backups {
+            let was = plan.backups.iter().find(|x| x.id == b.id);
+            if !args.json && !b.keep.is_empty() && was.is_some_and(|w| w.keep.is_empty()) {
+                eprintln!(
+                    "pgrepl: kept backup {} after all: a running backup claims it",
+                    b.id
+                );
+            }
+        }
+        (done.plan, done.deleted)
     };
     if args.json {
         let mut v = plan_json(&plan);
