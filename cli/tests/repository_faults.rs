@@ -516,3 +516,66 @@ fn objects(w: &SeaweedFs, url: &str) -> Vec<String> {
         .map(|m| m.key)
         .collect()
 }
+
+/// A SeaweedFS cluster (master, three volume servers with replication 001, filer with S3),
+/// one volume server stopped in the middle of a backup: the backup succeeds or fails in one
+/// line, and either way the repository is consistent — `check` passes, every listed backup
+/// verifies, and a failed one is not listed.
+#[test]
+fn pg18_volume_server_stopped_during_a_backup() {
+    let c = Cluster::start(PgVersion::V18);
+    let mut cl = pgrepl_testbed::SeaweedCluster::start("pgrepl-multi");
+    let url = "s3://pgrepl-multi/db";
+    let env = cl.env();
+    let cmd = || {
+        let mut x = pgrepl();
+        x.env_clear().env("PATH", "/usr/bin:/bin");
+        for (k, v) in &env {
+            x.env(k, v);
+        }
+        x
+    };
+    ok(cmd().args(["init", "--repo", url]).output().unwrap());
+    c.pgbench_init(20);
+    let child = cmd()
+        .args(["backup", "-d", &conninfo(&c), "--repo", url, "-c", "fast"])
+        .args(["-Z", "none", "--max-rate", "32M", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the backup to be sending", || {
+        c.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'backup'") == "1"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    cl.stop_volume(1);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let listed = |i: &serde_json::Value| i["backups"].as_array().unwrap().len();
+    let i = json(&ok(cmd()
+        .args(["info", "--repo", url, "--json"])
+        .output()
+        .unwrap()));
+    if out.status.success() {
+        assert_eq!(listed(&i), 1, "{i}");
+    } else {
+        assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+        assert_eq!(listed(&i), 0, "a failed backup is listed: {i}");
+    }
+    eprintln!(
+        "the backup {} with a volume server stopped",
+        if out.status.success() {
+            "succeeded"
+        } else {
+            "failed"
+        }
+    );
+    let chk = cmd().args(["check", "--repo", url]).output().unwrap();
+    assert_eq!(
+        chk.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&chk.stderr)
+    );
+    ok(cmd().args(["verify", "--repo", url]).output().unwrap());
+}

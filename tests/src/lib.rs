@@ -17,7 +17,7 @@ mod user;
 pub use certs::TestCa;
 pub use cluster::{Cluster, ClusterOptions, Role};
 pub use install::{pg15_bin, repo_root, server_bin, tool, tools_bin, PgVersion};
-pub use seaweed::{weed_bin, SeaweedFs, S3_ACCESS_KEY, S3_SECRET_KEY};
+pub use seaweed::{weed_bin, SeaweedCluster, SeaweedFs, S3_ACCESS_KEY, S3_SECRET_KEY};
 pub use user::{hand_over, run_as_test_user, TEST_USER};
 
 /// Runs `cmd` and returns its stdout, panicking with stderr and the command line on failure.

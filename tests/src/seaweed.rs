@@ -222,3 +222,199 @@ impl Drop for SeaweedFs {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A SeaweedFS cluster on loopback, each part its own process: a master (replication `001`:
+/// every volume on two servers), three volume servers, and a filer with the S3 gateway. For the
+/// test that stops a volume server in the middle of a backup. Killed on drop.
+#[derive(Debug)]
+pub struct SeaweedCluster {
+    dir: PathBuf,
+    /// The S3 endpoint.
+    pub endpoint: String,
+    master: Option<Child>,
+    volumes: Vec<Option<Child>>,
+    filer: Option<Child>,
+}
+
+impl SeaweedCluster {
+    /// Starts it with `bucket` made, and waits until create-only writes to it succeed.
+    pub fn start(bucket: &str) -> SeaweedCluster {
+        let dir = crate::temp_dir("weedcluster");
+        // SeaweedFS's parts find each other's gRPC at port + 10000: pairs of free ports so
+        let mut held = Vec::new();
+        let mut p = Vec::new();
+        while p.len() < 12 {
+            let l = TcpListener::bind("127.0.0.1:0").expect("no free port on 127.0.0.1");
+            let x = l.local_addr().unwrap().port();
+            if x > 55535 {
+                continue;
+            }
+            if let Ok(g) = TcpListener::bind(("127.0.0.1", x + 10000)) {
+                p.extend([x, x + 10000]);
+                held.extend([l, g]);
+            }
+        }
+        drop(held);
+        let spawn = |name: &str, args: Vec<String>| -> Child {
+            let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+            Command::new(weed_bin())
+                .current_dir(&dir)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("cannot start weed")
+        };
+        let wait_port = |port: u16, what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(dir.join(format!("{what}.log")));
+                    let log = log.unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    panic!("SeaweedFS {what} did not start:\n{}", tail.join("\n"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let lo = ["-ip=127.0.0.1".to_owned(), "-ip.bind=127.0.0.1".to_owned()];
+        for d in ["m", "v0", "v1", "v2"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let master_addr = format!("127.0.0.1:{}", p[0]);
+        let mut args: Vec<String> = vec!["master".into()];
+        args.extend(lo.iter().cloned());
+        args.extend([
+            format!("-port={}", p[0]),
+            format!("-port.grpc={}", p[1]),
+            "-mdir=m".into(),
+            "-defaultReplication=001".into(),
+            "-volumeSizeLimitMB=64".into(),
+            "-telemetry=false".into(),
+        ]);
+        let master = spawn("master", args);
+        wait_port(p[0], "master");
+        let mut volumes = Vec::new();
+        for i in 0..3 {
+            let mut args: Vec<String> = vec!["volume".into()];
+            args.extend(lo.iter().cloned());
+            args.extend([
+                format!("-port={}", p[2 + 2 * i]),
+                format!("-port.grpc={}", p[3 + 2 * i]),
+                format!("-dir=v{i}"),
+                "-max=30".into(),
+                format!("-master={master_addr}"),
+                "-rack=r1".into(),
+            ]);
+            volumes.push(Some(spawn(&format!("volume{i}"), args)));
+            wait_port(p[2 + 2 * i], &format!("volume{i}"));
+        }
+        std::fs::write(
+            dir.join("s3.json"),
+            format!(
+                r#"{{"identities":[{{"name":"admin","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let mut args: Vec<String> = vec!["filer".into()];
+        args.extend(lo.iter().cloned());
+        args.extend([
+            format!("-port={}", p[8]),
+            format!("-port.grpc={}", p[9]),
+            format!("-master={master_addr}"),
+            "-s3".into(),
+            format!("-s3.port={}", p[10]),
+            format!("-s3.port.grpc={}", p[11]),
+            "-s3.config=s3.json".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-s3.autoCreateBucket=false".into(),
+        ]);
+        let filer = spawn("filer", args);
+        wait_port(p[10], "filer");
+        let c = SeaweedCluster {
+            endpoint: format!("http://127.0.0.1:{}", p[10]),
+            dir,
+            master: Some(master),
+            volumes,
+            filer: Some(filer),
+        };
+        // a bucket is a directory under /buckets on the filer
+        let deadline = Instant::now() + Duration::from_secs(60);
+        c.make_bucket(bucket, p[8], deadline);
+        c
+    }
+
+    fn make_bucket(&self, bucket: &str, filer_port: u16, deadline: Instant) {
+        use pgrepo::store::{PutMode, S3Options, S3Store, Store};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let env = self.env();
+        let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        let mut o = S3Options::from_env(bucket, "", &lookup);
+        o.path_style = true;
+        o.request_timeout = Duration::from_secs(5);
+        let store = S3Store::new(&o).unwrap();
+        let probe = "pgrepl-testbed-probe/ready";
+        loop {
+            // mkdir through the filer's HTTP API, then a create-only write through S3
+            if let Ok(mut t) = TcpStream::connect(("127.0.0.1", filer_port)) {
+                use std::io::{Read, Write};
+                let _ = t.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = write!(
+                    t,
+                    "POST /buckets/{bucket}/ HTTP/1.1\r\nHost: 127.0.0.1:{filer_port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = t.read_to_end(&mut Vec::new());
+            }
+            let r = rt
+                .block_on(store.put(probe, Default::default(), PutMode::Create))
+                .and_then(|()| rt.block_on(store.delete(probe)));
+            match r {
+                Ok(()) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "the SeaweedFS cluster did not make bucket {bucket} ready: {e}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILLs volume server `i` (0 to 2).
+    pub fn stop_volume(&mut self, i: usize) {
+        if let Some(mut c) = self.volumes.get_mut(i).and_then(Option::take) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The environment a client needs.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY.to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]
+    }
+}
+
+impl Drop for SeaweedCluster {
+    fn drop(&mut self) {
+        let children = self
+            .filer
+            .take()
+            .into_iter()
+            .chain(self.volumes.iter_mut().filter_map(Option::take))
+            .chain(self.master.take());
+        for mut c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
