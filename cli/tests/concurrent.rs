@@ -1,6 +1,7 @@
 //! Writers at once on one repository (SeaweedFS), coordinated through the store alone: `expire`
 //! beside an incremental backup that is streaming on the chain the rules would remove, two
-//! backups at once, a backup beside an expiry mark a dead `expire` left, and a lease a dead
+//! backups at once, a backup SIGKILLed while it holds its lease, a backup beside an expiry mark
+//! a dead `expire` left, and a lease a dead
 //! backup left past its expiry. Each leaves a repository `check` finds healthy.
 
 use std::process::{Command, Output, Stdio};
@@ -194,6 +195,28 @@ fn pg18_expire_beside_a_running_backup() {
         assert_eq!(fate(&plan, id).0, "expire", "{plan}");
     }
     assert!(b.keys("expiring/").is_empty(), "marks left behind");
+    b.healthy();
+
+    // a backup killed while it holds its lease: nothing committed, its lease still live, so
+    // expire keeps the chain it claimed; the repository stays consistent
+    c.psql("UPDATE pgbench_accounts SET abalance = abalance + 1");
+    let mut killed = b.backup_cmd(&["--max-rate", "4M"]).spawn_output();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.keys("leases/").is_empty() {
+        assert!(Instant::now() < deadline, "no lease appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    killed.kill().unwrap(); // SIGKILL
+    killed.wait().unwrap();
+    assert_eq!(b.keys("leases/").len(), 1, "the dead backup's lease");
+    let f3 = b.backup(&["--type", "full"]);
+    let plan = b.expire(&["--retain-full", "1"]);
+    assert_eq!(fate(&plan, &f3["id"]).0, "keep", "{plan}");
+    assert_eq!(
+        fate(&plan, &f2["id"]),
+        ("keep".to_owned(), vec!["in_use".to_owned()]),
+        "the chain the dead backup claimed: {plan}"
+    );
     b.healthy();
 }
 
