@@ -376,3 +376,170 @@ fn pg18_expire_on_a_local_directory() {
 fn pg18_expire_on_seaweedfs() {
     run(true);
 }
+
+/// Retention across two timelines with a WAL gap: a chain on timeline 1 (its archive missing
+/// a segment after the incremental), then a server restored from it and promoted to
+/// timeline 2, whose full and incremental backups go into the same repository. `expire
+/// --retain-full 1` plans the timeline-2 chain kept and the timeline-1 chain and its WAL
+/// gone; after it runs, check passes and the kept chain is restored by a server that holds
+/// the timeline-2 rows.
+#[test]
+fn pg18_expire_across_two_timelines_and_a_gap() {
+    let c = Cluster::start_with(
+        PgVersion::V18,
+        ClusterOptions {
+            conf: vec!["wal_keep_size = '1GB'".into(), "summarize_wal = on".into()],
+            ..Default::default()
+        },
+    );
+    let work = temp_dir("expire-tl");
+    let url = work.join("repo").display().to_string();
+    let lookup = |_: &str| None;
+    let loc = pgrepo::location::Location::parse(&url).unwrap();
+    let store = pgrepo::location::open_store(&loc, &Default::default(), &lookup).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = Bed {
+        c,
+        s3: None,
+        url,
+        store,
+        rt,
+    };
+    let c = &b.c;
+    ok(b.cmd().args(["init", "--repo", &b.url]).output().unwrap());
+    ok(b.cmd()
+        .args([
+            "receivewal",
+            "-d",
+            &b.conninfo(),
+            "-S",
+            "exp",
+            "--create-slot",
+        ])
+        .output()
+        .unwrap());
+    let rx = spawn_receiver(&b);
+    c.psql("CREATE TABLE ticks (k int, at timestamptz DEFAULT clock_timestamp())");
+    c.pgbench_init(1);
+    let f1 = b.backup("full");
+    c.pgbench(&["-t", "50", "-c", "1", "-n"]);
+    let i1 = b.backup("auto");
+    assert_eq!(i1["kind"], "incremental", "{i1}");
+    for k in 1..=3 {
+        c.psql(&format!("INSERT INTO ticks (k) VALUES ({k})"));
+        c.psql("SELECT pg_switch_wal()");
+    }
+    let end = c.psql("SELECT pg_switch_wal()");
+    wait_for("the WAL in the repository", || {
+        c.psql(&format!(
+            "SELECT restart_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = 'exp'"
+        )) == "t"
+    });
+    let mut rx = rx;
+    let _ = Command::new("kill")
+        .args(["-TERM", &rx.id().to_string()])
+        .status();
+    rx.wait().unwrap();
+    // a gap: the segment after the incremental's end
+    let seg = WalSegSize::DEFAULT;
+    let i1_end = lsn(i1["end_lsn"].as_str().unwrap()).segment(seg);
+    let gone =
+        pgrepo::layout::segment_key(pgwal::TimelineId(1), pgwal::SegmentNo(i1_end.0 + 1), seg);
+    b.rt.block_on(b.store.delete(&gone)).unwrap();
+
+    // timeline 2: a server restored from I1 (consistent point) and promoted
+    hand_over(&work.join("repo"));
+    let fresh = temp_dir("expire-tl2");
+    let pgdata = fresh.join("pgdata");
+    ok(b.cmd()
+        .current_dir(&fresh)
+        .args(["restore", "--repo", &b.url, "-D"])
+        .arg(&pgdata)
+        .args(["--no-sync", "--target", "immediate"])
+        .output()
+        .unwrap());
+    std::fs::create_dir_all(fresh.join("pgdata.pgrepl-prefetch")).unwrap();
+    hand_over(&fresh.join("pgdata.pgrepl-prefetch"));
+    let c2 = Cluster::start_on(PgVersion::V18, &pgdata);
+    wait_for("the promotion", || {
+        c2.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert_eq!(
+        c2.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    c2.psql("ALTER SYSTEM SET summarize_wal = on");
+    c2.psql("SELECT pg_reload_conf()");
+    c2.psql("CREATE TABLE tl2 (x int)");
+    c2.psql("INSERT INTO tl2 VALUES (2)");
+    let conn2 = c2.conninfo(Role::Postgres, "sslmode=disable");
+    let backup2 = |kind: &str| {
+        json(&ok(b
+            .cmd()
+            .args(["backup", "-d", &conn2, "--repo", &b.url, "-c", "fast"])
+            .args(["--type", kind, "--json"])
+            .output()
+            .unwrap()))
+    };
+    let f2 = backup2("auto");
+    assert_eq!(f2["kind"], "full", "{f2}");
+    assert_eq!(f2["full_reason_code"], "timeline_changed", "{f2}");
+    assert_eq!(f2["timeline"], 2);
+    c2.psql("INSERT INTO tl2 VALUES (3)");
+    let i2 = backup2("auto");
+    assert_eq!(i2["parent"], f2["id"], "{i2}");
+
+    let plan = b.expire(&["--retain-full", "1", "--dry-run"]);
+    let id = |v: &serde_json::Value| v["id"].as_str().unwrap().to_owned();
+    let want: Vec<(String, String)> = [
+        (&f1, "expire"),
+        (&i1, "expire"),
+        (&f2, "keep"),
+        (&i2, "keep"),
+    ]
+    .iter()
+    .map(|(v, a)| (id(v), (*a).to_owned()))
+    .collect();
+    assert_eq!(fates(&plan), want, "{plan}");
+    assert_eq!(plan["wal_kept_from"], f2["start_lsn"], "{plan}");
+    b.expire(&["--retain-full", "1"]);
+    let f2_first = lsn(f2["start_lsn"].as_str().unwrap()).segment(seg).0;
+    let wal = wal_segments(&b);
+    assert!(wal.iter().all(|&s| s >= f2_first), "{wal:?}");
+    let check = b.cmd().args(["check", "--repo", &b.url]).output().unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    drop(c2);
+
+    // the kept chain, restored by a server: timeline 2's rows
+    let again = temp_dir("expire-tl2-restore");
+    let pgdata = again.join("pgdata");
+    ok(b.cmd()
+        .current_dir(&again)
+        .args(["restore", "--repo", &b.url, "-D"])
+        .arg(&pgdata)
+        .args(["--no-sync", "--target", "immediate"])
+        .output()
+        .unwrap());
+    std::fs::create_dir_all(again.join("pgdata.pgrepl-prefetch")).unwrap();
+    hand_over(&again.join("pgdata.pgrepl-prefetch"));
+    let r = Cluster::start_on(PgVersion::V18, &pgdata);
+    wait_for("recovery to end", || {
+        r.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert_eq!(
+        r.psql("SELECT string_agg(x::text, ',' ORDER BY x) FROM tl2"),
+        "2,3"
+    );
+    drop(r);
+    let _ = std::fs::remove_dir_all(&again);
+    let _ = std::fs::remove_dir_all(&fresh);
+    let _ = std::fs::remove_dir_all(&work);
+}
