@@ -4,31 +4,19 @@
 //! a dead `expire` left, and a lease a dead
 //! backup left past its expiry. Each leaves a repository `check` finds healthy.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgrepl_testbed::{Cluster, ClusterOptions, PgVersion, Role, SeaweedFs};
-use pgrepo::store::{PutMode, Store};
+use pgrepo::store::PutMode;
 
 mod common;
-use common::{ok, pgrepl};
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
+use common::{json, ok, RepoAccess};
 
 struct Bed {
     c: Cluster,
-    w: SeaweedFs,
-    url: String,
-    store: std::sync::Arc<dyn Store>,
-    rt: tokio::runtime::Runtime,
+    _w: SeaweedFs,
+    r: RepoAccess,
 }
 
 impl Bed {
@@ -42,32 +30,17 @@ impl Bed {
         );
         let w = SeaweedFs::start(&["pgrepl-conc"]);
         let url = format!("s3://pgrepl-conc/{prefix}");
-        let env = w.env();
-        let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-        let loc = pgrepo::location::Location::parse(&url).unwrap();
-        let store = pgrepo::location::open_store(&loc, &Default::default(), &lookup).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let b = Bed {
             c,
-            w,
-            url,
-            store,
-            rt,
+            r: RepoAccess::new(&url, w.env()),
+            _w: w,
         };
-        ok(b.cmd().args(["init", "--repo", &b.url]).output().unwrap());
+        ok(b.cmd().args(["init", "--repo", &b.r.url]).output().unwrap());
         b
     }
 
     fn cmd(&self) -> Command {
-        let mut c = pgrepl();
-        c.env_clear().env("PATH", "/usr/bin:/bin");
-        for (k, v) in self.w.env() {
-            c.env(k, v);
-        }
-        c
+        self.r.cmd()
     }
 
     fn backup_cmd(&self, extra: &[&str]) -> Command {
@@ -77,7 +50,7 @@ impl Bed {
             "-d",
             &self.c.conninfo(Role::Postgres, "sslmode=disable"),
             "--repo",
-            &self.url,
+            &self.r.url,
             "-c",
             "fast",
             "--json",
@@ -91,29 +64,15 @@ impl Bed {
     }
 
     fn keys(&self, prefix: &str) -> Vec<String> {
-        self.rt
-            .block_on(self.store.list(prefix))
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect()
+        self.r.keys(prefix)
     }
 
     fn healthy(&self) {
-        let out = self
-            .cmd()
-            .args(["check", "--repo", &self.url])
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, err) = self.r.check();
+        assert_eq!(code, Some(0), "{err}");
         ok(self
             .cmd()
-            .args(["verify", "--repo", &self.url])
+            .args(["verify", "--repo", &self.r.url])
             .output()
             .unwrap());
     }
@@ -121,7 +80,7 @@ impl Bed {
     fn expire(&self, args: &[&str]) -> serde_json::Value {
         json(&ok(self
             .cmd()
-            .args(["expire", "--repo", &self.url, "--json"])
+            .args(["expire", "--repo", &self.r.url, "--json"])
             .args(args)
             .output()
             .unwrap()))
@@ -240,10 +199,14 @@ fn pg18_two_backups_at_once_and_what_dead_writers_leave() {
     b.healthy();
 
     // a dead expire's mark on the newest backup
-    let repo = b.rt.block_on(pgrepo::Repo::open(b.store.clone())).unwrap();
-    let all = b.rt.block_on(repo.backups()).unwrap();
+    let repo =
+        b.r.rt
+            .block_on(pgrepo::Repo::open(b.r.store.clone()))
+            .unwrap();
+    let all = b.r.rt.block_on(repo.backups()).unwrap();
     let newest = all.last().unwrap().id.clone();
-    b.rt.block_on(pgrepo::lease::mark_expiring(&repo, &[newest.as_str()]))
+    b.r.rt
+        .block_on(pgrepo::lease::mark_expiring(&repo, &[newest.as_str()]))
         .unwrap();
     let next = b.backup(&[]);
     assert_eq!(next["kind"], "full", "{next}");
@@ -256,7 +219,8 @@ fn pg18_two_backups_at_once_and_what_dead_writers_leave() {
         expires: 1,
         holder: "a backup that died".into(),
     };
-    b.rt.block_on(repo.put_record("leases/dead.json", &stale, PutMode::Create))
+    b.r.rt
+        .block_on(repo.put_record("leases/dead.json", &stale, PutMode::Create))
         .unwrap();
     let plan = b.expire(&["--retain-full", "1"]);
     assert_eq!(

@@ -5,12 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use pgrepl_testbed::{temp_dir, Cluster, ClusterOptions, PgVersion, Role, SeaweedFs};
 
 mod common;
-use common::{ok, pgrepl};
+use common::{ok, pgrepl, wait_for};
 
 const MARKER: &str = "pgrepl-marker-7f3a9c1e-visible-only-in-plaintext";
 
@@ -19,14 +18,6 @@ fn conninfo(c: &Cluster) -> String {
         Role::Postgres,
         "sslmode=disable application_name=pgrepl_enc",
     )
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -6,118 +6,26 @@
 //! (`--retain-full` with a short `--retain-pitr`) keeps WAL only from the window's first
 //! backup, and the earliest point of the PITR window is restored by a real server.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pgrepl_testbed::{hand_over, temp_dir, Cluster, ClusterOptions, PgVersion, Role, SeaweedFs};
-use pgrepo::store::{PutMode, Store};
-use pgwal::{Lsn, WalSegSize};
+use pgrepl_testbed::{hand_over, temp_dir, Cluster, PgVersion, Role};
+use pgrepo::store::PutMode;
+use pgwal::WalSegSize;
 
 mod common;
-use common::{ok, pgrepl};
+use common::{json, ok, parse_lsn, wait_for, RepoBed};
 
-fn lsn(text: &str) -> Lsn {
-    let (hi, lo) = text.split_once('/').unwrap();
-    Lsn((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap())
+fn backup(b: &RepoBed, kind: &str) -> serde_json::Value {
+    b.backup(&["--type", kind])
 }
 
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Bed {
-    c: Cluster,
-    s3: Option<SeaweedFs>,
-    url: String,
-    store: std::sync::Arc<dyn Store>,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Bed {
-    fn cmd(&self) -> Command {
-        let mut c = pgrepl();
-        c.env_clear().env("PATH", "/usr/bin:/bin");
-        if let Some(w) = &self.s3 {
-            for (k, v) in w.env() {
-                c.env(k, v);
-            }
-        }
-        c
-    }
-
-    fn conninfo(&self) -> String {
-        self.c.conninfo(
-            Role::Postgres,
-            "sslmode=disable application_name=pgrepl_expire",
-        )
-    }
-
-    fn backup(&self, kind: &str) -> serde_json::Value {
-        json(&ok(self
-            .cmd()
-            .args([
-                "backup",
-                "-d",
-                &self.conninfo(),
-                "--repo",
-                &self.url,
-                "-c",
-                "fast",
-            ])
-            .args(["--type", kind, "--json"])
-            .output()
-            .unwrap()))
-    }
-
-    fn keys(&self) -> Vec<String> {
-        self.rt
-            .block_on(self.store.list(""))
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .collect()
-    }
-
-    fn expire(&self, args: &[&str]) -> serde_json::Value {
-        json(&ok(self
-            .cmd()
-            .args(["expire", "--repo", &self.url, "--json"])
-            .args(args)
-            .output()
-            .unwrap()))
-    }
-}
-
-fn spawn_receiver(b: &Bed) -> Child {
-    b.cmd()
-        .args([
-            "receivewal",
-            "-d",
-            &b.conninfo(),
-            "-S",
-            "exp",
-            "--repo",
-            &b.url,
-        ])
-        .args(["--status-interval", "1", "--partial-interval", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn expire(b: &RepoBed, args: &[&str]) -> serde_json::Value {
+    json(&ok(b
+        .cmd()
+        .args(["expire", "--repo", &b.r.url, "--json"])
+        .args(args)
+        .output()
+        .unwrap()))
 }
 
 /// The backups' fates in a plan: (id, action).
@@ -136,9 +44,9 @@ fn fates(plan: &serde_json::Value) -> Vec<(String, String)> {
 }
 
 /// The WAL segments (timeline 1) the repository holds, by number.
-fn wal_segments(b: &Bed) -> Vec<u64> {
+fn wal_segments(b: &RepoBed) -> Vec<u64> {
     let seg = WalSegSize::DEFAULT;
-    b.keys()
+    b.r.keys("")
         .iter()
         .filter_map(|k| match pgrepo::layout::parse_wal_key(k, seg)? {
             pgrepo::layout::WalObject::Segment(_, s) | pgrepo::layout::WalObject::Partial(_, s) => {
@@ -150,48 +58,10 @@ fn wal_segments(b: &Bed) -> Vec<u64> {
 }
 
 fn run(on_s3: bool) {
-    let c = Cluster::start_with(
-        PgVersion::V18,
-        ClusterOptions {
-            conf: vec!["wal_keep_size = '1GB'".into(), "summarize_wal = on".into()],
-            ..Default::default()
-        },
-    );
-    let work = temp_dir("expire");
-    let s3 = on_s3.then(|| SeaweedFs::start(&["pgrepl-expire"]));
-    let url = match on_s3 {
-        true => "s3://pgrepl-expire/db".to_owned(),
-        false => work.join("repo").display().to_string(),
-    };
-    let env: Vec<(&str, String)> = s3.as_ref().map(|w| w.env()).unwrap_or_default();
-    let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-    let loc = pgrepo::location::Location::parse(&url).unwrap();
-    let store = pgrepo::location::open_store(&loc, &Default::default(), &lookup).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let b = Bed {
-        c,
-        s3,
-        url,
-        store,
-        rt,
-    };
+    let b = RepoBed::new("expire", on_s3);
     let c = &b.c;
-    ok(b.cmd().args(["init", "--repo", &b.url]).output().unwrap());
-    ok(b.cmd()
-        .args([
-            "receivewal",
-            "-d",
-            &b.conninfo(),
-            "-S",
-            "exp",
-            "--create-slot",
-        ])
-        .output()
-        .unwrap());
-    let rx = spawn_receiver(&b);
+    let work = b.work.clone();
+    let rx = b.spawn_receiver();
     c.psql("CREATE TABLE ticks (k int, at timestamptz DEFAULT clock_timestamp())");
     c.pgbench_init(1);
     let load = |k: u32| {
@@ -200,48 +70,39 @@ fn run(on_s3: bool) {
         c.psql("SELECT pg_switch_wal()");
     };
     // three chains, seconds apart (backup times are whole seconds)
-    let f1 = b.backup("full");
+    let f1 = backup(&b, "full");
     load(1);
-    let i1 = b.backup("auto");
+    let i1 = backup(&b, "auto");
     load(2);
-    let f2 = b.backup("full");
+    let f2 = backup(&b, "full");
     load(3);
     std::thread::sleep(Duration::from_secs(2));
-    let i2 = b.backup("auto");
+    let i2 = backup(&b, "auto");
     // restore counts a backup consistent up to the end of the second it ended in
     std::thread::sleep(Duration::from_millis(1100));
     load(4);
     std::thread::sleep(Duration::from_secs(4));
     load(5);
-    let f3 = b.backup("full");
+    let f3 = backup(&b, "full");
     load(6);
     assert_eq!(i1["kind"], "incremental", "{i1}");
     assert_eq!(i2["parent"], f2["id"], "{i2}");
     let id = |v: &serde_json::Value| v["id"].as_str().unwrap().to_owned();
     let (f1, i1, f2, i2, f3) = (f1, i1, f2, i2, f3);
-    let end = c.psql("SELECT pg_switch_wal()");
-    wait_for("the WAL in the repository", || {
-        c.psql(&format!(
-            "SELECT restart_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = 'exp'"
-        )) == "t"
-    });
-    let mut rx = rx;
-    let _ = Command::new("kill")
-        .args(["-TERM", &rx.id().to_string()])
-        .status();
-    rx.wait().unwrap();
+    b.stop_receiver(rx);
     // an upload that never committed (written just now)
     let orphan = "20200101T000000Z-F-0a0b0c";
-    b.rt.block_on(b.store.put(
-        &format!("backups/{orphan}/pack-00000"),
-        vec![1u8; 100].into(),
-        PutMode::Overwrite,
-    ))
-    .unwrap();
+    b.r.rt
+        .block_on(b.r.store.put(
+            &format!("backups/{orphan}/pack-00000"),
+            vec![1u8; 100].into(),
+            PutMode::Overwrite,
+        ))
+        .unwrap();
 
     // --retain-full 2, dry run: the two newest fulls' chains stay, WAL from F2's start
-    let before = b.keys();
-    let plan = b.expire(&["--retain-full", "2", "--dry-run"]);
+    let before = b.r.keys("");
+    let plan = expire(&b, &["--retain-full", "2", "--dry-run"]);
     let want: Vec<(String, String)> = [
         (&f1, "expire"),
         (&i1, "expire"),
@@ -260,13 +121,13 @@ fn run(on_s3: bool) {
         g["remove"], false,
         "a young upload would be removed: {plan}"
     );
-    assert_eq!(b.keys(), before, "--dry-run deleted something");
+    assert_eq!(b.r.keys(""), before, "--dry-run deleted something");
 
     // for real: only what the plan said went; the rest is healthy
-    let done = b.expire(&["--retain-full", "2"]);
+    let done = expire(&b, &["--retain-full", "2"]);
     assert_eq!(fates(&done), want);
     assert_eq!(done["objects_deleted"], done["objects_to_delete"], "{done}");
-    let after = b.keys();
+    let after = b.r.keys("");
     for k in &after {
         assert!(
             !k.contains(&id(&f1)) && !k.contains(&id(&i1)),
@@ -274,7 +135,7 @@ fn run(on_s3: bool) {
         );
     }
     let seg = WalSegSize::DEFAULT;
-    let f2_first = lsn(f2["start_lsn"].as_str().unwrap()).segment(seg).0;
+    let f2_first = parse_lsn(f2["start_lsn"].as_str().unwrap()).segment(seg).0;
     let wal = wal_segments(&b);
     assert!(
         wal.iter().all(|&s| s >= f2_first),
@@ -284,7 +145,11 @@ fn run(on_s3: bool) {
         wal.contains(&f2_first),
         "F2's first segment removed: {wal:?}"
     );
-    let check = b.cmd().args(["check", "--repo", &b.url]).output().unwrap();
+    let check = b
+        .cmd()
+        .args(["check", "--repo", &b.r.url])
+        .output()
+        .unwrap();
     assert_eq!(
         check.status.code(),
         Some(0),
@@ -299,14 +164,17 @@ fn run(on_s3: bool) {
         .unwrap()
         .as_secs() as i64;
     let window = now - i2["end_time"].as_i64().unwrap() - 1;
-    let plan = b.expire(&[
-        "--retain-full",
-        "1",
-        "--retain-pitr",
-        &format!("{window}s"),
-        "--min-age",
-        "0s",
-    ]);
+    let plan = expire(
+        &b,
+        &[
+            "--retain-full",
+            "1",
+            "--retain-pitr",
+            &format!("{window}s"),
+            "--min-age",
+            "0s",
+        ],
+    );
     let reasons = |v: &serde_json::Value| -> Vec<String> {
         plan["backups"]
             .as_array()
@@ -325,8 +193,8 @@ fn run(on_s3: bool) {
     assert_eq!(reasons(&f3), ["retain_full", "retain_pitr"], "{plan}");
     assert_eq!(plan["wal_kept_from"], i2["start_lsn"], "{plan}");
     assert_eq!(plan["garbage"][0]["remove"], true, "{plan}");
-    assert!(!b.keys().iter().any(|k| k.contains(orphan)));
-    let i2_first = lsn(i2["start_lsn"].as_str().unwrap()).segment(seg).0;
+    assert!(!b.r.keys("").iter().any(|k| k.contains(orphan)));
+    let i2_first = parse_lsn(i2["start_lsn"].as_str().unwrap()).segment(seg).0;
     assert!(wal_segments(&b).iter().all(|&s| s >= i2_first));
 
     // the window's first seconds past I2: half a second after row 4 (row 5 is 4 s later)
@@ -340,7 +208,7 @@ fn run(on_s3: bool) {
     }
     ok(b.cmd()
         .current_dir(&fresh)
-        .args(["restore", "--repo", &b.url, "-D"])
+        .args(["restore", "--repo", &b.r.url, "-D"])
         .arg(&pgdata)
         .args(["--no-sync", "--target-time", &t4])
         .output()
@@ -385,70 +253,27 @@ fn pg18_expire_on_seaweedfs() {
 /// the timeline-2 rows.
 #[test]
 fn pg18_expire_across_two_timelines_and_a_gap() {
-    let c = Cluster::start_with(
-        PgVersion::V18,
-        ClusterOptions {
-            conf: vec!["wal_keep_size = '1GB'".into(), "summarize_wal = on".into()],
-            ..Default::default()
-        },
-    );
-    let work = temp_dir("expire-tl");
-    let url = work.join("repo").display().to_string();
-    let lookup = |_: &str| None;
-    let loc = pgrepo::location::Location::parse(&url).unwrap();
-    let store = pgrepo::location::open_store(&loc, &Default::default(), &lookup).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let b = Bed {
-        c,
-        s3: None,
-        url,
-        store,
-        rt,
-    };
+    let b = RepoBed::new("expire-tl", false);
     let c = &b.c;
-    ok(b.cmd().args(["init", "--repo", &b.url]).output().unwrap());
-    ok(b.cmd()
-        .args([
-            "receivewal",
-            "-d",
-            &b.conninfo(),
-            "-S",
-            "exp",
-            "--create-slot",
-        ])
-        .output()
-        .unwrap());
-    let rx = spawn_receiver(&b);
+    let work = b.work.clone();
+    let rx = b.spawn_receiver();
     c.psql("CREATE TABLE ticks (k int, at timestamptz DEFAULT clock_timestamp())");
     c.pgbench_init(1);
-    let f1 = b.backup("full");
+    let f1 = backup(&b, "full");
     c.pgbench(&["-t", "50", "-c", "1", "-n"]);
-    let i1 = b.backup("auto");
+    let i1 = backup(&b, "auto");
     assert_eq!(i1["kind"], "incremental", "{i1}");
     for k in 1..=3 {
         c.psql(&format!("INSERT INTO ticks (k) VALUES ({k})"));
         c.psql("SELECT pg_switch_wal()");
     }
-    let end = c.psql("SELECT pg_switch_wal()");
-    wait_for("the WAL in the repository", || {
-        c.psql(&format!(
-            "SELECT restart_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = 'exp'"
-        )) == "t"
-    });
-    let mut rx = rx;
-    let _ = Command::new("kill")
-        .args(["-TERM", &rx.id().to_string()])
-        .status();
-    rx.wait().unwrap();
+    b.stop_receiver(rx);
     // a gap: the segment after the incremental's end
     let seg = WalSegSize::DEFAULT;
-    let i1_end = lsn(i1["end_lsn"].as_str().unwrap()).segment(seg);
+    let i1_end = parse_lsn(i1["end_lsn"].as_str().unwrap()).segment(seg);
     let gone =
         pgrepo::layout::segment_key(pgwal::TimelineId(1), pgwal::SegmentNo(i1_end.0 + 1), seg);
-    b.rt.block_on(b.store.delete(&gone)).unwrap();
+    b.r.rt.block_on(b.r.store.delete(&gone)).unwrap();
 
     // timeline 2: a server restored from I1 (consistent point) and promoted
     hand_over(&work.join("repo"));
@@ -456,7 +281,7 @@ fn pg18_expire_across_two_timelines_and_a_gap() {
     let pgdata = fresh.join("pgdata");
     ok(b.cmd()
         .current_dir(&fresh)
-        .args(["restore", "--repo", &b.url, "-D"])
+        .args(["restore", "--repo", &b.r.url, "-D"])
         .arg(&pgdata)
         .args(["--no-sync", "--target", "immediate"])
         .output()
@@ -479,7 +304,7 @@ fn pg18_expire_across_two_timelines_and_a_gap() {
     let backup2 = |kind: &str| {
         json(&ok(b
             .cmd()
-            .args(["backup", "-d", &conn2, "--repo", &b.url, "-c", "fast"])
+            .args(["backup", "-d", &conn2, "--repo", &b.r.url, "-c", "fast"])
             .args(["--type", kind, "--json"])
             .output()
             .unwrap()))
@@ -492,7 +317,7 @@ fn pg18_expire_across_two_timelines_and_a_gap() {
     let i2 = backup2("auto");
     assert_eq!(i2["parent"], f2["id"], "{i2}");
 
-    let plan = b.expire(&["--retain-full", "1", "--dry-run"]);
+    let plan = expire(&b, &["--retain-full", "1", "--dry-run"]);
     let id = |v: &serde_json::Value| v["id"].as_str().unwrap().to_owned();
     let want: Vec<(String, String)> = [
         (&f1, "expire"),
@@ -505,11 +330,15 @@ fn pg18_expire_across_two_timelines_and_a_gap() {
     .collect();
     assert_eq!(fates(&plan), want, "{plan}");
     assert_eq!(plan["wal_kept_from"], f2["start_lsn"], "{plan}");
-    b.expire(&["--retain-full", "1"]);
-    let f2_first = lsn(f2["start_lsn"].as_str().unwrap()).segment(seg).0;
+    expire(&b, &["--retain-full", "1"]);
+    let f2_first = parse_lsn(f2["start_lsn"].as_str().unwrap()).segment(seg).0;
     let wal = wal_segments(&b);
     assert!(wal.iter().all(|&s| s >= f2_first), "{wal:?}");
-    let check = b.cmd().args(["check", "--repo", &b.url]).output().unwrap();
+    let check = b
+        .cmd()
+        .args(["check", "--repo", &b.r.url])
+        .output()
+        .unwrap();
     assert_eq!(
         check.status.code(),
         Some(0),
@@ -523,7 +352,7 @@ fn pg18_expire_across_two_timelines_and_a_gap() {
     let pgdata = again.join("pgdata");
     ok(b.cmd()
         .current_dir(&again)
-        .args(["restore", "--repo", &b.url, "-D"])
+        .args(["restore", "--repo", &b.r.url, "-D"])
         .arg(&pgdata)
         .args(["--no-sync", "--target", "immediate"])
         .output()

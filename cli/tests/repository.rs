@@ -7,13 +7,13 @@
 //! automatic backups are full, and say why.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use pgrepl_testbed::{hand_over, temp_dir, Cluster, PgVersion, Role, SeaweedFs};
 
 mod common;
-use common::{ok, pgrepl};
+use common::{json, ok, pgrepl, wait_for};
 
 /// Where the repository lives.
 enum Where {
@@ -84,14 +84,6 @@ fn conninfo(c: &Cluster) -> String {
     )
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn terminate(mut child: Child) {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -99,16 +91,6 @@ fn terminate(mut child: Child) {
         .unwrap();
     let st = child.wait().unwrap();
     assert!(st.success(), "receivewal exited with {st}");
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn tick(c: &Cluster, k: u32) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pgrepl_testbed::{temp_dir, Cluster, ClusterOptions, PgVersion, Role, SeaweedFs};
 
 mod common;
-use common::{ok, pgrepl};
+use common::{json, ok, pgrepl, wait_for};
 
 const BUCKET: &str = "pgrepl-faults";
 
@@ -27,24 +27,6 @@ fn cmd(w: &SeaweedFs) -> Command {
         c.env(k, v);
     }
     c
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn info(w: &SeaweedFs, url: &str) -> serde_json::Value {

@@ -5,26 +5,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgrepl_testbed::{hand_over, temp_dir, Cluster, PgVersion, Role};
 
 mod common;
-use common::{ok, pgrepl};
+use common::{ok, pgrepl, wait_for};
 
 fn conninfo(c: &Cluster) -> String {
     c.conninfo(
         Role::Postgres,
         "sslmode=disable application_name=pgrepl_pitr",
     )
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn terminate(mut child: Child) {

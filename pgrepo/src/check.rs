@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pgwal::{SegmentNo, TimelineId, WalSegSize};
+use pgwal::{SegmentNo, TimelineId};
 
 use crate::info::{info, Window};
 use crate::layout;
@@ -187,13 +187,7 @@ impl CheckReport {
 /// Checks `repo` (an encrypted one needs its identity: the commit records are encrypted).
 pub async fn check(repo: &Repo) -> Result<CheckReport, RepoError> {
     let inf = info(repo, false).await?;
-    let seg = inf
-        .system
-        .as_ref()
-        .and_then(|s| s.wal_segment_size)
-        .or_else(|| inf.backups.last().map(|b| b.wal_segment_size))
-        .and_then(|b| WalSegSize::new(b).ok())
-        .unwrap_or(WalSegSize::DEFAULT);
+    let seg = crate::info::segment_size(inf.system.as_ref(), &inf.backups);
     let mut problems = Vec::new();
 
     // WAL: the gaps between stored runs, and between a backup's end and the run after it

@@ -393,12 +393,7 @@ async fn plan_keeping(
     in_use.extend(also_keep.iter().cloned());
     let backups = repo.backups().await?;
     let system = repo.system().await?;
-    let seg = system
-        .as_ref()
-        .and_then(|s| s.wal_segment_size)
-        .or_else(|| backups.last().map(|b| b.wal_segment_size))
-        .and_then(|b| WalSegSize::new(b).ok())
-        .unwrap_or(WalSegSize::DEFAULT);
+    let seg = crate::info::segment_size(system.as_ref(), &backups);
     let listing = Listing {
         backup_objects: repo
             .list(layout::BACKUPS_PREFIX)

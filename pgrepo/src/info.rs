@@ -101,16 +101,20 @@ fn ranges_of(
     out
 }
 
+/// The repository's WAL segment size: the binding's, else the newest backup's, else 16 MB.
+pub(crate) fn segment_size(system: Option<&SystemRecord>, backups: &[BackupRecord]) -> WalSegSize {
+    system
+        .and_then(|s| s.wal_segment_size)
+        .or_else(|| backups.last().map(|b| b.wal_segment_size))
+        .and_then(|b| WalSegSize::new(b).ok())
+        .unwrap_or(WalSegSize::DEFAULT)
+}
+
 /// Gathers what `repo` holds. `read_wal_end`: read the newest WAL once to date the window's end.
 pub async fn info(repo: &Repo, read_wal_end: bool) -> Result<RepoInfo, RepoError> {
     let system = repo.system().await?;
     let backups = repo.backups().await?;
-    let seg = system
-        .as_ref()
-        .and_then(|s| s.wal_segment_size)
-        .or_else(|| backups.last().map(|b| b.wal_segment_size))
-        .and_then(|b| WalSegSize::new(b).ok())
-        .unwrap_or(WalSegSize::DEFAULT);
+    let seg = segment_size(system.as_ref(), &backups);
     let listing = list_wal(repo, seg).await?;
     let runs = ranges_of(&listing, seg);
 

@@ -336,12 +336,8 @@ impl Drain {
     }
 
     async fn compress(&self, data: Vec<u8>) -> Result<Bytes, Step> {
-        let level = self.level;
-        tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
+        crate::wal::compress_off_thread(data, self.level)
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r)
-            .map(Bytes::from)
             .map_err(|e| Step::Spool(self.spool.clone(), e))
     }
 

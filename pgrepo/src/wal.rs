@@ -77,6 +77,15 @@ pub async fn list_wal(repo: &Repo, seg: WalSegSize) -> Result<WalListing, RepoEr
     Ok(out)
 }
 
+/// Compresses a segment (or tail) with zstd off the async threads.
+pub(crate) async fn compress_off_thread(data: Vec<u8>, level: i32) -> std::io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map(Bytes::from)
+}
+
 /// `receivewal --repo`'s store. See the module documentation.
 #[derive(Debug)]
 pub struct RepoWalStore {
@@ -121,12 +130,8 @@ impl RepoWalStore {
     }
 
     async fn compress(&self, data: Vec<u8>) -> Result<Bytes, ReceiveError> {
-        let level = self.level;
-        tokio::task::spawn_blocking(move || zstd::bulk::compress(&data, level))
+        compress_off_thread(data, self.level)
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r)
-            .map(Bytes::from)
             .map_err(|e| ReceiveError::Storage {
                 archive: self.repo.name(),
                 detail: format!("compressing WAL: {e}"),
