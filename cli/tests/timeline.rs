@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgrepl_testbed::{temp_dir, Cluster, PgVersion, Role};
+use pgrepl_testbed::{temp_dir, Cluster, ClusterOptions, PgVersion, Role};
 
 mod common;
 use common::{ok, pg_verifybackup_ok, pgrepl};
@@ -73,7 +73,15 @@ fn tar_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 fn promoted_standby_chain(v: PgVersion) {
-    let node1 = Cluster::start(v);
+    // the standby streams from the backup's start: node1's CHECKPOINT below must not recycle
+    // that segment first (it did, now and then, on a loaded machine)
+    let node1 = Cluster::start_with(
+        v,
+        ClusterOptions {
+            conf: vec!["wal_keep_size = '256MB'".into()],
+            ..Default::default()
+        },
+    );
     node1.psql("CREATE TABLE mytable (a int, b text); INSERT INTO mytable VALUES (1, 'avocado')");
     let work = temp_dir("bbtli");
     let full = work.join("full");
