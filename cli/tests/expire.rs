@@ -19,6 +19,21 @@ fn backup(b: &RepoBed, kind: &str) -> serde_json::Value {
     b.backup(&["--type", kind])
 }
 
+/// `restore --repo --target immediate` into `dir/pgdata`, and a server started on it.
+fn restore_immediate(b: &RepoBed, dir: &std::path::Path) -> Cluster {
+    let pgdata = dir.join("pgdata");
+    ok(b.cmd()
+        .current_dir(dir)
+        .args(["restore", "--repo", &b.r.url, "-D"])
+        .arg(&pgdata)
+        .args(["--no-sync", "--target", "immediate"])
+        .output()
+        .unwrap());
+    std::fs::create_dir_all(dir.join("pgdata.pgrepl-prefetch")).unwrap();
+    hand_over(&dir.join("pgdata.pgrepl-prefetch"));
+    Cluster::start_on(PgVersion::V18, &pgdata)
+}
+
 fn expire(b: &RepoBed, args: &[&str]) -> serde_json::Value {
     json(&ok(b
         .cmd()
@@ -278,17 +293,7 @@ fn pg18_expire_across_two_timelines_and_a_gap() {
     // timeline 2: a server restored from I1 (consistent point) and promoted
     hand_over(&work.join("repo"));
     let fresh = temp_dir("expire-tl2");
-    let pgdata = fresh.join("pgdata");
-    ok(b.cmd()
-        .current_dir(&fresh)
-        .args(["restore", "--repo", &b.r.url, "-D"])
-        .arg(&pgdata)
-        .args(["--no-sync", "--target", "immediate"])
-        .output()
-        .unwrap());
-    std::fs::create_dir_all(fresh.join("pgdata.pgrepl-prefetch")).unwrap();
-    hand_over(&fresh.join("pgdata.pgrepl-prefetch"));
-    let c2 = Cluster::start_on(PgVersion::V18, &pgdata);
+    let c2 = restore_immediate(&b, &fresh);
     wait_for("the promotion", || {
         c2.psql("SELECT pg_is_in_recovery()") == "f"
     });
@@ -349,17 +354,7 @@ fn pg18_expire_across_two_timelines_and_a_gap() {
 
     // the kept chain, restored by a server: timeline 2's rows
     let again = temp_dir("expire-tl2-restore");
-    let pgdata = again.join("pgdata");
-    ok(b.cmd()
-        .current_dir(&again)
-        .args(["restore", "--repo", &b.r.url, "-D"])
-        .arg(&pgdata)
-        .args(["--no-sync", "--target", "immediate"])
-        .output()
-        .unwrap());
-    std::fs::create_dir_all(again.join("pgdata.pgrepl-prefetch")).unwrap();
-    hand_over(&again.join("pgdata.pgrepl-prefetch"));
-    let r = Cluster::start_on(PgVersion::V18, &pgdata);
+    let r = restore_immediate(&b, &again);
     wait_for("recovery to end", || {
         r.psql("SELECT pg_is_in_recovery()") == "f"
     });
