@@ -157,6 +157,8 @@ pub struct Config {
     pub channel_binding: ChannelBinding,
     /// Send SNI (the default, for host names only).
     pub sslsni: bool,
+    /// Reach `host:port` through this SSH tunnel (`host` as the SSH server resolves it).
+    pub ssh: Option<crate::ssh::SshTunnel>,
 }
 
 /// Keywords we accept, as libpq spells them. Anything else is an error, as in libpq.
@@ -280,6 +282,7 @@ impl ConnParams {
             sslkey: tls.sslkey,
             channel_binding: tls.channel_binding,
             sslsni: tls.sslsni,
+            ssh: None,
         })
     }
 }

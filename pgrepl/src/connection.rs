@@ -132,7 +132,12 @@ enum TlsAttempt {
 
 impl Connection {
     /// Opens a replication connection as `config` says, within `connect_timeout` if set.
+    /// Through an SSH tunnel, the SSH connection (if not open yet) comes first, within the
+    /// tunnel's own timeout.
     pub async fn connect(config: &Config) -> Result<Connection> {
+        if let Some(tunnel) = &config.ssh {
+            tunnel.connect().await?;
+        }
         let fut = Self::connect_inner(config);
         match config.connect_timeout {
             Some(t) => tokio::time::timeout(t, fut)
@@ -160,6 +165,17 @@ impl Connection {
     }
 
     async fn open_socket(config: &Config) -> Result<Socket> {
+        if let Some(tunnel) = &config.ssh {
+            let Host::Tcp(host) = &config.host else {
+                return Err(Error::Config(
+                    "through an SSH tunnel the database host must be a host name or address \
+                     as the SSH server sees it, not a socket directory"
+                        .into(),
+                ));
+            };
+            let s = tunnel.open(host, config.port).await?;
+            return Ok(Socket::Ssh(Box::new(s)));
+        }
         match &config.host {
             Host::Unix(dir) => {
                 let path = config.unix_socket_path(dir);
@@ -206,7 +222,9 @@ impl Connection {
         let socket = Self::open_socket(config).await?;
         let socket = match (socket, tls) {
             (s, TlsAttempt::Plain) | (s @ Socket::Unix(_), _) => s,
-            (Socket::Tcp(tcp), mode) => Self::negotiate_tls(config, tcp, mode).await?,
+            (s @ (Socket::Tcp(_) | Socket::Ssh(_)), mode) => {
+                Self::negotiate_tls(config, s, mode).await?
+            }
             (s @ Socket::Tls(_), _) => s,
         };
         let mut conn = Connection {
@@ -232,13 +250,9 @@ impl Connection {
         Ok(conn)
     }
 
-    async fn negotiate_tls(
-        config: &Config,
-        mut tcp: TcpStream,
-        mode: TlsAttempt,
-    ) -> Result<Socket> {
+    async fn negotiate_tls(config: &Config, mut tcp: Socket, mode: TlsAttempt) -> Result<Socket> {
         let Host::Tcp(host) = &config.host else {
-            return Ok(Socket::Tcp(tcp));
+            return Ok(tcp);
         };
         if config.sslnegotiation == SslNegotiation::Postgres {
             let mut buf = BytesMut::new();
@@ -253,7 +267,7 @@ impl Connection {
                 .map_err(|e| Error::io("reading the answer to SSLRequest", e))?;
             match answer[0] {
                 b'S' => {}
-                b'N' if mode == TlsAttempt::Try => return Ok(Socket::Tcp(tcp)),
+                b'N' if mode == TlsAttempt::Try => return Ok(tcp),
                 b'N' => {
                     return Err(Error::Tls(
                         "server does not support SSL, but SSL was required".into(),

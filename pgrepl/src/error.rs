@@ -103,6 +103,9 @@ pub enum Error {
         /// The protocol state we were in.
         state: &'static str,
     },
+    /// The SSH tunnel could not be opened.
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
     /// A connection or read timed out.
     #[error("timed out during {0}")]
     Timeout(&'static str),

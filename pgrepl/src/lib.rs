@@ -33,6 +33,7 @@ pub mod quote;
 pub mod replication;
 mod socket;
 mod sockopt;
+pub mod ssh;
 mod stream;
 pub mod tls;
 
@@ -48,6 +49,7 @@ pub use config::{
 pub use connection::{Connection, NoticeHandler, QueryResult, ServerVersion};
 pub use error::{AuthError, DbError, Error, Result};
 pub use pgwal::{Lsn, TimelineId};
+pub use ssh::{SshConfig, SshError, SshTunnel};
 pub use stream::{ReplicationEvent, ReplicationStream, StartReplication};
 
 #[cfg(test)]

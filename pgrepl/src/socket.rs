@@ -1,4 +1,5 @@
-//! The byte stream under a connection: TCP, Unix-domain socket, or TLS over TCP.
+//! The byte stream under a connection: TCP, Unix-domain socket, an SSH tunnel's channel, or TLS
+//! over TCP or over the tunnel.
 
 use std::io;
 use std::pin::Pin;
@@ -9,11 +10,22 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
 /// One of the transports a connection runs over.
-#[derive(Debug)]
 pub(crate) enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Ssh(Box<crate::ssh::SshStream>),
+    Tls(Box<TlsStream<Socket>>),
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Socket::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
+            Socket::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
+            Socket::Ssh(_) => f.write_str("Ssh"),
+            Socket::Tls(s) => f.debug_tuple("Tls").field(&s.get_ref().0).finish(),
+        }
+    }
 }
 
 impl Socket {
@@ -22,8 +34,8 @@ impl Socket {
         use std::os::fd::AsFd;
         match self {
             Socket::Tcp(s) => Some(s.as_fd()),
-            Socket::Tls(s) => Some(s.get_ref().0.as_fd()),
-            Socket::Unix(_) => None,
+            Socket::Tls(s) => s.get_ref().0.tcp_fd(),
+            Socket::Unix(_) | Socket::Ssh(_) => None,
         }
     }
 }
@@ -37,6 +49,7 @@ impl AsyncRead for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Ssh(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -51,6 +64,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Ssh(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -59,6 +73,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
             Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Ssh(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -67,6 +82,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Ssh(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }

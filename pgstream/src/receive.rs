@@ -200,6 +200,9 @@ impl ReceiveError {
                     let c = error.code.as_str();
                     !(c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "XX000")
                 }
+                // host keys, client keys and forwarding policy stay as they are; a lost tunnel
+                // or a bastion that did not answer may come back
+                pgrepl::Error::Ssh(e) => e.is_fatal(),
                 // a server that broke the protocol once will break it again
                 pgrepl::Error::Config(_)
                 | pgrepl::Error::Tls(_)
