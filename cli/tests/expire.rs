@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use pgrepl_testbed::{hand_over, temp_dir, Cluster, PgVersion, Role};
+use pgrepl_testbed::{hand_over, temp_dir, Cluster, Role};
 use pgrepo::store::PutMode;
 use pgwal::WalSegSize;
 
 mod common;
-use common::{json, ok, parse_lsn, wait_for, RepoBed};
+use common::{json, ok, parse_lsn, start_restored, wait_for, RepoBed};
 
 fn backup(b: &RepoBed, kind: &str) -> serde_json::Value {
     b.backup(&["--type", kind])
@@ -29,9 +29,7 @@ fn restore_immediate(b: &RepoBed, dir: &std::path::Path) -> Cluster {
         .args(["--no-sync", "--target", "immediate"])
         .output()
         .unwrap());
-    std::fs::create_dir_all(dir.join("pgdata.pgrepl-prefetch")).unwrap();
-    hand_over(&dir.join("pgdata.pgrepl-prefetch"));
-    Cluster::start_on(PgVersion::V18, &pgdata)
+    start_restored(&pgdata)
 }
 
 fn expire(b: &RepoBed, args: &[&str]) -> serde_json::Value {
@@ -228,16 +226,7 @@ fn run(on_s3: bool) {
         .args(["--no-sync", "--target-time", &t4])
         .output()
         .unwrap());
-    for suffix in ["pgrepl-env", "pgrepl-prefetch"] {
-        let p = fresh.join(format!("pgdata.{suffix}"));
-        if suffix == "pgrepl-prefetch" {
-            std::fs::create_dir_all(&p).unwrap();
-        }
-        if p.exists() {
-            hand_over(&p);
-        }
-    }
-    let r = Cluster::start_on(PgVersion::V18, &pgdata);
+    let r = start_restored(&pgdata);
     wait_for("recovery to end", || {
         r.psql("SELECT pg_is_in_recovery()") == "f"
     });

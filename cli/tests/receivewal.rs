@@ -349,6 +349,59 @@ fn pg18_server_restart_is_survived() {
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
 
+/// Through an SSH tunnel whose sshd session is killed twice while WAL streams: receivewal
+/// reconnects SSH and PostgreSQL with its usual backoff, and the archive has no gap (complete
+/// segments byte-equal to the server's pg_wal, decodable end to end).
+#[test]
+fn pg18_killed_ssh_tunnel_is_survived() {
+    let c = cluster(PgVersion::V18);
+    let sshd = pgrepl_testbed::SshServer::start();
+    let dir = temp_dir("rws").join("archive");
+    ok(pgrepl()
+        .args([
+            "receivewal",
+            "-d",
+            &conninfo(&c),
+            "-S",
+            "arch",
+            "--create-slot",
+        ])
+        .output()
+        .unwrap());
+    let first = lsn(
+        &c,
+        "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'arch'",
+    );
+    let mut args = vec!["-S".to_owned(), "arch".to_owned(), "-v".to_owned()];
+    args.extend(sshd.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rx = spawn(&c, &dir, &args);
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g");
+    for round in 0..2 {
+        let mid = lsn(&c, "SELECT pg_switch_wal()");
+        wait_for("a segment through the tunnel", || {
+            complete_in_archive(&dir, TimelineId(1), Lsn(mid.0 - 1))
+        });
+        let logins = sshd.logins();
+        assert!(
+            sshd.kill_sessions() > 0,
+            "round {round}: no session to kill"
+        );
+        // WAL written while the tunnel is down
+        c.psql("INSERT INTO t SELECT g FROM generate_series(1, 100000) g");
+        wait_for("a new SSH connection", || sshd.logins() > logins);
+    }
+    let end = lsn(&c, "SELECT pg_switch_wal()");
+    wait_for("the segments written while the tunnel was down", || {
+        complete_in_archive(&dir, TimelineId(1), Lsn(end.0 - 1))
+    });
+    terminate(rx);
+    assert!(complete_segments_match(&c, &dir) >= 3);
+    holds_prefix(&c, &dir, TimelineId(1), first, end);
+    continuous_to(&dir, TimelineId(1), &TimelineHistory::default(), end);
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
 fn timeline_switch(v: PgVersion) {
     let primary = cluster(v);
     let standby = primary.standby();

@@ -12,12 +12,14 @@ mod cluster;
 pub mod fake;
 mod install;
 mod seaweed;
+mod sshd;
 mod user;
 
 pub use certs::TestCa;
 pub use cluster::{Cluster, ClusterOptions, Role};
 pub use install::{pg15_bin, repo_root, server_bin, tool, tools_bin, PgVersion};
 pub use seaweed::{weed_bin, SeaweedCluster, SeaweedFs, S3_ACCESS_KEY, S3_SECRET_KEY};
+pub use sshd::SshServer;
 pub use user::{hand_over, run_as_test_user, TEST_USER};
 
 /// Runs `cmd` and returns its stdout, panicking with stderr and the command line on failure.

@@ -271,8 +271,14 @@ impl RepoBed {
 
     /// `receivewal --repo` on the slot, in the background.
     pub fn spawn_receiver(&self) -> std::process::Child {
+        self.spawn_receiver_with(&[])
+    }
+
+    /// `receivewal --repo` on the slot with `extra` flags, in the background.
+    pub fn spawn_receiver_with(&self, extra: &[&str]) -> std::process::Child {
         self.cmd()
             .args(["receivewal", "-d", &self.conninfo(), "-S", &self.slot])
+            .args(extra)
             .args(["--repo", &self.r.url])
             .args(["--status-interval", "1", "--partial-interval", "1"])
             .stdout(std::process::Stdio::null())
@@ -306,4 +312,20 @@ impl RepoBed {
             .output()
             .unwrap()))
     }
+}
+
+/// Starts a PostgreSQL 18 server on a data directory that `pgrepl restore` wrote, handing the
+/// files its restore_command reads (`<pgdata>.pgrepl-env`, `<pgdata>.pgrepl-prefetch/`) to the
+/// server's user first.
+pub fn start_restored(pgdata: &Path) -> Cluster {
+    for suffix in ["pgrepl-env", "pgrepl-prefetch"] {
+        let p = pgdata.with_extension(suffix);
+        if suffix == "pgrepl-prefetch" {
+            std::fs::create_dir_all(&p).unwrap();
+        }
+        if p.exists() {
+            pgrepl_testbed::hand_over(&p);
+        }
+    }
+    Cluster::start_on(pgrepl_testbed::PgVersion::V18, pgdata)
 }
