@@ -20,6 +20,19 @@
 //! println!("system {} on timeline {} at {}", id.system_id, id.timeline, id.xlogpos);
 //! # Ok(()) }
 //! ```
+//!
+//! Through an SSH tunnel ([`ssh`]): the host is the database as the SSH server sees it, and
+//! every connection made with clones of this config shares one SSH connection.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), pgrepl::Error> {
+//! let mut config = pgrepl::Config::from_conninfo("host=db.internal user=backup sslmode=verify-full")?;
+//! let mut ssh = pgrepl::SshConfig::parse("backup@bastion.example.com")?;
+//! ssh.key_file = Some("/etc/backup/id_ed25519".into());
+//! config.ssh = Some(pgrepl::SshTunnel::new(ssh));
+//! let mut conn = pgrepl::Connection::connect(&config).await?;
+//! # Ok(()) }
+//! ```
 
 pub mod backup;
 mod backup_stream;
