@@ -189,6 +189,21 @@ fn modes_are_private(dir: &Path) {
     }
 }
 
+/// The physical slot `arch`, WAL reserved.
+fn create_slot(c: &Cluster) {
+    ok(pgrepl()
+        .args([
+            "receivewal",
+            "-d",
+            &conninfo(c),
+            "-S",
+            "arch",
+            "--create-slot",
+        ])
+        .output()
+        .unwrap());
+}
+
 fn lsn(c: &Cluster, sql: &str) -> Lsn {
     c.psql(sql).parse().unwrap()
 }
@@ -249,17 +264,7 @@ fn pg18_under_load() {
 fn crashes(v: PgVersion) {
     let c = cluster(v);
     let dir = temp_dir("rw").join("archive");
-    ok(pgrepl()
-        .args([
-            "receivewal",
-            "-d",
-            &conninfo(&c),
-            "-S",
-            "arch",
-            "--create-slot",
-        ])
-        .output()
-        .unwrap());
+    create_slot(&c);
     c.pgbench_init(1);
     let first = lsn(
         &c,
@@ -320,17 +325,7 @@ fn pg18_kill_9_twice() {
 fn pg18_server_restart_is_survived() {
     let mut c = cluster(PgVersion::V18);
     let dir = temp_dir("rw").join("archive");
-    ok(pgrepl()
-        .args([
-            "receivewal",
-            "-d",
-            &conninfo(&c),
-            "-S",
-            "arch",
-            "--create-slot",
-        ])
-        .output()
-        .unwrap());
+    create_slot(&c);
     let rx = spawn(&c, &dir, &["-S", "arch", "-v"]);
     c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 100000) g");
     let mid = lsn(&c, "SELECT pg_switch_wal()");
@@ -357,17 +352,7 @@ fn pg18_killed_ssh_tunnel_is_survived() {
     let c = cluster(PgVersion::V18);
     let sshd = pgrepl_testbed::SshServer::start();
     let dir = temp_dir("rws").join("archive");
-    ok(pgrepl()
-        .args([
-            "receivewal",
-            "-d",
-            &conninfo(&c),
-            "-S",
-            "arch",
-            "--create-slot",
-        ])
-        .output()
-        .unwrap());
+    create_slot(&c);
     let first = lsn(
         &c,
         "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'arch'",

@@ -536,13 +536,65 @@ async fn authenticate(
         Ok(Some(h)) => h,
         _ => Some(HashAlg::Sha256),
     };
-    if let Some(file) = &cfg.key_file {
-        let key = load_key(file, cfg.passphrase.as_ref())?;
-        let hash = if key.algorithm().is_rsa() {
-            rsa_hash
-        } else {
-            None
+    let hash_for = |key: &PublicKey| key.algorithm().is_rsa().then_some(rsa_hash).flatten();
+    // the key file given is the only one tried, and must load; otherwise the agent's keys,
+    // then the default files that exist and load
+    let files = match &cfg.key_file {
+        Some(file) => {
+            load_key(file, cfg.passphrase.as_ref())?;
+            vec![file.clone()]
+        }
+        None => {
+            if let Some(sock) = std::env::var_os("SSH_AUTH_SOCK") {
+                match russh::keys::agent::client::AgentClient::connect_uds(&sock).await {
+                    Ok(mut agent) => {
+                        let ids = agent.request_identities().await.unwrap_or_default();
+                        for id in ids {
+                            let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id
+                            else {
+                                continue;
+                            };
+                            let hash = hash_for(&key);
+                            let fp = key.fingerprint(HashAlg::Sha256).to_string();
+                            match handle
+                                .authenticate_publickey_with(
+                                    cfg.user.clone(),
+                                    key,
+                                    hash,
+                                    &mut agent,
+                                )
+                                .await
+                            {
+                                Ok(r) if r.success() => return Ok(()),
+                                Ok(_) => tried.push(format!("agent key {fp}")),
+                                Err(e) => {
+                                    tracing::debug!("ssh-agent could not sign with {fp}: {e}");
+                                    tried.push(format!("agent key {fp} (the agent did not sign)"));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(
+                        "ssh-agent at {} not usable: {e}",
+                        Path::new(&sock).display()
+                    ),
+                }
+            }
+            cfg.home_key_files()
+                .into_iter()
+                .filter(|f| f.exists())
+                .collect()
+        }
+    };
+    for file in files {
+        let key = match load_key(&file, cfg.passphrase.as_ref()) {
+            Ok(k) => k,
+            Err(e) => {
+                tried.push(format!("{} (not usable: {e})", file.display()));
+                continue;
+            }
         };
+        let hash = hash_for(key.public_key());
         let r = handle
             .authenticate_publickey(
                 cfg.user.clone(),
@@ -554,68 +606,6 @@ async fn authenticate(
             return Ok(());
         }
         tried.push(format!("key {}", file.display()));
-    } else {
-        if let Some(sock) = std::env::var_os("SSH_AUTH_SOCK") {
-            match russh::keys::agent::client::AgentClient::connect_uds(&sock).await {
-                Ok(mut agent) => {
-                    let ids = agent.request_identities().await.unwrap_or_default();
-                    for id in ids {
-                        let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id else {
-                            continue;
-                        };
-                        let hash = if key.algorithm().is_rsa() {
-                            rsa_hash
-                        } else {
-                            None
-                        };
-                        let fp = key.fingerprint(HashAlg::Sha256).to_string();
-                        match handle
-                            .authenticate_publickey_with(cfg.user.clone(), key, hash, &mut agent)
-                            .await
-                        {
-                            Ok(r) if r.success() => return Ok(()),
-                            Ok(_) => tried.push(format!("agent key {fp}")),
-                            Err(e) => {
-                                tracing::debug!("ssh-agent could not sign with {fp}: {e}");
-                                tried.push(format!("agent key {fp} (the agent did not sign)"));
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(
-                    "ssh-agent at {} not usable: {e}",
-                    Path::new(&sock).display()
-                ),
-            }
-        }
-        for file in cfg.home_key_files() {
-            if !file.exists() {
-                continue;
-            }
-            let key = match load_key(&file, cfg.passphrase.as_ref()) {
-                Ok(k) => k,
-                Err(e) => {
-                    tried.push(format!("{} (not usable: {e})", file.display()));
-                    continue;
-                }
-            };
-            let hash = if key.algorithm().is_rsa() {
-                rsa_hash
-            } else {
-                None
-            };
-            let r = handle
-                .authenticate_publickey(
-                    cfg.user.clone(),
-                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-                )
-                .await
-                .map_err(lost)?;
-            if r.success() {
-                return Ok(());
-            }
-            tried.push(format!("key {}", file.display()));
-        }
     }
     Err(SshError::AuthRefused {
         address: cfg.address(),
