@@ -466,3 +466,75 @@ fn base_backup_fails_cleanly_when_the_tunnel_drops() {
         .unwrap());
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Without --ssh-key and --ssh-known-hosts: the agent at SSH_AUTH_SOCK, then ~/.ssh/id_ed25519,
+/// and ~/.ssh/known_hosts — here hashed by `ssh-keygen -H`, as Debian's ssh client writes it.
+#[test]
+fn agent_default_key_and_hashed_known_hosts() {
+    let c = Cluster::start(PgVersion::V18);
+    let sshd = SshServer::start();
+    let home = temp_dir("sshhome");
+    let dot = home.join(".ssh");
+    std::fs::create_dir_all(&dot).unwrap();
+    let kh = dot.join("known_hosts");
+    std::fs::write(&kh, format!("{}\n", sshd.known_hosts_line())).unwrap();
+    let hashed = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&kh)
+        .output()
+        .unwrap();
+    assert!(hashed.status.success());
+    let text = std::fs::read_to_string(&kh).unwrap();
+    assert!(
+        text.starts_with("|1|") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    let identify = |env: &[(&str, &Path)]| {
+        let mut cmd = pgrepl();
+        cmd.args(["identify", "-d", &conninfo(&c), "--json"])
+            .args(["--ssh", &sshd.destination()])
+            .env("HOME", &home)
+            .env_remove("SSH_AUTH_SOCK");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // no key anywhere: refused, saying what was tried
+    fails_with(identify(&[]), &["did not accept", "no key"]);
+
+    // the agent's key
+    let sock = home.join("agent.sock");
+    let agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(agent);
+    common::wait_for("ssh-agent", || sock.exists());
+    let added = Command::new("ssh-add")
+        .arg(&sshd.client_key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let out = ok(identify(&[("SSH_AUTH_SOCK", &sock)]));
+    assert!(json(&out)["system_identifier"].is_string());
+
+    // ~/.ssh/id_ed25519
+    std::fs::copy(&sshd.client_key, dot.join("id_ed25519")).unwrap();
+    let out = ok(identify(&[]));
+    assert!(json(&out)["system_identifier"].is_string());
+    assert_eq!(sshd.logins(), 2, "{}", sshd.log());
+    let _ = std::fs::remove_dir_all(&home);
+}
