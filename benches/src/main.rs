@@ -11,11 +11,13 @@
 //!   pgrepl-bench verify [--scale N] [--rounds R]         (needs target/release/pgrepl)
 //!   pgrepl-bench micro [--rounds R]                      (no server: tar, WAL, checksums in MB/s)
 //!   pgrepl-bench repository [--scale N] [--rounds R]     (needs target/release/pgrepl, zstd, curl)
+//!   pgrepl-bench pgbackrest [--scale N] [--rounds R]     (needs target/release/pgrepl, pgbackrest)
 
 mod basebackup;
 mod combine;
 mod measure;
 mod micro;
+mod pgbackrest;
 mod receivewal;
 mod repository;
 mod wal_decode;
@@ -23,7 +25,7 @@ mod wal_decode;
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository [--scale N] [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository|pgbackrest [--scale N] [--rounds R]");
     std::process::exit(2);
 }
 
@@ -57,6 +59,7 @@ fn main() {
         "verify" => combine::bench_verify(scale, rounds),
         "micro" => micro::bench(rounds),
         "repository" => repository::bench(scale, rounds),
+        "pgbackrest" => pgbackrest::bench(scale, rounds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");
