@@ -1,6 +1,8 @@
 //! Base backups: `pgrepl basebackup` against `pg_basebackup` on the same server, alternating, in
 //! several modes. Client CPU (user+sys, children included) and peak RSS come from wait4; the
-//! same backup with `-t blackhole` gives the server's own share of the wall time.
+//! same backup with `-t blackhole` gives the server's own share of the wall time, and
+//! `pg_basebackup -Ft -X none -D - > /dev/null` (with the manifest and without) the physical
+//! floor: what the server can send when nothing is written.
 
 use std::process::Command;
 
@@ -12,7 +14,7 @@ struct Mode {
     name: &'static str,
     ours: &'static [&'static str],
     theirs: &'static [&'static str],
-    /// pg_basebackup's output goes through `zstd -5 -T2` (the test bed's PG 18 has no zstd).
+    /// pg_basebackup's output goes through `zstd -5 -T0` (the test bed's PG 18 has no zstd).
     pipe_zstd: bool,
     incremental: bool,
 }
@@ -40,16 +42,16 @@ const MODES: &[Mode] = &[
         incremental: false,
     },
     Mode {
+        name: "tar, fsync",
+        ours: &["-F", "t"],
+        theirs: &["-F", "t"],
+        pipe_zstd: false,
+        incremental: false,
+    },
+    Mode {
         name: "tar + zstd:5",
-        ours: &[
-            "-F",
-            "t",
-            "-N",
-            "-X",
-            "none",
-            "-Z",
-            "zstd:level=5,workers=2",
-        ],
+        // our default workers: one per core, as `zstd -T0` on the other side
+        ours: &["-F", "t", "-N", "-X", "none", "-Z", "zstd:5"],
         theirs: &["-F", "t", "-X", "none"],
         pipe_zstd: true,
         incremental: false,
@@ -111,6 +113,8 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         // The server's share: the same backup with `-t blackhole`, where the server reads,
         // checksums and discards the files. Neither client can finish before it.
         let mut server: Vec<f64> = Vec::new();
+        // `pg_basebackup -Ft -X none -D - > /dev/null`, with the manifest and without
+        let mut floor: [Vec<f64>; 2] = Default::default();
         // Each backup's files are emptied after its run (freeing their blocks and page cache)
         // but deleted only when the mode ends: ext4 without a journal (these VMs) skips inodes
         // freed in the last 60 s when it allocates new ones, so deleting each backup before the
@@ -158,7 +162,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                     let sample = if mode.pipe_zstd {
                         std::fs::create_dir_all(&target).unwrap();
                         run(Command::new("sh").arg("-c").arg(format!(
-                            "{} -d '{}' -c fast -D - {} | zstd -q -5 -T2 -o {}",
+                            "{} -d '{}' -c fast -D - {} | zstd -q -5 -T0 -o {}",
                             tool("pg_basebackup").display(),
                             conninfo,
                             mode.theirs.join(" "),
@@ -179,6 +183,17 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                     }
                     empty_files(&target);
                     done.push(target);
+                }
+            }
+            if round > 0 && !mode.incremental {
+                // the physical floor: what the server can send, straight into /dev/null
+                for (i, extra) in [&[][..], &["--no-manifest"][..]].iter().enumerate() {
+                    let mut cmd = Command::new(tool("pg_basebackup"));
+                    cmd.args([
+                        "-d", &conninfo, "-c", "fast", "-Ft", "-X", "none", "-D", "-",
+                    ])
+                    .args(*extra);
+                    floor[i].push(run(&mut cmd).wall);
                 }
             }
             if round > 0 && !mode.pipe_zstd {
@@ -216,12 +231,19 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         let orss = ours.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
         let trss = theirs.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
         let sw = (!server.is_empty()).then(|| median(server.clone()));
+        let fl =
+            (!floor[0].is_empty()).then(|| (median(floor[0].clone()), median(floor[1].clone())));
         let line = format!(
-            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB{}",
+            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB{}{}",
             mode.name,
             ow / tw,
             oc / tc,
-            sw.map(|w| format!("  server alone {w:.2}s")).unwrap_or_default()
+            sw.map(|w| format!("  server alone {w:.2}s")).unwrap_or_default(),
+            fl.map(|(m, n)| format!(
+                "  floor {m:.2}s (no manifest {n:.2}s) ours/floor {:.2}x",
+                ow / m
+            ))
+            .unwrap_or_default()
         );
         println!("{line}");
         lines.push(line);
@@ -231,6 +253,9 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
             "pg_basebackup": {"wall_s": tw, "wall_min_s": tlo, "wall_max_s": thi, "cpu_s": tc, "peak_rss_mib": trss},
             "ratio": {"wall": ow / tw, "cpu": oc / tc},
             "server_alone_wall_s": sw,
+            "floor_wall_s": fl.map(|f| f.0),
+            "floor_no_manifest_wall_s": fl.map(|f| f.1),
+            "ratio_to_floor": fl.map(|f| ow / f.0),
         }));
     }
     let _ = std::fs::remove_dir_all(&root);

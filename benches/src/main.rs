@@ -12,6 +12,7 @@
 //!   pgrepl-bench micro [--rounds R]                      (no server: tar, WAL, checksums in MB/s)
 //!   pgrepl-bench repository [--scale N] [--rounds R]     (needs target/release/pgrepl, zstd, curl)
 //!   pgrepl-bench pgbackrest [--scale N] [--rounds R]     (needs target/release/pgrepl, pgbackrest)
+//!   pgrepl-bench scaling [--rounds R]                    (scales 20, 100, 300; needs target/release/pgrepl)
 
 mod basebackup;
 mod combine;
@@ -20,12 +21,13 @@ mod micro;
 mod pgbackrest;
 mod receivewal;
 mod repository;
+mod scaling;
 mod wal_decode;
 
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository|pgbackrest [--scale N] [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository|pgbackrest [--scale N] [--rounds R] | scaling [--rounds R]");
     std::process::exit(2);
 }
 
@@ -60,6 +62,7 @@ fn main() {
         "micro" => micro::bench(rounds),
         "repository" => repository::bench(scale, rounds),
         "pgbackrest" => pgbackrest::bench(scale, rounds),
+        "scaling" => scaling::bench(rounds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");

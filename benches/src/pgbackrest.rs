@@ -4,7 +4,10 @@
 //! process-max 1 and 2, alternating, R rounds; then the newest backup restored into a new
 //! directory by each, timed until a server started on it accepts connections (pgBackRest's
 //! restore_command is its asynchronous archive-get). Wall, the client's CPU (its worker
-//! processes included: they are its children) and peak RSS, medians, and bytes stored.
+//! processes included: they are its children) and peak RSS, medians, and bytes stored. Then
+//! an incremental after a pgbench load: pgBackRest's `--type=incr` (whole changed files) on 15
+//! against our block-level incremental, which needs WAL summaries (PostgreSQL 17+) and so runs
+//! on a PostgreSQL 18 cluster with the same data and load: wall and bytes stored.
 //!
 //! pgBackRest reads the data directory itself, so it runs as the cluster's owner (the test
 //! user when we are root); so does everything that writes a data directory a server will start
@@ -157,7 +160,14 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         ),
     )
     .unwrap();
-    for d in ["spool", "lock", "log", "pgbackrest-repo", "restored", "sock"] {
+    for d in [
+        "spool",
+        "lock",
+        "log",
+        "pgbackrest-repo",
+        "restored",
+        "sock",
+    ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     hand_over(&root);
@@ -180,7 +190,11 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 
-    let names = ["pgrepl backup --repo", "pgbackrest process-max=1", "pgbackrest process-max=2"];
+    let names = [
+        "pgrepl backup --repo",
+        "pgbackrest process-max=1",
+        "pgbackrest process-max=2",
+    ];
     let mut samples: [Vec<Sample>; 3] = Default::default();
     let mut stored: [u64; 3] = [0; 3];
     // round 0 warms both sides up and is not counted
@@ -244,6 +258,48 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         }
     }
 
+    // an incremental after the same pgbench load: pgBackRest's copies whole changed files (on
+    // 15); ours is block-level from WAL summaries, which need PostgreSQL 17+, so it runs on a
+    // PostgreSQL 18 cluster with the same data and the same load
+    const LOAD: &[&str] = &["-t", "3000", "-c", "2", "-n"];
+    c.pgbench(LOAD);
+    let br_incr = run(pgbackrest(&conf).args(["backup", "--type=incr", "--process-max=2"]));
+    let br_incr_bytes = bytes_under(&newest_label(&br_repo));
+    let (our_incr, our_incr_bytes) = {
+        let c18 = pgrepl_testbed::Cluster::start_with(
+            pgrepl_testbed::PgVersion::V18,
+            pgrepl_testbed::ClusterOptions {
+                conf: vec!["max_wal_size = 4GB".into(), "summarize_wal = on".into()],
+                ..Default::default()
+            },
+        );
+        c18.pgbench_init(scale);
+        let ci18 = c18.conninfo(Role::Postgres, "sslmode=disable");
+        let repo18 = root.join("pgrepl-repo-18");
+        let backup = |kind: &str| {
+            run(Command::new(&ours)
+                .args(["backup", "-d", &ci18, "--repo"])
+                .arg(&repo18)
+                .args(["-c", "fast", "--type", kind]))
+        };
+        run(Command::new(&ours).args(["init", "--repo"]).arg(&repo18));
+        backup("full");
+        c18.pgbench(LOAD);
+        let before = bytes_under(&repo18);
+        let s = backup("incremental");
+        (s, bytes_under(&repo18) - before)
+    };
+    println!(
+        "pgbackrest incremental after pgbench {}  pgrepl (PG 18, block-level) {:.2}s stored {:.1} MB | pgbackrest --type=incr (PG 15, whole files) {:.2}s stored {:.1} MB  ratio bytes {:.2}x wall {:.2}x",
+        LOAD.join(" "),
+        our_incr.wall,
+        our_incr_bytes as f64 / 1e6,
+        br_incr.wall,
+        br_incr_bytes as f64 / 1e6,
+        our_incr_bytes as f64 / br_incr_bytes as f64,
+        our_incr.wall / br_incr.wall
+    );
+
     let mut json = Vec::new();
     let (ow, oc, orss) = summary(&samples[0]);
     let best = (1..3)
@@ -290,5 +346,11 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
             {"what": "pgbackrest restore (archive-get async)", "wall_s": rw1, "cpu_s": rc1, "peak_rss_mib": rr1},
         ],
         "ratio_restore_wall": rw0 / rw1,
+        "incremental": {
+            "load": LOAD.join(" "),
+            "pgrepl": {"postgres": 18, "wall_s": our_incr.wall, "cpu_s": our_incr.cpu, "bytes_stored": our_incr_bytes},
+            "pgbackrest": {"postgres": 15, "wall_s": br_incr.wall, "cpu_s": br_incr.cpu, "bytes_stored": br_incr_bytes},
+            "ratio_bytes": our_incr_bytes as f64 / br_incr_bytes as f64,
+        },
     })
 }

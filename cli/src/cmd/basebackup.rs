@@ -85,7 +85,8 @@ pub struct BaseBackupArgs {
     #[arg(long = "no-verify-checksums")]
     no_verify_checksums: bool,
     /// Compress: [client-|server-]METHOD[:DETAIL] with METHOD gzip, zstd, lz4
-    /// or none, DETAIL a level or level=N,workers=N; a bare number is a gzip level
+    /// or none, DETAIL a level or level=N,workers=N; a bare number is a gzip level.
+    /// Client zstd uses one worker thread per core unless workers=N (as zstd -T0)
     #[arg(short = 'Z', long = "compress", value_name = "[WHERE-]METHOD[:DETAIL]")]
     compress: Option<String>,
     /// Compress tar output with gzip (as --compress=gzip)
@@ -166,7 +167,11 @@ fn parse_compress(option: &str) -> anyhow::Result<CompressionChoice> {
             }
             CompressionChoice::Client(ClientCompression::Zstd(ZstdCompression {
                 level: spec.level,
-                workers: spec.workers.unwrap_or(0).max(0) as u32,
+                // as `zstd -T0`: one worker per core unless workers=N says otherwise
+                workers: match spec.workers {
+                    Some(n) => n.max(0) as u32,
+                    None => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                },
                 long: spec.long_distance == Some(true),
             }))
         }
