@@ -13,6 +13,7 @@
 //!   pgrepl-bench repository [--scale N] [--rounds R]     (needs target/release/pgrepl, zstd, curl)
 //!   pgrepl-bench pgbackrest [--scale N] [--rounds R]     (needs target/release/pgrepl, pgbackrest)
 //!   pgrepl-bench scaling [--rounds R]                    (scales 20, 100, 300; needs target/release/pgrepl)
+//!   pgrepl-bench ssh [--scale N] [--rounds R]            (needs target/release/pgrepl, sshd, ssh)
 
 mod basebackup;
 mod combine;
@@ -22,12 +23,13 @@ mod pgbackrest;
 mod receivewal;
 mod repository;
 mod scaling;
+mod ssh;
 mod wal_decode;
 
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository|pgbackrest [--scale N] [--rounds R] | scaling [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository|pgbackrest [--scale N] [--rounds R] | scaling [--rounds R] | ssh [--scale N] [--rounds R]");
     std::process::exit(2);
 }
 
@@ -63,6 +65,7 @@ fn main() {
         "repository" => repository::bench(scale, rounds),
         "pgbackrest" => pgbackrest::bench(scale, rounds),
         "scaling" => scaling::bench(rounds),
+        "ssh" => ssh::bench(scale, rounds),
         _ => usage(),
     };
     let dir = pgrepl_testbed::repo_root().join("bench-results");
