@@ -26,6 +26,8 @@ pub struct SeaweedFs {
     ports: Vec<u16>,
     buckets: Vec<String>,
     child: Option<Child>,
+    /// With HTTPS: the CA that signed its certificate (PEM file).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The weed binary that scripts/install-tools installs.
@@ -58,9 +60,37 @@ impl SeaweedFs {
             ports: free_ports(10),
             buckets: buckets.iter().map(|b| b.to_string()).collect(),
             child: None,
+            ca_file: None,
         };
         s.endpoint = format!("http://127.0.0.1:{}", s.ports[6]);
         s.spawn();
+        s
+    }
+
+    /// Starts one whose S3 gateway also speaks HTTPS, with a certificate for 127.0.0.1 from a
+    /// throwaway CA (in `ca_file`); `endpoint` is then the HTTPS one (for clients that insist
+    /// on HTTPS, as pgBackRest's S3 client does).
+    pub fn start_https(buckets: &[&str]) -> SeaweedFs {
+        let dir = crate::temp_dir("weed");
+        let ca = crate::TestCa::new("pgrepl SeaweedFS CA");
+        let ca_file = dir.join("ca.crt");
+        ca.write_cert(&ca_file);
+        ca.issue(
+            "127.0.0.1",
+            &["127.0.0.1", "localhost"],
+            &dir.join("s3.crt"),
+            &dir.join("s3.key"),
+        );
+        let mut s = SeaweedFs {
+            dir,
+            endpoint: String::new(),
+            ports: free_ports(11),
+            buckets: buckets.iter().map(|b| b.to_string()).collect(),
+            child: None,
+            ca_file: Some(ca_file),
+        };
+        s.spawn();
+        s.endpoint = format!("https://127.0.0.1:{}", s.ports[10]);
         s
     }
 
@@ -102,6 +132,17 @@ impl SeaweedFs {
         if !self.buckets.is_empty() {
             cmd.arg(format!("-bucket={}", self.buckets.join(",")));
         }
+        if self.ca_file.is_some() {
+            cmd.arg(format!("-s3.port.https={}", p[10]))
+                .arg(format!(
+                    "-s3.cert.file={}",
+                    self.dir.join("s3.crt").display()
+                ))
+                .arg(format!(
+                    "-s3.key.file={}",
+                    self.dir.join("s3.key").display()
+                ));
+        }
         let child = cmd.spawn().expect("cannot start weed");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -140,6 +181,8 @@ impl SeaweedFs {
         let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
         for b in &self.buckets {
             let mut o = S3Options::from_env(b, "", &lookup);
+            // the plain-HTTP gateway, which every instance has
+            o.endpoint = Some(format!("http://127.0.0.1:{}", self.ports[6]));
             o.path_style = true;
             o.request_timeout = Duration::from_secs(5);
             let store = S3Store::new(&o).unwrap();
