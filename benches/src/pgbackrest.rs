@@ -373,7 +373,9 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
     ));
     c.psql("INSERT INTO pitr_marks VALUES (1)");
     let wal_gb = c
-        .psql(&format!("SELECT pg_current_wal_lsn() - '{wal_start}'::pg_lsn"))
+        .psql(&format!(
+            "SELECT pg_current_wal_lsn() - '{wal_start}'::pg_lsn"
+        ))
         .parse::<f64>()
         .unwrap_or(0.0)
         / 1e9;

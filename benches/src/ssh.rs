@@ -2,7 +2,8 @@
 //! instead, `ssh -N -L` beside `pg_basebackup`, and against our own direct connection, on one
 //! server, tar format without WAL and without fsync so that the tunnel is what is measured.
 //! The `ssh` client's CPU (wait4 when it is stopped after each run) is added to
-//! pg_basebackup's.
+//! pg_basebackup's; `ssh -L` runs with OpenSSH's default cipher and with aes128-gcm, the one
+//! we prefer.
 
 use std::process::{Command, Stdio};
 
@@ -29,10 +30,11 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         .unwrap_or(0.0)
         / 1e9;
     let args = ["-c", "fast", "-F", "t", "-X", "none", "-N", "-D"];
-    let (mut direct, mut tunnel, mut openssh) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut direct, mut tunnel, mut openssh, mut openssh_gcm) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..=rounds {
-        for k in 0..3 {
-            let side = (round + k) % 3;
+        for k in 0..4 {
+            let side = (round + k) % 4;
             let target = root.join(format!("r{round}-{side}"));
             let _ = Command::new("sync").status();
             let sample = match side {
@@ -87,7 +89,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                 }
             };
             if round > 0 {
-                [&mut direct, &mut tunnel, &mut openssh][side].push(sample);
+                [&mut direct, &mut tunnel, &mut openssh, &mut openssh_gcm][side].push(sample);
             }
             let _ = std::fs::remove_dir_all(&target);
         }
@@ -102,10 +104,13 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
     let (dw, dc, dr) = m(&direct);
     let (tw, tc, tr) = m(&tunnel);
     let (ow, oc, _) = m(&openssh);
+    let (gw, gc, _) = m(&openssh_gcm);
     println!(
-        "ssh tar {gb:.2} GB  pgrepl --ssh {tw:.2}s cpu {tc:.2}s rss {tr} MiB | ssh -L + pg_basebackup {ow:.2}s cpu {oc:.2}s | pgrepl direct {dw:.2}s cpu {dc:.2}s rss {dr} MiB  ratio vs ssh -L wall {:.2}x cpu {:.2}x, tunnel/direct wall {:.2}x ({:.0} MB/s through the tunnel)",
+        "ssh tar {gb:.2} GB  pgrepl --ssh {tw:.2}s cpu {tc:.2}s rss {tr} MiB | ssh -L + pg_basebackup {ow:.2}s cpu {oc:.2}s (with -c aes128-gcm {gw:.2}s cpu {gc:.2}s) | pgrepl direct {dw:.2}s cpu {dc:.2}s rss {dr} MiB  ratio vs ssh -L wall {:.2}x cpu {:.2}x (vs -c aes128-gcm {:.2}x / {:.2}x), tunnel/direct wall {:.2}x ({:.0} MB/s through the tunnel)",
         tw / ow,
         tc / oc,
+        tw / gw,
+        tc / gc,
         tw / dw,
         gb * 1e3 / tw
     );
@@ -114,7 +119,8 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         "job": "ssh", "scale": scale, "database_gb": gb, "rounds": rounds,
         "pgrepl_ssh": {"wall_s": tw, "cpu_s": tc, "peak_rss_mib": tr},
         "ssh_L_pg_basebackup": {"wall_s": ow, "cpu_s": oc},
+        "ssh_L_aes128_gcm_pg_basebackup": {"wall_s": gw, "cpu_s": gc},
         "pgrepl_direct": {"wall_s": dw, "cpu_s": dc, "peak_rss_mib": dr},
-        "ratio": {"wall_vs_ssh_L": tw / ow, "cpu_vs_ssh_L": tc / oc, "tunnel_over_direct": tw / dw},
+        "ratio": {"wall_vs_ssh_L": tw / ow, "cpu_vs_ssh_L": tc / oc, "wall_vs_ssh_L_gcm": tw / gw, "cpu_vs_ssh_L_gcm": tc / gc, "tunnel_over_direct": tw / dw},
     })
 }

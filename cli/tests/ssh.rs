@@ -65,6 +65,13 @@ fn through_the_tunnel(v: PgVersion) {
         .unwrap());
     assert_eq!(system_id(&tunnelled), system_id(&direct));
     assert_eq!((sshd.logins(), sshd.tunnels()), (1, 1), "{}", sshd.log());
+    // AES-GCM is preferred (the fastest through ring on both ends)
+    assert!(
+        sshd.log()
+            .contains("client->server cipher: aes128-gcm@openssh.com"),
+        "{}",
+        sshd.log()
+    );
 
     // TLS verify-full and SCRAM-SHA-256-PLUS with the database, inside the tunnel: the server's
     // certificate names localhost, which the SSH server resolves

@@ -493,7 +493,22 @@ async fn open_session(cfg: &SshConfig) -> Result<client::Handle<HostKeyCheck>, S
         .with_interval(Duration::from_secs(10));
     let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka);
 
+    // AES-GCM first (ring's AES-NI/CLMUL code): a base backup moved through the tunnel 1.4x as
+    // fast as with ChaCha20-Poly1305, russh's first choice (`pgrepl-bench ssh`), the SSH server
+    // saving as much CPU as we do
+    let preferred = russh::Preferred {
+        cipher: std::borrow::Cow::Borrowed(&[
+            russh::cipher::AES_128_GCM,
+            russh::cipher::AES_256_GCM,
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_CTR,
+            russh::cipher::AES_192_CTR,
+            russh::cipher::AES_128_CTR,
+        ]),
+        ..Default::default()
+    };
     let ssh_config = Arc::new(client::Config {
+        preferred,
         keepalive_interval: Some(cfg.keepalive_interval),
         keepalive_max: cfg.keepalive_max,
         inactivity_timeout: None,
