@@ -428,3 +428,70 @@ fn pg17_encrypted_repository_on_seaweedfs() {
 fn pg15_repository_full_backups_and_wal() {
     repository_loop(PgVersion::V15, |_| Repo::s3("db15"));
 }
+
+/// `wal-fetch --repo --prefetch-dir`: after a segment is served, the ones after it are fetched
+/// into the cache by a background process (recovery does not wait for them), and a cached
+/// segment is served without the repository being opened at all — here with a repository URL
+/// that does not exist — byte-equal to the server's own file.
+#[test]
+fn wal_fetch_prefetches_in_the_background_and_serves_from_the_cache() {
+    let bed = common::RepoBed::new("prefetch", false);
+    let rx = bed.spawn_receiver();
+    let mut names = Vec::new();
+    for i in 0..6 {
+        bed.c.psql(&format!(
+            "CREATE TABLE p{i} AS SELECT generate_series(1, 1000) AS g"
+        ));
+        names.push(bed.c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())"));
+        bed.c.psql("SELECT pg_switch_wal()");
+    }
+    bed.stop_receiver(rx);
+    let work = temp_dir("prefetch");
+    let cache = work.join("cache");
+    let fetch = |repo: &str, name: &str, dest: &Path| {
+        bed.cmd()
+            .args(["wal-fetch", "--repo", repo, "--json", "--prefetch", "4"])
+            .arg("--prefetch-dir")
+            .arg(&cache)
+            .arg(name)
+            .arg(dest)
+            .output()
+            .unwrap()
+    };
+    let out = ok(fetch(&bed.r.url, &names[0], &work.join("first")));
+    assert!(
+        json(&out)["from"].as_str().unwrap().starts_with("wal/"),
+        "{}",
+        json(&out)
+    );
+    wait_for("the segments after it in the cache", || {
+        names[1..5].iter().all(|n| cache.join(n).exists())
+    });
+    let bogus = work.join("no-such-repository").display().to_string();
+    for (i, name) in names.iter().enumerate().skip(1).take(2) {
+        let dest = work.join(format!("seg{i}"));
+        let out = ok(fetch(&bogus, name, &dest));
+        let v = json(&out);
+        assert_eq!(v["status"], "restored", "{v}");
+        assert!(
+            v["from"]
+                .as_str()
+                .unwrap()
+                .starts_with(cache.to_str().unwrap()),
+            "{v}"
+        );
+        assert_eq!(
+            std::fs::read(&dest).unwrap(),
+            std::fs::read(bed.c.data.join("pg_wal").join(name)).unwrap(),
+            "{name}"
+        );
+        assert!(
+            !cache.join(name).exists(),
+            "served segments leave the cache"
+        );
+    }
+    // not cached and the repository missing: an error (126), not "missing"
+    let out = fetch(&bogus, &names[5], &work.join("seg5"));
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -640,6 +640,71 @@ pub async fn fetch(
     })
 }
 
+/// Serves `name` (`%f`) to `dest` (`%p`) from the prefetch cache alone, without opening the
+/// repository: `Ok(None)` when the cache does not hold it. Only whole segments that were read
+/// from the repository and checked are ever cached, so what is there is served as is.
+pub fn serve_cached(cache: &Path, name: &str, dest: &Path) -> Result<Option<Served>, FetchError> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let cached = cache.join(name);
+    let Ok(meta) = std::fs::metadata(&cached) else {
+        return Ok(None);
+    };
+    if WalSegSize::new(meta.len()).is_err() {
+        let _ = std::fs::remove_file(&cached);
+        return Ok(None);
+    }
+    let data = match std::fs::read(&cached) {
+        Ok(d) => d,
+        Err(_) => return Ok(None),
+    };
+    write_atomically(dest, &data)?;
+    let _ = std::fs::remove_file(&cached);
+    Ok(Some(Served {
+        from: cached.display().to_string(),
+        bytes: data.len() as u64,
+    }))
+}
+
+/// How many segments the cache holds.
+pub fn cached_segments(cache: &Path) -> usize {
+    std::fs::read_dir(cache)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Fetches the segments after `name` into the prefetch cache (up to `depth` ahead, those not
+/// there yet), in parallel. For a background process beside recovery, so that replay does not
+/// wait while they are fetched.
+pub async fn refill_after(repo: &Repo, name: &str, prefetch: &Prefetch) -> Result<(), FetchError> {
+    let system = repo.system().await?;
+    let seg = system
+        .as_ref()
+        .and_then(|s| s.wal_segment_size)
+        .and_then(|b| WalSegSize::new(b).ok())
+        .unwrap_or(WalSegSize::DEFAULT);
+    let (tli, no) = parse_segment_name(name, seg)?;
+    refill(
+        repo,
+        tli,
+        no,
+        seg,
+        system.map(|s| s.system_identifier),
+        prefetch,
+    )
+    .await;
+    Ok(())
+}
+
 /// A segment name's timeline and number.
 fn parse_segment_name(name: &str, seg: WalSegSize) -> Result<(TimelineId, SegmentNo), FetchError> {
     let bad = || FetchError::BadName(name.to_owned());

@@ -59,4 +59,23 @@ impl TestCa {
             .unwrap_or_else(|e| panic!("{}: {e}", cert_path.display()));
         write_private(key_path, &key.serialize_pem());
     }
+
+    /// As [`TestCa::issue`] for one IP address, which the certificate names both as an IP
+    /// address and as a DNS name: clients that match only DNS names (pgBackRest's S3 client)
+    /// accept it too.
+    pub fn issue_for_ip(&self, ip: std::net::IpAddr, cert_path: &Path, key_path: &Path) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("cert params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, ip.to_string());
+        params.subject_alt_names = vec![
+            rcgen::SanType::IpAddress(ip),
+            rcgen::SanType::DnsName(ip.to_string().try_into().expect("an IA5 string")),
+        ];
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        std::fs::write(cert_path, cert.pem())
+            .unwrap_or_else(|e| panic!("{}: {e}", cert_path.display()));
+        write_private(key_path, &key.serialize_pem());
+    }
 }

@@ -75,9 +75,8 @@ impl SeaweedFs {
         let ca = crate::TestCa::new("pgrepl SeaweedFS CA");
         let ca_file = dir.join("ca.crt");
         ca.write_cert(&ca_file);
-        ca.issue(
-            "127.0.0.1",
-            &["127.0.0.1", "localhost"],
+        ca.issue_for_ip(
+            std::net::Ipv4Addr::LOCALHOST.into(),
             &dir.join("s3.crt"),
             &dir.join("s3.key"),
         );

@@ -30,6 +30,10 @@ pub struct WalFetchArgs {
     /// How many segments to fetch ahead
     #[arg(long = "prefetch", value_name = "N", default_value_t = 8)]
     prefetch: usize,
+    /// Internal: only fill the prefetch directory with the segments after WALFILE (the
+    /// background process a fetch starts)
+    #[arg(long = "refill-only", hide = true)]
+    refill_only: bool,
     /// Print the outcome as one JSON object on stdout: `{"file", "status": "restored" |
     /// "missing" | "error", "from", "bytes", "error"}` (recovery ignores stdout)
     #[arg(long)]
@@ -125,15 +129,30 @@ fn fetch_dir(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Starts `pgrepl wal-fetch ... --refill-only` in the background when the prefetch cache has
+/// fallen to half its depth, so that the next segments are fetched while recovery replays
+/// this one (as pgBackRest's asynchronous archive-get does). It stays in recovery's process
+/// group, so it ends with it.
+fn start_refill(p: &pgrepo::wal::Prefetch) {
+    if pgrepo::wal::cached_segments(&p.cache) * 2 > p.depth {
+        return;
+    }
+    let Ok(me) = std::env::current_exe() else {
+        return;
+    };
+    let _ = std::process::Command::new(me)
+        .args(std::env::args_os().skip(1))
+        .arg("--refill-only")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
 async fn fetch_repo(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
     let [walfile, dest] = &args.args[..] else {
         bail!("with --repo, expected WALFILE DEST");
     };
-    let extra = match &args.env_file {
-        Some(f) => read_env_file(f)?,
-        None => Vec::new(),
-    };
-    let repo = args.repo.open(&extra).await?;
     let prefetch = args
         .prefetch_dir
         .as_ref()
@@ -142,8 +161,42 @@ async fn fetch_repo(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
             cache: d.clone(),
             depth: args.prefetch.min(64),
         });
-    match pgrepo::wal::fetch(&repo, walfile, &PathBuf::from(dest), prefetch.as_ref()).await {
+    // a segment fetched ahead is served without opening the repository at all
+    if let Some(p) = prefetch.as_ref().filter(|_| !args.refill_only) {
+        if let Some(s) = pgrepo::wal::serve_cached(&p.cache, walfile, &PathBuf::from(dest))? {
+            start_refill(p);
+            if args.verbose > 0 {
+                eprintln!("pgrepl: restored {walfile} from {}", s.from);
+            }
+            report(args, "restored", Some(s.from), Some(s.bytes), None);
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let extra = match &args.env_file {
+        Some(f) => read_env_file(f)?,
+        None => Vec::new(),
+    };
+    let repo = args.repo.open(&extra).await?;
+    if args.refill_only {
+        let Some(p) = &prefetch else {
+            bail!("--refill-only needs --prefetch-dir");
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(&p.cache)?;
+        let lock = std::fs::File::create(p.cache.join(".refill.lock"))?;
+        // one refill at a time; another one running covers this one's segments
+        if lock.try_lock().is_err() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        pgrepo::wal::refill_after(&repo, walfile, p).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match pgrepo::wal::fetch(&repo, walfile, &PathBuf::from(dest), None).await {
         Ok(s) => {
+            if let Some(p) = prefetch.as_ref().filter(|_| !walfile.ends_with(".history")) {
+                start_refill(p);
+            }
             if args.verbose > 0 {
                 eprintln!("pgrepl: restored {walfile} from {}", s.from);
             }
