@@ -655,15 +655,19 @@ pub fn serve_cached(cache: &Path, name: &str, dest: &Path) -> Result<Option<Serv
         let _ = std::fs::remove_file(&cached);
         return Ok(None);
     }
-    let data = match std::fs::read(&cached) {
-        Ok(d) => d,
-        Err(_) => return Ok(None),
-    };
-    write_atomically(dest, &data)?;
-    let _ = std::fs::remove_file(&cached);
+    // the cache sits beside the data directory: a rename moves the segment into place without
+    // copying 16 MB; across filesystems it is copied
+    if std::fs::rename(&cached, dest).is_err() {
+        let data = match std::fs::read(&cached) {
+            Ok(d) => d,
+            Err(_) => return Ok(None),
+        };
+        write_atomically(dest, &data)?;
+        let _ = std::fs::remove_file(&cached);
+    }
     Ok(Some(Served {
         from: cached.display().to_string(),
-        bytes: data.len() as u64,
+        bytes: meta.len(),
     }))
 }
 
