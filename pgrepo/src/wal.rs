@@ -597,13 +597,7 @@ pub async fn fetch(
             bytes: data.len() as u64,
         });
     }
-    let system = repo.system().await?;
-    let seg = system
-        .as_ref()
-        .and_then(|s| s.wal_segment_size)
-        .and_then(|b| WalSegSize::new(b).ok())
-        .unwrap_or(WalSegSize::DEFAULT);
-    let system_id = system.map(|s| s.system_identifier);
+    let (seg, system_id) = segment_size_and_system(repo).await?;
     let (tli, no) = parse_segment_name(name, seg)?;
     if let Some(p) = prefetch {
         let cached = p.cache.join(name);
@@ -690,23 +684,21 @@ pub fn cached_segments(cache: &Path) -> usize {
 /// there yet), in parallel. For a background process beside recovery, so that replay does not
 /// wait while they are fetched.
 pub async fn refill_after(repo: &Repo, name: &str, prefetch: &Prefetch) -> Result<(), FetchError> {
+    let (seg, system_id) = segment_size_and_system(repo).await?;
+    let (tli, no) = parse_segment_name(name, seg)?;
+    refill(repo, tli, no, seg, system_id, prefetch).await;
+    Ok(())
+}
+
+/// The repository's WAL segment size (the default when it does not say) and system identifier.
+async fn segment_size_and_system(repo: &Repo) -> Result<(WalSegSize, Option<u64>), RepoError> {
     let system = repo.system().await?;
     let seg = system
         .as_ref()
         .and_then(|s| s.wal_segment_size)
         .and_then(|b| WalSegSize::new(b).ok())
         .unwrap_or(WalSegSize::DEFAULT);
-    let (tli, no) = parse_segment_name(name, seg)?;
-    refill(
-        repo,
-        tli,
-        no,
-        seg,
-        system.map(|s| s.system_identifier),
-        prefetch,
-    )
-    .await;
-    Ok(())
+    Ok((seg, system.map(|s| s.system_identifier)))
 }
 
 /// A segment name's timeline and number.
