@@ -210,6 +210,56 @@ fn pg18_store_killed_while_receiving_wal() {
     assert_eq!(i["gaps"].as_array().unwrap().len(), 0, "{i}");
 }
 
+/// A receiver started while the store is down (a host that boots before its object store)
+/// waits for it with its reconnect backoff, then streams from the slot without a gap.
+#[test]
+fn pg18_receiver_started_while_the_store_is_down() {
+    let url = format!("s3://{BUCKET}/late-store");
+    let (c, mut w) = setup(PgVersion::V18, &url);
+    let work = temp_dir("late-store");
+    let events = work.join("events.jsonl");
+    let errors = work.join("events.err");
+    let first = slot_lsn(&c);
+    c.pgbench_init(2);
+    w.kill();
+    let mut rx = cmd(&w)
+        .args(["receivewal", "-d", &conninfo(&c), "-S", "faults", "--repo"])
+        .arg(&url)
+        .args(["--status-interval", "1", "--json"])
+        .stdout(std::fs::File::create(&events).unwrap())
+        .stderr(std::fs::File::create(&errors).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the receiver to say it waits", || {
+        still_running(&mut rx, &events);
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"reconnecting\""))
+            .count()
+            >= 2
+    });
+    assert_eq!(slot_lsn(&c), first, "the slot moved without a store");
+    w.restart();
+    let end = lsn(&c, "SELECT pg_switch_wal()");
+    wait_for("the receiver to stream once the store is back", || {
+        still_running(&mut rx, &events);
+        slot_lsn(&c) >= end
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &rx.id().to_string()])
+        .status();
+    assert!(rx.wait().unwrap().success());
+    holds(&c, &w, &url, first, end);
+    let log = std::fs::read_to_string(&events).unwrap();
+    assert!(log.contains("\"started\""), "{log}");
+    assert!(
+        !log.contains(pgrepl_testbed::S3_SECRET_KEY),
+        "the secret printed: {log}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 #[test]
 fn pg18_receiver_killed_at_random_moments() {
     let url = format!("s3://{BUCKET}/kill9");
@@ -277,11 +327,15 @@ fn spool_receiver(
     spool: &std::path::Path,
     log: &std::path::Path,
 ) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+    };
+    let errors = open(&log.with_extension("err"));
+    let log = open(log);
     cmd(w)
         .args([
             "receivewal",
@@ -302,9 +356,17 @@ fn spool_receiver(
             "--json",
         ])
         .stdout(log)
-        .stderr(Stdio::null())
+        .stderr(errors)
         .spawn()
         .unwrap()
+}
+
+/// Fails with the receiver's stderr if it has exited.
+fn still_running(rx: &mut Child, log: &std::path::Path) {
+    if let Some(st) = rx.try_wait().unwrap() {
+        let err = std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
+        panic!("the receiver exited ({st}): {err}");
+    }
 }
 
 /// `receivewal --repo --spool`: the slot advances past WAL durable in the spool while the
@@ -321,7 +383,10 @@ fn pg18_spool_streams_on_while_the_store_is_down() {
     let mut rx = spool_receiver(&c, &w, &url, &spool, &log);
     c.pgbench_init(5);
     let a = lsn(&c, "SELECT pg_switch_wal()");
-    wait_for("the spool to reach the switch", || slot_lsn(&c) >= a);
+    wait_for("the spool to reach the switch", || {
+        still_running(&mut rx, &log);
+        slot_lsn(&c) >= a
+    });
     wait_for("the spool to drain", || spooled(&spool) == 0);
     holds(&c, &w, &url, first, a);
 
@@ -351,7 +416,10 @@ fn pg18_spool_streams_on_while_the_store_is_down() {
     let mut rx = spool_receiver(&c, &w, &url, &spool, &log);
     c.psql("CREATE TABLE after_spool AS SELECT generate_series(1, 1000) AS i");
     let e = lsn(&c, "SELECT pg_switch_wal()");
-    wait_for("the receiver to stream on", || slot_lsn(&c) >= e);
+    wait_for("the receiver to stream on", || {
+        still_running(&mut rx, &log);
+        slot_lsn(&c) >= e
+    });
     wait_for("the spool to drain after the store came back", || {
         spooled(&spool) == 0
     });
@@ -418,6 +486,22 @@ fn bad_credentials_missing_bucket_and_a_dead_endpoint() {
     let out = cmd(&w)
         .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
         .args(["info", "--repo", &url])
+        .output()
+        .unwrap();
+    fails_clearly(
+        &out,
+        t.elapsed(),
+        &[
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "InvalidAccessKeyId",
+        ],
+    );
+    // a long-running receiver does not wait for credentials to change: it exits at once
+    let t = Instant::now();
+    let out = cmd(&w)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(["receivewal", "-d", "host=127.0.0.1 port=1", "--repo", &url])
         .output()
         .unwrap();
     fails_clearly(

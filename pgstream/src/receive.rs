@@ -188,29 +188,35 @@ pub enum ReceiveError {
     SlotNotPhysical(String),
 }
 
+/// Connection errors that a reconnect cannot fix (the judgement [`ReceiveError::is_fatal`]
+/// makes of them, for callers that connect before streaming).
+pub fn connection_error_is_fatal(e: &pgrepl::Error) -> bool {
+    match e {
+        pgrepl::Error::Db { error, .. } => {
+            // Authentication, permissions, undefined objects, bad requests: retrying
+            // cannot help. Connection-level failures (57P0x shutdown, 08xxx) can, and
+            // so can the generic XX000 (see `is_wal_removed`).
+            let c = error.code.as_str();
+            !(c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "XX000")
+        }
+        // host keys, client keys and forwarding policy stay as they are; a lost tunnel
+        // or a bastion that did not answer may come back
+        pgrepl::Error::Ssh(e) => e.is_fatal(),
+        // a server that broke the protocol once will break it again
+        pgrepl::Error::Config(_)
+        | pgrepl::Error::Tls(_)
+        | pgrepl::Error::Auth(_)
+        | pgrepl::Error::Usage(_)
+        | pgrepl::Error::Protocol { .. } => true,
+        _ => false,
+    }
+}
+
 impl ReceiveError {
     /// Errors that a reconnect cannot fix.
     pub fn is_fatal(&self) -> bool {
         match self {
-            ReceiveError::Connection(e) => match e {
-                pgrepl::Error::Db { error, .. } => {
-                    // Authentication, permissions, undefined objects, bad requests: retrying
-                    // cannot help. Connection-level failures (57P0x shutdown, 08xxx) can, and
-                    // so can the generic XX000 (see `is_wal_removed`).
-                    let c = error.code.as_str();
-                    !(c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "XX000")
-                }
-                // host keys, client keys and forwarding policy stay as they are; a lost tunnel
-                // or a bastion that did not answer may come back
-                pgrepl::Error::Ssh(e) => e.is_fatal(),
-                // a server that broke the protocol once will break it again
-                pgrepl::Error::Config(_)
-                | pgrepl::Error::Tls(_)
-                | pgrepl::Error::Auth(_)
-                | pgrepl::Error::Usage(_)
-                | pgrepl::Error::Protocol { .. } => true,
-                _ => false,
-            },
+            ReceiveError::Connection(e) => connection_error_is_fatal(e),
             // a gap can come from a server restarted from a backup: a new connection resolves it
             ReceiveError::Stream(pgwal::receiver::ReceiveError::Gap { .. }) => false,
             ReceiveError::Storage { transient, .. } => !transient,

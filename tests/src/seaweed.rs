@@ -28,6 +28,8 @@ pub struct SeaweedFs {
     child: Option<Child>,
     /// With HTTPS: the CA that signed its certificate (PEM file).
     pub ca_file: Option<PathBuf>,
+    /// What the buckets held when it was last killed, for `restart` to wait for.
+    before_kill: Vec<(usize, String)>,
 }
 
 /// The weed binary that scripts/install-tools installs.
@@ -61,6 +63,7 @@ impl SeaweedFs {
             buckets: buckets.iter().map(|b| b.to_string()).collect(),
             child: None,
             ca_file: None,
+            before_kill: Vec::new(),
         };
         s.endpoint = format!("http://127.0.0.1:{}", s.ports[6]);
         s.spawn();
@@ -87,6 +90,7 @@ impl SeaweedFs {
             buckets: buckets.iter().map(|b| b.to_string()).collect(),
             child: None,
             ca_file: Some(ca_file),
+            before_kill: Vec::new(),
         };
         s.spawn();
         s.endpoint = format!("https://127.0.0.1:{}", s.ports[10]);
@@ -167,24 +171,30 @@ impl SeaweedFs {
         self.wait_for_buckets(deadline);
     }
 
+    /// One client per bucket, on the plain-HTTP gateway that every instance has.
+    fn bucket_stores(&self) -> Vec<(String, pgrepo::store::S3Store)> {
+        use pgrepo::store::{S3Options, S3Store};
+        let env = self.env();
+        let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        self.buckets
+            .iter()
+            .map(|b| {
+                let mut o = S3Options::from_env(b, "", &lookup);
+                o.endpoint = Some(format!("http://127.0.0.1:{}", self.ports[6]));
+                o.path_style = true;
+                o.request_timeout = Duration::from_secs(5);
+                (b.clone(), S3Store::new(&o).unwrap())
+            })
+            .collect()
+    }
+
     /// The buckets are made a moment after the gateway listens, and the gateway accepts
     /// listings and plain writes to them earlier than create-only ones (what `init` does
     /// first): wait until a create-only write to each succeeds (and remove it).
     fn wait_for_buckets(&self, deadline: Instant) {
-        use pgrepo::store::{PutMode, S3Options, S3Store, Store};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let env = self.env();
-        let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-        for b in &self.buckets {
-            let mut o = S3Options::from_env(b, "", &lookup);
-            // the plain-HTTP gateway, which every instance has
-            o.endpoint = Some(format!("http://127.0.0.1:{}", self.ports[6]));
-            o.path_style = true;
-            o.request_timeout = Duration::from_secs(5);
-            let store = S3Store::new(&o).unwrap();
+        use pgrepo::store::{PutMode, Store};
+        let rt = current_thread();
+        for (b, store) in self.bucket_stores() {
             let probe = "pgrepl-testbed-probe/ready";
             loop {
                 let r = rt
@@ -196,6 +206,45 @@ impl SeaweedFs {
                         Instant::now() < deadline,
                         "SeaweedFS did not make bucket {b} ready: {e}\n{}",
                         self.log_tail(30)
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Every object in the buckets, as (bucket index, key), read while it runs.
+    fn objects(&self) -> Vec<(usize, String)> {
+        use pgrepo::store::Store;
+        let rt = current_thread();
+        let mut v = Vec::new();
+        for (i, (_, store)) in self.bucket_stores().iter().enumerate() {
+            if let Ok(list) = rt.block_on(store.list("")) {
+                v.extend(list.into_iter().map(|m| (i, m.key)));
+            }
+        }
+        v
+    }
+
+    /// After a restart the gateway answers, and takes new writes, before the volume server
+    /// has told the master about the volumes it holds: wait until every object there before
+    /// the kill reads back, so that a test sees the store it had (or a clear failure here
+    /// when SeaweedFS lost one).
+    fn wait_for_objects(&self, objects: &[(usize, String)], deadline: Instant) {
+        use pgrepo::store::Store;
+        let rt = current_thread();
+        let stores = self.bucket_stores();
+        for (i, key) in objects {
+            let (b, store) = &stores[*i];
+            loop {
+                match rt.block_on(store.get_range(key, 0..1)) {
+                    Ok(_) => break,
+                    // removed by a test's own client, racing with the kill
+                    Err(pgrepo::store::StoreError::NotFound { .. }) => break,
+                    Err(e) => assert!(
+                        Instant::now() < deadline,
+                        "SeaweedFS restarted without object {key} of bucket {b}: {e}\n{}",
+                        self.log_tail(40)
                     ),
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -217,6 +266,13 @@ impl SeaweedFs {
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
+        if self.child.is_some() {
+            self.before_kill = self.objects();
+        }
+        self.stop();
+    }
+
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -227,6 +283,8 @@ impl SeaweedFs {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+        let objects = std::mem::take(&mut self.before_kill);
+        self.wait_for_objects(&objects, Instant::now() + Duration::from_secs(90));
     }
 
     /// The last lines of its log.
@@ -257,7 +315,7 @@ impl Drop for SeaweedFs {
         if self.dir.as_os_str().is_empty() {
             return; // kept
         }
-        self.kill();
+        self.stop();
         if std::thread::panicking() {
             eprintln!("SeaweedFS log tail:\n{}", self.log_tail(40));
         }
@@ -459,4 +517,11 @@ impl Drop for SeaweedCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }

@@ -109,6 +109,44 @@ pub fn parse_compress(spec: &str) -> anyhow::Result<Option<SegmentCompression>> 
 }
 
 /// SIGINT or SIGTERM.
+/// Opens the repository and binds it to the server's system (or refuses another system's),
+/// before anything streams.
+async fn open_bound_repo(
+    args: &ReceiveWalArgs,
+    config: &pgrepl::Config,
+) -> anyhow::Result<pgrepo::Repo> {
+    let repo = args.repo.open(&[]).await?;
+    let mut c = pgrepl::Connection::connect(config).await?;
+    let id = c.identify_system().await?;
+    let seg = c.wal_segment_size().await?;
+    let _ = c.close().await;
+    repo.bind(id.system_id, seg.bytes()).await?;
+    Ok(repo)
+}
+
+/// A store that failed transiently, or a server that a reconnect may reach.
+fn startup_error_is_transient(e: &anyhow::Error) -> bool {
+    use pgrepo::store::StoreError;
+    let store = |s: &StoreError| match s {
+        // a local directory that cannot be read or is not there will not become one
+        StoreError::Io { source, .. } => !matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+        ),
+        s => s.is_transient(),
+    };
+    if let Some(pgrepo::RepoError::Store(s)) = e.downcast_ref::<pgrepo::RepoError>() {
+        return store(s);
+    }
+    if let Some(s) = e.downcast_ref::<StoreError>() {
+        return store(s);
+    }
+    if let Some(c) = e.downcast_ref::<pgrepl::Error>() {
+        return !receivewal::connection_error_is_fatal(c);
+    }
+    false
+}
+
 pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
@@ -249,13 +287,34 @@ pub async fn run(args: ReceiveWalArgs) -> anyhow::Result<ExitCode> {
         if opts.compression.is_some() {
             bail!("-Z/--compress applies to -D/--directory; a repository stores WAL with zstd");
         }
-        let repo = args.repo.open(&[]).await?;
-        // the repository belongs to one cluster: bind it, or refuse another's, before streaming
-        let mut c = pgrepl::Connection::connect(&config).await?;
-        let id = c.identify_system().await?;
-        let seg = c.wal_segment_size().await?;
-        let _ = c.close().await;
-        repo.bind(id.system_id, seg.bytes()).await?;
+        // a store or server that is down when the receiver starts is waited for with the
+        // same backoff as one lost while streaming (unless --no-loop); refusals end it
+        let mut delay = Duration::from_millis(500);
+        let repo = loop {
+            match open_bound_repo(&args, &config).await {
+                Ok(repo) => break repo,
+                Err(e) if args.no_loop || !startup_error_is_transient(&e) => return Err(e),
+                Err(e) => {
+                    let event = ReceiveEvent::Reconnecting {
+                        error: format!("{e:#}"),
+                        delay,
+                    };
+                    if json {
+                        println!("{}", event_json(&event));
+                    } else {
+                        eprintln!(
+                            "pgrepl: cannot start ({e:#}); retrying in {:.1} s",
+                            delay.as_secs_f64()
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
         let interval = if args.synchronous {
             Duration::ZERO
         } else {
