@@ -3,7 +3,9 @@
 //! `postgresql.auto.conf` a `restore_command` that fetches from the WAL archive plus the
 //! recovery target — so that starting the server replays to the target.
 //!
-//! Before anything is written, the archive's WAL is decoded from the backup's start: a target
+//! Before anything is written, the archive's WAL is decoded from the backup's start (past the
+//! backup's consistent point, only the archive's last segments when its listing shows no gap
+//! before them, for a time or LSN target or none; recovery checks the rest as it replays): a target
 //! that recovery would reach before the backup is consistent (PostgreSQL then stops with
 //! "requested recovery stop point is before consistent recovery point"), or never reach in the
 //! archive ("recovery ended before configured recovery target was reached"), is refused here
@@ -196,7 +198,7 @@ pub struct RestoreSummary {
 }
 
 /// What a scan of the archive found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Scan {
     /// Latest commit/abort time before `end`.
     max_time_before_end: Option<i64>,
@@ -275,6 +277,17 @@ pub trait WalSource {
         start: Lsn,
         on_segment: &mut dyn FnMut(Lsn, &[u8]) -> bool,
     ) -> Result<(), String>;
+    /// The start of the last segment the archive holds without a gap from `start`'s segment
+    /// on (as [`WalSource::read_from`] would follow it), when its listing tells without
+    /// reading WAL. `None` (the default) makes a plan decode all of it.
+    fn last_segment(
+        &self,
+        _current: TimelineId,
+        _history: &TimelineHistory,
+        _start: Lsn,
+    ) -> Option<Lsn> {
+        None
+    }
 }
 
 /// A WAL archive directory, as `pgrepl receivewal` writes it.
@@ -318,6 +331,14 @@ impl WalSource for DirWal {
             .map(drop)
             .map_err(|e| e.to_string())
     }
+    fn last_segment(
+        &self,
+        current: TimelineId,
+        history: &TimelineHistory,
+        start: Lsn,
+    ) -> Option<Lsn> {
+        WalDir::new(&self.dir, self.seg).last_contiguous(current, history, start)
+    }
 }
 
 fn scan_archive(
@@ -346,11 +367,18 @@ fn scan_archive(
     }
     let mut opts = DecoderOptions::new(seg);
     opts.system_id = system_id;
-    let mut decoder: Option<WalDecoder> = None;
-    let mut scan = Scan::default();
-    let mut failure: Option<String> = None;
-    // what the target needs has been seen once it lies behind the decoded WAL: reading on
-    // would only download more
+    let name = wal.describe();
+    // A time or LSN target (or none) needs, past the backup's own WAL, only where the archive
+    // ends and its last commit: when a listing says how far the archive runs without a gap,
+    // the WAL between is not decoded (recovery checks every record of it as it replays). An
+    // xid or a restore point is searched for from the start.
+    let listed = match target {
+        None | Some(RecoveryTarget::Time(..)) | Some(RecoveryTarget::Lsn(_)) => {
+            wal.last_segment(current, &history, start)
+        }
+        _ => None,
+    };
+    let tail = listed.is_some();
     let satisfied = |scan: &Scan| {
         scan.reached >= end
             && match target {
@@ -362,77 +390,22 @@ fn scan_archive(
                 Some(RecoveryTarget::Name(_)) => scan.name_at.is_some(),
             }
     };
-    let mut ended = false;
-    let r = wal.read_from(current, &history, start, &mut |seg_start, bytes| {
-        if failure.is_some() || ended {
-            return false;
-        }
-        let d = match &mut decoder {
-            Some(d) => d,
-            None => match WalDecoder::starting_at(seg_start, start, opts) {
-                Ok(d) => decoder.insert(d),
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    return false;
-                }
-            },
-        };
-        d.feed(bytes);
-        loop {
-            match d.next_record() {
-                Ok(Some(rec)) => {
-                    scan.reached = rec.end_lsn;
-                    if let Ok(Some(x)) = decode_xact_end(&rec) {
-                        if rec.lsn < end {
-                            scan.max_time_before_end = Some(
-                                scan.max_time_before_end
-                                    .map_or(x.time, |m: i64| m.max(x.time)),
-                            );
-                        }
-                        scan.last_time =
-                            Some(scan.last_time.map_or(x.time, |m: i64| m.max(x.time)));
-                        if matches!(target, Some(RecoveryTarget::Xid(t)) if *t == x.xid)
-                            && scan.xid_at.is_none()
-                        {
-                            scan.xid_at = Some(rec.lsn);
-                        }
-                    } else if let Ok(Some(x)) = decode_xlog(&rec) {
-                        match x {
-                            XlogRecord::Checkpoint(c)
-                                if scan.start_time.is_none() && rec.lsn < end =>
-                            {
-                                // whole seconds: commits before the start may lie anywhere
-                                // in that second, so the bound is the second's end
-                                scan.start_time =
-                                    Some((c.time + 1) * 1_000_000 - PG_EPOCH_OFFSET_US);
-                            }
-                            XlogRecord::RestorePoint { name, .. }
-                                if scan.name_at.is_none()
-                                    && matches!(target, Some(RecoveryTarget::Name(n)) if *n == name) =>
-                            {
-                                scan.name_at = Some(rec.lsn);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Ok(None) => return !satisfied(&scan),
-                Err(e) => {
-                    // the end of valid WAL (a partial segment's zeroed tail ends it normally)
-                    if scan.reached < end {
-                        failure = Some(e.to_string());
-                    }
-                    ended = true;
-                    return false;
-                }
-            }
-        }
-    });
-    let name = wal.describe();
-    if let Err(e) = r {
-        return err(format!("{name}: {e}"));
-    }
-    if let Some(f) = failure {
+    let mut scan = Scan::default();
+    let run = decode_run(
+        wal,
+        current,
+        &history,
+        (start.segment_start(seg), Some(start)),
+        opts,
+        end,
+        target,
+        &mut scan,
+        &|scan| satisfied(scan) || (tail && scan.reached >= end),
+    )
+    .map_err(|e| RestoreError::Unreachable {
+        problem: format!("{name}: {e}"),
+    })?;
+    if let Some(f) = run.failure {
         return err(format!(
             "{name}: {f} (the backup needs WAL from {start} to {end})"
         ));
@@ -443,7 +416,162 @@ fn scan_archive(
             scan.reached
         ));
     }
-    Ok(scan)
+    if !tail || satisfied(&scan) || run.ended {
+        return Ok(scan);
+    }
+    let Some(last) = listed else {
+        return Ok(scan);
+    };
+    // the archive's last segment, to its end; then, while no commit has been seen, the
+    // stretches before it (1, 2, 4 … segments, each decoded until its records reach the
+    // stretch after it), back to where the first decoding stopped
+    let resume = run.next.segment_start(seg);
+    let mut upto: Option<Lsn> = None;
+    let mut from = last.max(resume);
+    let mut stretch = 1u64;
+    loop {
+        let first = (from == resume).then_some(run.next);
+        let mut t = Scan::default();
+        decode_run(
+            wal,
+            current,
+            &history,
+            (from, first),
+            opts,
+            end,
+            target,
+            &mut t,
+            &|t| upto.is_some_and(|u| t.reached >= u),
+        )
+        .map_err(|e| RestoreError::Unreachable {
+            problem: format!("{name}: {e}"),
+        })?;
+        if upto.is_none() {
+            scan.reached = scan.reached.max(t.reached);
+        }
+        scan.last_time = scan.last_time.max(t.last_time);
+        if t.last_time.is_some() || first.is_some() {
+            return Ok(scan);
+        }
+        upto = Some(from);
+        from = Lsn(from.0.saturating_sub(stretch * seg.bytes())).max(resume);
+        stretch *= 2;
+    }
+}
+
+/// How a [`decode_run`] ended.
+struct Run {
+    /// Where the next record starts.
+    next: Lsn,
+    /// Valid WAL ended (or the archive did) before `stop` said so.
+    ended: bool,
+    /// A decoding error before the backup's consistent point.
+    failure: Option<String>,
+}
+
+/// Decodes the archive's WAL from `from` — the segment start, and the first record there
+/// (`None`: the first that begins in that segment) — into `scan`, until `stop` holds at a
+/// segment's end or valid WAL ends.
+#[allow(clippy::too_many_arguments)]
+fn decode_run(
+    wal: &dyn WalSource,
+    current: TimelineId,
+    history: &TimelineHistory,
+    from: (Lsn, Option<Lsn>),
+    opts: DecoderOptions,
+    end: Lsn,
+    target: Option<&RecoveryTarget>,
+    scan: &mut Scan,
+    stop: &dyn Fn(&Scan) -> bool,
+) -> Result<Run, String> {
+    let mut decoder: Option<WalDecoder> = None;
+    let mut run = Run {
+        next: from.1.unwrap_or(from.0),
+        ended: true,
+        failure: None,
+    };
+    wal.read_from(current, history, from.0, &mut |seg_start, bytes| {
+        if run.failure.is_some() {
+            return false;
+        }
+        let d = match &mut decoder {
+            Some(d) => d,
+            None => {
+                let d = match from.1 {
+                    Some(first) => WalDecoder::starting_at(seg_start, first, opts),
+                    None => WalDecoder::new(seg_start, opts),
+                };
+                match d {
+                    Ok(d) => decoder.insert(d),
+                    Err(e) => {
+                        run.failure = Some(e.to_string());
+                        return false;
+                    }
+                }
+            }
+        };
+        d.feed(bytes);
+        loop {
+            match d.next_record() {
+                Ok(Some(rec)) => {
+                    scan.reached = rec.end_lsn;
+                    note_record(&rec, end, target, scan);
+                }
+                Ok(None) => {
+                    run.next = d.position();
+                    if stop(scan) {
+                        run.ended = false;
+                        return false;
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    // the end of valid WAL (a partial segment's zeroed tail ends it normally)
+                    if scan.reached < end {
+                        run.failure = Some(e.to_string());
+                    }
+                    return false;
+                }
+            }
+        }
+    })?;
+    Ok(run)
+}
+
+/// What one record tells the plan: commit times, the start checkpoint, the targets.
+fn note_record(
+    rec: &pgwal::Record<'_>,
+    end: Lsn,
+    target: Option<&RecoveryTarget>,
+    scan: &mut Scan,
+) {
+    if let Ok(Some(x)) = decode_xact_end(rec) {
+        if rec.lsn < end {
+            scan.max_time_before_end = Some(
+                scan.max_time_before_end
+                    .map_or(x.time, |m: i64| m.max(x.time)),
+            );
+        }
+        scan.last_time = Some(scan.last_time.map_or(x.time, |m: i64| m.max(x.time)));
+        if matches!(target, Some(RecoveryTarget::Xid(t)) if *t == x.xid) && scan.xid_at.is_none() {
+            scan.xid_at = Some(rec.lsn);
+        }
+    } else if let Ok(Some(x)) = decode_xlog(rec) {
+        match x {
+            XlogRecord::Checkpoint(c) if scan.start_time.is_none() && rec.lsn < end => {
+                // whole seconds: commits before the start may lie anywhere in that second, so
+                // the bound is the second's end
+                scan.start_time = Some((c.time + 1) * 1_000_000 - PG_EPOCH_OFFSET_US);
+            }
+            XlogRecord::RestorePoint { name, .. }
+                if scan.name_at.is_none()
+                    && matches!(target, Some(RecoveryTarget::Name(n)) if *n == name) =>
+            {
+                scan.name_at = Some(rec.lsn);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Checks the target against what the archive holds; returns the summary's scan figures.
@@ -790,6 +918,182 @@ fn configure_recovery(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    use pgwal::writer::{RecordSpec, WalWriter};
+    use pgwal::WalVersion;
+
+    const SYSTEM: u64 = 7_000_000_000_000_000_001;
+
+    /// A directory archive that counts the segments it feeds, with or without its listing.
+    struct Counting {
+        dir: DirWal,
+        listing: bool,
+        fed: Cell<usize>,
+    }
+
+    impl WalSource for Counting {
+        fn describe(&self) -> String {
+            self.dir.describe()
+        }
+        fn history(&self, tli: TimelineId) -> Option<String> {
+            self.dir.history(tli)
+        }
+        fn read_from(
+            &self,
+            current: TimelineId,
+            history: &TimelineHistory,
+            start: Lsn,
+            on_segment: &mut dyn FnMut(Lsn, &[u8]) -> bool,
+        ) -> Result<(), String> {
+            self.dir.read_from(current, history, start, &mut |s, b| {
+                self.fed.set(self.fed.get() + 1);
+                on_segment(s, b)
+            })
+        }
+        fn last_segment(
+            &self,
+            current: TimelineId,
+            history: &TimelineHistory,
+            start: Lsn,
+        ) -> Option<Lsn> {
+            self.listing
+                .then(|| self.dir.last_segment(current, history, start))
+                .flatten()
+        }
+    }
+
+    /// A 1 MiB-segment archive of `segments` segments from segment 1: filler records, with a
+    /// commit at `commit_time(i)` after every 40th filler while `commits(i)`; returns the
+    /// directory, the first record and the commits' (LSN, time).
+    fn archive(
+        name: &str,
+        segments: u64,
+        commits: impl Fn(usize) -> bool,
+    ) -> (PathBuf, Lsn, Vec<(Lsn, i64)>) {
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("pgrepl-restore-plan-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let base = Lsn(seg.bytes());
+        let mut w = WalWriter::new(base, seg, TimelineId(1), SYSTEM, WalVersion::V18);
+        let limit = base.0 + segments * seg.bytes() - 64 * 1024;
+        let mut first = None;
+        let mut made = Vec::new();
+        let mut i = 0usize;
+        loop {
+            let filler = RecordSpec {
+                rmid: 10, // heap: nothing a plan looks at
+                main_data: vec![i as u8; 1500 + i % 700],
+                ..Default::default()
+            };
+            let l = w.append(&filler);
+            first.get_or_insert(l);
+            if l.0 > limit {
+                break;
+            }
+            if i % 40 == 39 && commits(i / 40) {
+                let time = 800_000_000_000_000 + (i as i64 / 40) * 1_000_000;
+                let c = w.append(&RecordSpec {
+                    rmid: 1, // transaction: a commit and its time
+                    info: 0,
+                    xid: 1000 + i as u32,
+                    main_data: time.to_le_bytes().to_vec(),
+                    ..Default::default()
+                });
+                made.push((c, time));
+            }
+            i += 1;
+        }
+        let (_, mut bytes) = w.finish();
+        bytes.resize((segments * seg.bytes()) as usize, 0);
+        for (k, chunk) in bytes.chunks(seg.bytes() as usize).enumerate() {
+            let no = pgwal::SegmentNo(1 + k as u64);
+            let name = pgwal::segment_file_name(TimelineId(1), no, seg);
+            fs::write(dir.join(name), chunk).unwrap();
+        }
+        (dir, first.unwrap(), made)
+    }
+
+    fn plan_both(
+        dir: &Path,
+        start: Lsn,
+        end: Lsn,
+        target: Option<&RecoveryTarget>,
+    ) -> ((Scan, usize), (Scan, usize)) {
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        let run = |listing| {
+            let src = Counting {
+                dir: DirWal::new(dir, seg),
+                listing,
+                fed: Cell::new(0),
+            };
+            let scan =
+                scan_archive(&src, seg, Some(SYSTEM), TimelineId(1), start, end, target).unwrap();
+            (scan, src.fed.get())
+        };
+        (run(false), run(true))
+    }
+
+    /// With a listing, a time or LSN target's plan (or one without a target) decodes the
+    /// backup's WAL and the archive's last segment only, and finds the archive's end and last
+    /// commit as decoding all of it does.
+    #[test]
+    fn a_listed_archive_is_planned_from_its_tail() {
+        let (dir, start, commits) = archive("tail", 24, |_| true);
+        let end = commits[2].0;
+        let ((all, all_fed), _) = plan_both(&dir, start, end, None);
+        assert_eq!(all.last_time, Some(commits.last().unwrap().1));
+        assert!(all.reached > commits.last().unwrap().0);
+        assert_eq!(all_fed, 24);
+        let t = commits[commits.len() / 2].1 + 500_000;
+        let mid = RecoveryTarget::Time("mid".into(), t);
+        for target in [Some(&mid), None, Some(&RecoveryTarget::Lsn(commits[30].0))] {
+            let (_, (tail, fed)) = plan_both(&dir, start, end, target);
+            assert_eq!(tail, all, "{target:?}");
+            assert!(fed <= 2, "{target:?}: {fed} segments read");
+        }
+        let (_, (tail, _)) = plan_both(&dir, start, end, Some(&mid));
+        check_target(&tail, Some(&mid), end).unwrap();
+        let late = RecoveryTarget::Time("late".into(), commits.last().unwrap().1);
+        let (_, (tail, _)) = plan_both(&dir, start, end, Some(&late));
+        let e = check_target(&tail, Some(&late), end).unwrap_err();
+        assert!(e.to_string().contains("not before any commit"), "{e}");
+        let beyond = RecoveryTarget::Lsn(Lsn(all.reached.0 + 8));
+        let (_, (tail, _)) = plan_both(&dir, start, end, Some(&beyond));
+        let e = check_target(&tail, Some(&beyond), end).unwrap_err();
+        assert!(e.to_string().contains("beyond the end"), "{e}");
+        // an xid is still searched for from the start
+        let xid = RecoveryTarget::Xid(1000 + 40 * 100 + 39);
+        let (_, (tail, fed)) = plan_both(&dir, start, end, Some(&xid));
+        assert!(tail.xid_at.is_some() && fed < 24, "{tail:?} {fed}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Commits only in the first half: the tail is walked back until it holds one, and a gap
+    /// ends the archive for both ways of planning.
+    #[test]
+    fn a_tail_without_commits_is_walked_back_and_a_gap_ends_it() {
+        let (dir, start, commits) = archive("quiet", 24, |i| i < 60);
+        let end = commits[1].0;
+        let ((full, _), (tail, fed)) = plan_both(&dir, start, end, None);
+        assert_eq!(full, tail);
+        assert_eq!(tail.last_time, Some(commits.last().unwrap().1));
+        // the whole archive at most, and one segment more per stretch walked back
+        assert!(fed <= 24 + 6, "{fed}");
+        let seg = WalSegSize::new(1 << 20).unwrap();
+        fs::remove_file(dir.join(pgwal::segment_file_name(
+            TimelineId(1),
+            pgwal::SegmentNo(12),
+            seg,
+        )))
+        .unwrap();
+        let ((full, _), (tail, _)) = plan_both(&dir, start, end, None);
+        assert_eq!(full, tail);
+        assert_eq!(tail.reached.segment(seg), pgwal::SegmentNo(11));
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn timestamps() {

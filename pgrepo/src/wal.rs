@@ -488,6 +488,40 @@ impl WalSource for RepoWal {
             continue_with(&mut s);
         }
     }
+
+    fn last_segment(
+        &self,
+        current: TimelineId,
+        history: &TimelineHistory,
+        start: Lsn,
+    ) -> Option<Lsn> {
+        self.last_listed(current, history, start)
+    }
+}
+
+impl RepoWal {
+    fn last_listed(
+        &self,
+        current: TimelineId,
+        history: &TimelineHistory,
+        start: Lsn,
+    ) -> Option<Lsn> {
+        let mut s = start.segment(self.seg);
+        let mut last = None;
+        loop {
+            let t = owner(history, current, s, self.seg);
+            let partial = match self.listing.segments.get(&(t, s)) {
+                Some((_, _, partial, _)) => *partial,
+                None if self.carried.contains_key(&(t, s)) => false,
+                None => return last,
+            };
+            last = s.start_lsn(self.seg);
+            if partial || last.is_none() {
+                return last;
+            }
+            continue_with(&mut s);
+        }
+    }
 }
 
 fn continue_with(s: &mut SegmentNo) {

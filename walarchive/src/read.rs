@@ -255,6 +255,30 @@ impl WalDir {
             .collect()
     }
 
+    /// The start of the last segment that follows `start`'s segment without a gap, as
+    /// [`WalDir::read_range`] would follow it, judged by file names alone (nothing is read); a
+    /// partial segment ends the run. `None` when `start`'s segment is missing.
+    pub fn last_contiguous(
+        &self,
+        current: TimelineId,
+        history: &TimelineHistory,
+        start: Lsn,
+    ) -> Option<Lsn> {
+        let mut seg = start.segment(self.seg_size);
+        let mut last = None;
+        loop {
+            let cands = self.candidates(current, history, seg);
+            let Some(found) = cands.iter().find_map(|&t| self.find(t, seg)) else {
+                return last;
+            };
+            last = seg.start_lsn(self.seg_size);
+            if found.partial || last.is_none() {
+                return last;
+            }
+            seg = seg.next();
+        }
+    }
+
     /// Feeds the WAL from `start`'s segment start to `end` (exclusive; `None`: as far as the
     /// directory goes without a gap) to `sink`, segment by segment, on the timeline of
     /// `current` and its `history`. Returns the position after the last byte fed. A segment
