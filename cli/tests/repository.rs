@@ -467,6 +467,11 @@ fn wal_fetch_prefetches_in_the_background_and_serves_from_the_cache() {
     wait_for("the segments after it in the cache", || {
         names[1..5].iter().all(|n| cache.join(n).exists())
     });
+    // a segment fetched ahead after recovery fetched it itself is never asked for again: the
+    // next request removes it (and leaves another timeline's segments alone)
+    std::fs::write(cache.join(&names[0]), vec![0u8; 16 << 20]).unwrap();
+    let other = format!("00000002{}", &names[0][8..]);
+    std::fs::write(cache.join(&other), vec![0u8; 16 << 20]).unwrap();
     let bogus = work.join("no-such-repository").display().to_string();
     for (i, name) in names.iter().enumerate().skip(1).take(2) {
         let dest = work.join(format!("seg{i}"));
@@ -490,8 +495,36 @@ fn wal_fetch_prefetches_in_the_background_and_serves_from_the_cache() {
             "served segments leave the cache"
         );
     }
+    assert!(
+        !cache.join(&names[0]).exists(),
+        "a stale segment stays cached"
+    );
+    assert!(
+        cache.join(&other).exists(),
+        "another timeline's segment was removed"
+    );
+    // the background refill follows recovery: as segments leave the cache, the next come in
+    wait_for(
+        "the refill to fetch the segment after those it first fetched",
+        || cache.join(&names[5]).exists(),
+    );
+    let out = ok(fetch(&bogus, &names[5], &work.join("seg5")));
+    assert_eq!(json(&out)["status"], "restored");
+    assert_eq!(
+        std::fs::read(work.join("seg5")).unwrap(),
+        std::fs::read(bed.c.data.join("pg_wal").join(&names[5])).unwrap(),
+    );
     // not cached and the repository missing: an error (126), not "missing"
-    let out = fetch(&bogus, &names[5], &work.join("seg5"));
+    let after = pgrepl_testbed_next(&names[5]);
+    let out = fetch(&bogus, &after, &work.join("seg6"));
     assert_eq!(out.status.code(), Some(126), "{out:?}");
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The name of the segment after `name` (same timeline).
+fn pgrepl_testbed_next(name: &str) -> String {
+    let n = u64::from_str_radix(&name[8..16], 16).unwrap() * 256
+        + u64::from_str_radix(&name[16..24], 16).unwrap()
+        + 1;
+    format!("{}{:08X}{:08X}", &name[..8], n / 256, n % 256)
 }

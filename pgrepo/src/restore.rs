@@ -162,7 +162,14 @@ pub async fn restore_from_repo(
                 b.id
             ))
         })?;
+        let t0 = std::time::Instant::now();
         let opened = open_chain(repo, chain).await?;
+        tracing::info!(
+            "backup {}: chain and WAL listing opened in {:.2} s",
+            b.id,
+            t0.elapsed().as_secs_f64()
+        );
+        let t0 = std::time::Instant::now();
         let target = opts.target.clone();
         let (opened, planned) = tokio::task::spawn_blocking(move || {
             let p = plan_restore_sources(&opened.sources, &opened.wal, target.as_ref());
@@ -170,6 +177,11 @@ pub async fn restore_from_repo(
         })
         .await
         .map_err(|e| RepoError::Unusable(format!("planning the restore: {e}")))?;
+        tracing::info!(
+            "backup {}: restore planned in {:.2} s",
+            b.id,
+            t0.elapsed().as_secs_f64()
+        );
         match planned {
             Ok(plan) => return carry_out(repo, opened, plan, opts).await,
             Err(e) if too_new(&e) && opts.backup.is_none() => {
@@ -207,11 +219,16 @@ async fn carry_out(
     let chain: Vec<String> = opened.chain.iter().map(|b| b.id.clone()).collect();
     let name = repo.name();
     let kept = plan.clone();
+    let t0 = std::time::Instant::now();
     let summary =
         tokio::task::spawn_blocking(move || restore_planned(opened.sources, kept, &ropts))
             .await
             .map_err(|e| RepoError::Unusable(format!("restoring from {name}: {e}")))?
             .map_err(|e| RepoError::Unusable(e.to_string()))?;
+    tracing::info!(
+        "data directory written in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(RepoRestoreOutcome {
         chain,
         plan,

@@ -359,12 +359,25 @@ pub async fn read_segment(
     system_id: Option<u64>,
 ) -> Result<Vec<u8>, RepoError> {
     let stored = repo.get_object(key, MAX_SEGMENT + (1 << 20)).await?;
+    decode_segment(&repo.name(), key, &stored, tli_seg, seg, partial, system_id)
+}
+
+/// A stored segment's bytes, decompressed and checked (the CPU half of [`read_segment`]).
+fn decode_segment(
+    repo: &str,
+    key: &str,
+    stored: &[u8],
+    tli_seg: (TimelineId, SegmentNo),
+    seg: WalSegSize,
+    partial: bool,
+    system_id: Option<u64>,
+) -> Result<Vec<u8>, RepoError> {
     let damaged = |detail: String| RepoError::Damaged {
-        repo: repo.name(),
+        repo: repo.to_owned(),
         key: key.to_owned(),
         detail,
     };
-    let data = zstd::bulk::decompress(&stored, seg.bytes() as usize)
+    let data = zstd::bulk::decompress(stored, seg.bytes() as usize)
         .map_err(|e| damaged(format!("does not decompress: {e}")))?;
     if !partial && data.len() as u64 != seg.bytes() {
         return Err(damaged(format!(
@@ -693,6 +706,7 @@ pub fn serve_cached(cache: &Path, name: &str, dest: &Path) -> Result<Option<Serv
         write_atomically(dest, &data)?;
         let _ = std::fs::remove_file(&cached);
     }
+    prune_cache(cache, name);
     Ok(Some(Served {
         from: cached.display().to_string(),
         bytes: meta.len(),
@@ -714,14 +728,84 @@ pub fn cached_segments(cache: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Fetches the segments after `name` into the prefetch cache (up to `depth` ahead, those not
-/// there yet), in parallel. For a background process beside recovery, so that replay does not
-/// wait while they are fetched.
-pub async fn refill_after(repo: &Repo, name: &str, prefetch: &Prefetch) -> Result<(), FetchError> {
+/// Keeps the prefetch cache filled ahead of recovery, as a background process beside it: the
+/// `depth` segments after `name` that are not there yet, then, each time recovery takes
+/// segments out of the cache, the ones after those. Returns when the repository has no next
+/// segment on this timeline, or when recovery has taken nothing for `idle`.
+pub async fn refill_after(
+    repo: &Repo,
+    name: &str,
+    prefetch: &Prefetch,
+    idle: std::time::Duration,
+) -> Result<(), FetchError> {
     let (seg, system_id) = segment_size_and_system(repo).await?;
-    let (tli, no) = parse_segment_name(name, seg)?;
-    refill(repo, tli, no, seg, system_id, prefetch).await;
-    Ok(())
+    let (tli, mut base) = parse_segment_name(name, seg)?;
+    let mut last_change = std::time::Instant::now();
+    loop {
+        if refill(repo, tli, base, seg, system_id, prefetch).await {
+            return Ok(());
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            // the oldest segment still cached is the next recovery takes; an empty cache means
+            // it has taken all of them
+            let next = cached_numbers(&prefetch.cache, tli, seg)
+                .first()
+                .map_or(base.0 + prefetch.depth as u64, |n| n - 1);
+            if next > base.0 {
+                base = SegmentNo(next);
+                last_change = std::time::Instant::now();
+                break;
+            }
+            if last_change.elapsed() > idle {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Removes the segments of `name`'s timeline before it from the cache: recovery, now asking
+/// for `name`, will not ask for them again (one fetched ahead while recovery fetched it
+/// itself would otherwise hold a place in the cache for good).
+pub fn prune_cache(cache: &Path, name: &str) {
+    let is_segment = |n: &str| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_segment(name) {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name();
+        let Some(n) = n.to_str().filter(|n| is_segment(n)) else {
+            continue;
+        };
+        // same timeline, earlier log/segment: names order as positions do, whatever the
+        // segment size
+        if n[..8].eq_ignore_ascii_case(&name[..8])
+            && n[8..].to_ascii_uppercase() < name[8..].to_ascii_uppercase()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The numbers of the segments of `tli` in the cache, in order.
+fn cached_numbers(cache: &Path, tli: TimelineId, seg: WalSegSize) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(cache)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name();
+                    let p = pgwal::parse_wal_file_name(n.to_str()?, seg)?;
+                    (p.kind == pgwal::WalFileKind::SEGMENT && p.timeline == tli)
+                        .then_some(p.segment?.0)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
 }
 
 /// The repository's WAL segment size (the default when it does not say) and system identifier.
@@ -762,8 +846,10 @@ async fn find_segment(
     Ok(None)
 }
 
-/// Tops the cache up to `depth` segments after `no`, in parallel, when it has fallen to half;
-/// what cannot be fetched (not archived yet) is simply not cached.
+/// Fills the cache with the `depth` segments after `no` that it lacks, nearest first, two at a
+/// time (each decompressed on a blocking thread, so two cores work while recovery replays).
+/// Returns `true` when the repository has no segment among them to give (the archive's end);
+/// what cannot be fetched is simply not cached.
 async fn refill(
     repo: &Repo,
     tli: TimelineId,
@@ -771,39 +857,44 @@ async fn refill(
     seg: WalSegSize,
     system_id: Option<u64>,
     p: &Prefetch,
-) {
+) -> bool {
     if std::fs::DirBuilder::new()
         .recursive(true)
         .create(&p.cache)
         .is_err()
     {
-        return;
+        return true;
     }
-    let wanted: Vec<SegmentNo> = (1..=p.depth as u64).map(|i| SegmentNo(no.0 + i)).collect();
-    let present = wanted
-        .iter()
+    let wanted: Vec<SegmentNo> = (1..=p.depth as u64)
+        .map(|i| SegmentNo(no.0 + i))
         .filter(|s| {
-            p.cache
-                .join(pgwal::segment_file_name(tli, **s, seg))
+            !p.cache
+                .join(pgwal::segment_file_name(tli, *s, seg))
                 .exists()
         })
-        .count();
-    if present * 2 > p.depth {
-        return;
-    }
-    let jobs = wanted.into_iter().map(|s| {
-        let cache = p.cache.clone();
-        async move {
-            let name = pgwal::segment_file_name(tli, s, seg);
-            let path = cache.join(&name);
-            if path.exists() {
-                return;
+        .collect();
+    for pair in wanted.chunks(2) {
+        let jobs = pair.iter().map(|&s| {
+            let path = p.cache.join(pgwal::segment_file_name(tli, s, seg));
+            async move {
+                let key = layout::segment_key(tli, s, seg);
+                let stored = match repo.get_object(&key, MAX_SEGMENT + (1 << 20)).await {
+                    Ok(b) => b,
+                    Err(_) => return false,
+                };
+                let name = repo.name();
+                tokio::task::spawn_blocking(move || {
+                    decode_segment(&name, &key, &stored, (tli, s), seg, false, system_id)
+                        .is_ok_and(|d| write_atomically(&path, &d).is_ok())
+                })
+                .await
+                .unwrap_or(false)
             }
-            let key = layout::segment_key(tli, s, seg);
-            if let Ok(d) = read_segment(repo, &key, (tli, s), seg, false, system_id).await {
-                let _ = write_atomically(&path, &d);
-            }
+        });
+        let got = futures_util::future::join_all(jobs).await;
+        if !got.iter().any(|g| *g) {
+            return true;
         }
-    });
-    futures_util::future::join_all(jobs).await;
+    }
+    false
 }

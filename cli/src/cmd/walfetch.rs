@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -129,13 +130,18 @@ fn fetch_dir(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Starts `pgrepl wal-fetch ... --refill-only` in the background when the prefetch cache has
-/// fallen to half its depth, so that the next segments are fetched while recovery replays
-/// this one (as pgBackRest's asynchronous archive-get does). It stays in recovery's process
-/// group, so it ends with it.
+/// Starts `pgrepl wal-fetch ... --refill-only` in the background unless one is running (it holds
+/// the cache's lock) or the cache is full: it keeps fetching the next segments while recovery
+/// replays these, as pgBackRest's asynchronous archive-get does, and ends when the archive
+/// does or recovery stops asking. It stays in recovery's process group, so it ends with it.
 fn start_refill(p: &pgrepo::wal::Prefetch) {
-    if pgrepo::wal::cached_segments(&p.cache) * 2 > p.depth {
+    if pgrepo::wal::cached_segments(&p.cache) >= p.depth {
         return;
+    }
+    if let Ok(f) = std::fs::File::open(p.cache.join(REFILL_LOCK)) {
+        if f.try_lock().is_err() {
+            return;
+        }
     }
     let Ok(me) = std::env::current_exe() else {
         return;
@@ -148,6 +154,12 @@ fn start_refill(p: &pgrepo::wal::Prefetch) {
         .stderr(std::process::Stdio::null())
         .spawn();
 }
+
+/// Held by the background refill while it runs.
+const REFILL_LOCK: &str = ".refill.lock";
+
+/// How long the background refill waits for recovery to take a segment before it ends.
+const REFILL_IDLE: Duration = Duration::from_secs(5);
 
 async fn fetch_repo(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
     let [walfile, dest] = &args.args[..] else {
@@ -184,17 +196,18 @@ async fn fetch_repo(args: &WalFetchArgs) -> anyhow::Result<ExitCode> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .create(&p.cache)?;
-        let lock = std::fs::File::create(p.cache.join(".refill.lock"))?;
+        let lock = std::fs::File::create(p.cache.join(REFILL_LOCK))?;
         // one refill at a time; another one running covers this one's segments
         if lock.try_lock().is_err() {
             return Ok(ExitCode::SUCCESS);
         }
-        pgrepo::wal::refill_after(&repo, walfile, p).await?;
+        pgrepo::wal::refill_after(&repo, walfile, p, REFILL_IDLE).await?;
         return Ok(ExitCode::SUCCESS);
     }
     match pgrepo::wal::fetch(&repo, walfile, &PathBuf::from(dest), None).await {
         Ok(s) => {
             if let Some(p) = prefetch.as_ref().filter(|_| !walfile.ends_with(".history")) {
+                pgrepo::wal::prune_cache(&p.cache, walfile);
                 start_refill(p);
             }
             if args.verbose > 0 {
