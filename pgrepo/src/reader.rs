@@ -176,7 +176,65 @@ pub async fn load_index(repo: &Repo, record: &BackupRecord) -> Result<Vec<IndexE
     Ok(entries)
 }
 
-/// One stored file, read by chunks (the last chunk read is kept for the next read).
+/// Decompressed chunks kept for the reads that follow (a 256 kB read of a 1 MiB chunk leaves
+/// the rest for the next one), shared by the files of a backup so that what is kept stays
+/// bounded however many files are read: one chunk per file would keep the last chunk of every
+/// file read until the restore ends, memory that grows with the database.
+#[derive(Debug, Default)]
+pub struct ChunkCache {
+    /// (file, chunk number, bytes), the most recently used last.
+    kept: Mutex<std::collections::VecDeque<KeptChunk>>,
+}
+
+/// A chunk kept: (file, chunk number, bytes).
+type KeptChunk = (u64, usize, Arc<Vec<u8>>);
+
+/// Chunks a [`ChunkCache`] keeps: a file being reconstructed reads from its own version and
+/// from older ones in turn.
+const CHUNKS_KEPT: usize = 4;
+
+impl ChunkCache {
+    /// An empty cache, to share among the files of one backup.
+    pub fn new() -> Arc<Self> {
+        Arc::new(ChunkCache::default())
+    }
+
+    fn get(&self, file: u64, chunk: usize) -> Option<Arc<Vec<u8>>> {
+        let mut kept = self.kept.lock().ok()?;
+        let i = kept
+            .iter()
+            .position(|(f, c, _)| *f == file && *c == chunk)?;
+        let e = kept.remove(i)?;
+        let data = e.2.clone();
+        kept.push_back(e);
+        Some(data)
+    }
+
+    fn put(&self, file: u64, chunk: usize, data: Arc<Vec<u8>>) {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.retain(|(f, c, _)| !(*f == file && *c == chunk));
+            kept.push_back((file, chunk, data));
+            while kept.len() > CHUNKS_KEPT {
+                kept.pop_front();
+            }
+        }
+    }
+
+    /// Bytes kept.
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.kept
+            .lock()
+            .map(|k| k.iter().map(|(_, _, d)| d.len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Tells the files apart in a shared [`ChunkCache`].
+static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One stored file, read by chunks (recent chunks are kept for the next reads, in a cache shared
+/// with the backup's other files).
 pub struct StoredFile {
     rt: Handle,
     repo: Repo,
@@ -186,7 +244,9 @@ pub struct StoredFile {
     size: u64,
     compressed: bool,
     name: String,
-    cache: Mutex<Option<(usize, Arc<Vec<u8>>)>>,
+    /// This file in `chunks`.
+    id: u64,
+    chunks: Arc<ChunkCache>,
     windows: Option<(Arc<PackWindows>, u64)>,
 }
 
@@ -222,7 +282,8 @@ impl StoredFile {
             size: entry.size,
             compressed,
             name: format!("{id}:{}", entry.manifest_path()),
-            cache: Mutex::new(None),
+            id: NEXT_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            chunks: ChunkCache::new(),
             windows: None,
         }
     }
@@ -234,13 +295,15 @@ impl StoredFile {
         self
     }
 
+    /// Keeps its recent chunks in `chunks`, shared with the backup's other files.
+    pub fn with_chunks(mut self, chunks: Arc<ChunkCache>) -> Self {
+        self.chunks = chunks;
+        self
+    }
+
     fn chunk(&self, i: usize) -> std::io::Result<Arc<Vec<u8>>> {
-        if let Ok(c) = self.cache.lock() {
-            if let Some((j, data)) = c.as_ref() {
-                if *j == i {
-                    return Ok(data.clone());
-                }
-            }
+        if let Some(data) = self.chunks.get(self.id, i) {
+            return Ok(data);
         }
         let bad = |m: String| {
             std::io::Error::new(
@@ -277,9 +340,7 @@ impl StoredFile {
             stored.to_vec()
         };
         let data = Arc::new(data);
-        if let Ok(mut c) = self.cache.lock() {
-            *c = Some((i, data.clone()));
-        }
+        self.chunks.put(self.id, i, data.clone());
         Ok(data)
     }
 }
@@ -319,6 +380,7 @@ pub fn open_source(
 ) -> Result<BackupSource, RepoError> {
     let compressed = record.compression != "none";
     let windows = PackWindows::new();
+    let chunks = ChunkCache::new();
     let sizes: std::collections::HashMap<&str, u64> = record
         .objects
         .iter()
@@ -354,7 +416,8 @@ pub fn open_source(
             }
             EntryType::Link => {}
             EntryType::File => {
-                let mut f = StoredFile::new(rt.clone(), repo.clone(), &record.id, e, compressed);
+                let mut f = StoredFile::new(rt.clone(), repo.clone(), &record.id, e, compressed)
+                    .with_chunks(chunks.clone());
                 if let Some(size) = sizes.get(f.pack.as_str()) {
                     f = f.with_windows(windows.clone(), *size);
                 }
@@ -381,4 +444,33 @@ pub fn open_source(
         dirs,
         tablespaces,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chunk_cache_keeps_a_few_recent_chunks_whatever_the_number_of_files() {
+        let cache = ChunkCache::new();
+        for file in 0..1000u64 {
+            cache.put(file, 0, Arc::new(vec![file as u8; CHUNK]));
+        }
+        assert_eq!(cache.bytes(), CHUNKS_KEPT * CHUNK);
+        assert!(cache.get(0, 0).is_none(), "the oldest chunk is gone");
+        assert_eq!(cache.get(999, 0).unwrap()[0], 999u64 as u8);
+        // a chunk read again is kept over older ones
+        let oldest = 1000 - CHUNKS_KEPT as u64;
+        assert!(cache.get(oldest, 0).is_some());
+        cache.put(5000, 1, Arc::new(vec![1; 10]));
+        assert!(cache.get(oldest, 0).is_some(), "recently used: kept");
+        assert!(
+            cache.get(oldest + 1, 0).is_none(),
+            "least recently used: dropped"
+        );
+        // the same chunk put twice is kept once
+        cache.put(5000, 1, Arc::new(vec![2; 10]));
+        assert_eq!(cache.get(5000, 1).unwrap()[0], 2);
+        assert_eq!(cache.kept.lock().unwrap().len(), CHUNKS_KEPT);
+    }
 }
