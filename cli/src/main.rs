@@ -4,6 +4,7 @@
 mod cmd;
 mod compress_spec;
 mod conn;
+mod malloc;
 mod repo_args;
 mod tty;
 
@@ -67,6 +68,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::one_arena();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
