@@ -307,7 +307,15 @@ async fn run<S: BackupSink + Send + 'static>(
         let next = match streamer.as_mut() {
             Some(s) => tokio::select! {
                 ev = stream.next() => ev?,
-                why = s.ended_early() => return Err(BackupError::WalTerminated(why)),
+                why = s.ended_early() => {
+                    // a sink that failed removed the WAL directory under the stream as it
+                    // aborted: its error is the cause
+                    return Err(if sink.has_failed() {
+                        sink.outcome_error().await
+                    } else {
+                        BackupError::WalTerminated(why)
+                    });
+                }
             },
             None => stream.next().await?,
         };

@@ -11,6 +11,8 @@
 //! dropped), the thread aborts the sink: nothing is left that looks complete.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use basebackup::archive_rules::{ArchiveRole, EntryRules};
 use basebackup::decompress::{ArchiveCompression, DecompressError, Decompressor};
@@ -65,16 +67,22 @@ pub(crate) struct SinkThread<S> {
     tx: Option<mpsc::Sender<ToSink>>,
     /// The thread's outcome, until it has been awaited.
     done: Option<oneshot::Receiver<Result<(Counts, S), BackupError>>>,
+    /// Set by the thread when the sink failed, before it aborts the sink (which removes the
+    /// directory that streamed WAL goes to: a WAL stream that fails after that was stopped
+    /// by the sink's failure, which is the error to report).
+    failed: Arc<AtomicBool>,
 }
 
 impl<S: BackupSink + Send + 'static> SinkThread<S> {
     pub(crate) fn start(sink: S) -> Result<Self, BackupError> {
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let (done_tx, done) = oneshot::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
         std::thread::Builder::new()
             .name("pgrepl-sink".into())
             .spawn(move || {
-                let _ = done_tx.send(run(sink, rx));
+                let _ = done_tx.send(run(sink, rx, &flag));
             })
             .map_err(|e| {
                 BackupError::Sink(SinkError::with_source(
@@ -85,6 +93,7 @@ impl<S: BackupSink + Send + 'static> SinkThread<S> {
         Ok(SinkThread {
             tx: Some(tx),
             done: Some(done),
+            failed,
         })
     }
 
@@ -111,8 +120,13 @@ impl<S: BackupSink + Send + 'static> SinkThread<S> {
         }
     }
 
+    /// Whether the sink has failed (its error is then [`Self::outcome_error`]).
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     /// The thread stopped early: what stopped it.
-    async fn outcome_error(&mut self) -> BackupError {
+    pub(crate) async fn outcome_error(&mut self) -> BackupError {
         self.tx = None;
         match self.done.take() {
             Some(done) => match done.await {
@@ -272,6 +286,7 @@ fn finish_archive(
 fn run<S: BackupSink>(
     mut sink: S,
     mut rx: mpsc::Receiver<ToSink>,
+    failed: &AtomicBool,
 ) -> Result<(Counts, S), BackupError> {
     let mut counts = Counts::default();
     let mut cur: Option<Current> = None;
@@ -330,6 +345,7 @@ fn run<S: BackupSink>(
     match r {
         Ok(()) => Ok((counts, sink)),
         Err(e) => {
+            failed.store(true, Ordering::Release);
             sink.abort();
             Err(e)
         }

@@ -1,5 +1,6 @@
 //! The online library against real servers: a backup whose sink is slow does not starve the
-//! WAL stream beside it, the futures and types are Send, and cancelling a backup cleans up.
+//! WAL stream beside it, the futures and types are Send, cancelling a backup cleans up, and a
+//! failing sink is reported over the WAL stream its abort stopped.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -243,5 +244,98 @@ fn a_cancelled_backup_leaves_nothing() {
         assert!(Instant::now() < deadline, "the temporary slot stayed");
         std::thread::sleep(Duration::from_millis(100));
     }
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// A sink that fails at the first archive, and whose abort removes the directory that streamed
+/// WAL goes to and makes the server switch segments, so that the WAL stream fails too (as a
+/// repository sink's spool does) before the sink's thread has reported.
+struct FailsFirst {
+    inner: DirectorySink,
+    cluster: Arc<Cluster>,
+    wal: Option<std::path::PathBuf>,
+}
+
+impl BackupSink for FailsFirst {
+    fn archive_begin(&mut self, _: &ArchiveInfo) -> Result<(), SinkError> {
+        Err(SinkError::new("the store refused the first object"))
+    }
+    fn entry_begin(&mut self, e: &EntryHeader) -> Result<(), SinkError> {
+        self.inner.entry_begin(e)
+    }
+    fn entry_data(&mut self, d: &[u8]) -> Result<(), SinkError> {
+        self.inner.entry_data(d)
+    }
+    fn entry_end(&mut self) -> Result<(), SinkError> {
+        self.inner.entry_end()
+    }
+    fn archive_end(&mut self) -> Result<(), SinkError> {
+        self.inner.archive_end()
+    }
+    fn manifest(&mut self, c: &[u8]) -> Result<(), SinkError> {
+        self.inner.manifest(c)
+    }
+    fn wal_dir(&mut self) -> Result<Option<std::path::PathBuf>, SinkError> {
+        let d = self.inner.wal_dir()?;
+        self.wal = d.clone();
+        Ok(d)
+    }
+    fn wal_done(&mut self) -> Result<(), SinkError> {
+        self.inner.wal_done()
+    }
+    fn finish(&mut self, end: &BackupEnd) -> Result<(), SinkError> {
+        self.inner.finish(end)
+    }
+    fn abort(&mut self) {
+        if let Some(d) = &self.wal {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        self.cluster.psql("SELECT pg_switch_wal()");
+        std::thread::sleep(Duration::from_secs(2));
+        self.inner.abort()
+    }
+}
+
+/// When the sink fails and its abort takes the WAL stream down with it, the backup fails with
+/// the sink's error (the cause), not with the WAL stream's.
+#[test]
+fn a_failing_sink_is_reported_over_the_wal_stream_it_stopped() {
+    let c = Arc::new(Cluster::start(PgVersion::V18));
+    c.psql("CREATE TABLE t AS SELECT generate_series(1, 100000) AS x");
+    let work = temp_dir("failing-sink");
+    let target = work.join("backup");
+    let r = rt().block_on(async {
+        let config =
+            pgrepl::Config::from_conninfo(&c.conninfo(Role::Postgres, "sslmode=disable")).unwrap();
+        let mut conn = pgrepl::Connection::connect(&config).await.unwrap();
+        let id = conn.identify_system().await.unwrap();
+        let sink = FailsFirst {
+            inner: DirectorySink::new(&target, Vec::new(), false).unwrap(),
+            cluster: c.clone(),
+            wal: None,
+        };
+        take_backup(
+            &mut conn,
+            &BaseBackupOptions {
+                checkpoint: pgrepl::CheckpointMode::Fast,
+                // slow, so that the backup waits on the server when the WAL stream fails
+                max_rate_kb: Some(32),
+                ..Default::default()
+            },
+            &stream_method(&c, id.system_id),
+            sink,
+            |_| {},
+        )
+        .await
+    });
+    match r {
+        Err(BackupError::Sink(e)) => assert!(
+            e.to_string().contains("the store refused the first object"),
+            "{e}"
+        ),
+        Err(other) => panic!("expected the sink's error, got {other}"),
+        Ok(_) => panic!("the backup succeeded although its sink failed"),
+    }
+    assert!(!target.exists());
     std::fs::remove_dir_all(&work).unwrap();
 }
