@@ -13,8 +13,9 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::outfile::OutFile;
+use super::outfile::{OutFile, Pace};
 use super::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
 use crate::safe_dir::{split_entry_path, SafeDir};
 use crate::standby::StandbySettings;
@@ -110,6 +111,9 @@ pub struct DirectorySink {
     mappings: Vec<TablespaceMapping>,
     sync: bool,
     sync_method: SyncMethod,
+    /// How the disk keeps up with direct writes (without sync, a slow one gets page-cache
+    /// writes instead).
+    pace: Arc<Pace>,
     root: Option<Root>,
     file: Option<(OutFile, PathBuf)>,
     /// Tablespace directories written, and whether this sink created them.
@@ -264,6 +268,7 @@ impl DirectorySink {
             mappings,
             sync,
             sync_method: SyncMethod::Fsync,
+            pace: Pace::new(!sync),
             root: None,
             file: None,
             tablespace_dirs: Vec::new(),
@@ -281,6 +286,11 @@ impl DirectorySink {
     /// synced and renamed: for permissions, or anything else of the caller's.
     pub fn set_finishing(&mut self, f: Finishing) {
         self.finishing = Some(f);
+    }
+
+    /// The pace the sink's large files share.
+    pub(crate) fn pace(&self) -> &Arc<Pace> {
+        &self.pace
     }
 
     /// How the finished backup is synced (when syncing at all): fsync by default.
@@ -604,6 +614,7 @@ impl DirectorySink {
                     0o600,
                     Some(e.size),
                     super::outfile::DIRECT_BUF,
+                    &self.pace,
                 )
                 .map_err(|err| SinkError::io("could not create file", &shown, err))?;
                 self.file = Some((f, shown));

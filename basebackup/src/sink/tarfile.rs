@@ -150,12 +150,21 @@ fn create_out(
     dir: &crate::safe_dir::SafeDir,
     name: &str,
     comp: Option<ClientCompression>,
+    pace: &std::sync::Arc<super::outfile::Pace>,
 ) -> Result<Out, SinkError> {
     let path = dir.path().join(name);
     // a compressor's output is a fraction of its input: smaller direct writes suffice
     let block = if comp.is_some() { 1 << 20 } else { 4 << 20 };
-    let w = OutFile::create_in(dir, std::ffi::OsStr::new(name), &path, 0o600, None, block)
-        .map_err(|e| SinkError::io("could not create file", &path, e))?;
+    let w = OutFile::create_in(
+        dir,
+        std::ffi::OsStr::new(name),
+        &path,
+        0o600,
+        None,
+        block,
+        pace,
+    )
+    .map_err(|e| SinkError::io("could not create file", &path, e))?;
     Compressed::new(w, comp, &format!("\"{}\"", path.display()))
 }
 
@@ -315,7 +324,10 @@ impl BackupSink for TarSink {
         crate::archive_rules::check_archive_name(&a.name, a.tablespace_oid)
             .map_err(|e| SinkError::new(e.to_string()))?;
         let path = self.staging.join(&name);
-        self.current = Some((create_out(self.dir.staging_dir(), &name, zstd)?, path));
+        self.current = Some((
+            create_out(self.dir.staging_dir(), &name, zstd, self.dir.pace())?,
+            path,
+        ));
         if self.recovery.is_some() && a.tablespace_oid.is_none() {
             if !a.name.ends_with(".tar") {
                 return Err(SinkError::new(
@@ -414,7 +426,7 @@ impl BackupSink for TarSink {
             None => "pg_wal.tar".to_owned(),
         };
         let path = self.staging.join(&name);
-        let mut out = create_out(self.dir.staging_dir(), &name, self.zstd)?;
+        let mut out = create_out(self.dir.staging_dir(), &name, self.zstd, self.dir.pace())?;
         let werr = |e| SinkError::io("could not write to file", &path, e);
         let mut buf = vec![0u8; 1 << 20];
         for n in &names {
