@@ -2,7 +2,9 @@
 //! several modes. Client CPU (user+sys, children included) and peak RSS come from wait4; the
 //! same backup with `-t blackhole` gives the server's own share of the wall time, and
 //! `pg_basebackup -Ft -X none -D - > /dev/null` (with the manifest and without) the physical
-//! floor: what the server can send when nothing is written.
+//! floor: what the server can send when nothing is written. The `--no-sync` modes run once more
+//! on a slow disk (both clients' writes throttled by a block-I/O cgroup), where the page cache
+//! is faster than the device.
 
 use std::process::Command;
 
@@ -17,7 +19,13 @@ struct Mode {
     /// pg_basebackup's output goes through `zstd -5 -T0` (the test bed's PG 18 has no zstd).
     pipe_zstd: bool,
     incremental: bool,
+    /// Both clients run with their direct (and synchronous) writes throttled to
+    /// [`SLOW_DISK_BPS`]: a disk slower than the page cache.
+    slow_disk: bool,
 }
+
+/// The write rate of the "slow disk" modes, in bytes per second.
+const SLOW_DISK_BPS: u64 = 150_000_000;
 
 const MODES: &[Mode] = &[
     Mode {
@@ -26,6 +34,7 @@ const MODES: &[Mode] = &[
         theirs: &["-N"],
         pipe_zstd: false,
         incremental: false,
+        slow_disk: false,
     },
     Mode {
         name: "plain, fsync",
@@ -33,6 +42,7 @@ const MODES: &[Mode] = &[
         theirs: &[],
         pipe_zstd: false,
         incremental: false,
+        slow_disk: false,
     },
     Mode {
         name: "tar --no-sync",
@@ -40,6 +50,7 @@ const MODES: &[Mode] = &[
         theirs: &["-F", "t", "-N"],
         pipe_zstd: false,
         incremental: false,
+        slow_disk: false,
     },
     Mode {
         name: "tar, fsync",
@@ -47,6 +58,7 @@ const MODES: &[Mode] = &[
         theirs: &["-F", "t"],
         pipe_zstd: false,
         incremental: false,
+        slow_disk: false,
     },
     Mode {
         name: "tar + zstd:5",
@@ -55,6 +67,7 @@ const MODES: &[Mode] = &[
         theirs: &["-F", "t", "-X", "none"],
         pipe_zstd: true,
         incremental: false,
+        slow_disk: false,
     },
     Mode {
         name: "incremental",
@@ -62,8 +75,116 @@ const MODES: &[Mode] = &[
         theirs: &["-N"],
         pipe_zstd: false,
         incremental: true,
+        slow_disk: false,
+    },
+    Mode {
+        name: "plain --no-sync, slow disk",
+        ours: &["-N"],
+        theirs: &["-N"],
+        pipe_zstd: false,
+        incremental: false,
+        slow_disk: true,
+    },
+    Mode {
+        name: "tar --no-sync, slow disk",
+        ours: &["-F", "t", "-N"],
+        theirs: &["-F", "t", "-N"],
+        pipe_zstd: false,
+        incremental: false,
+        slow_disk: true,
     },
 ];
+
+/// A block-I/O cgroup that throttles writes to the disk under a directory: cgroup v1's
+/// `blkio.throttle.write_bps_device`, which throttles the writes a process makes itself
+/// (direct and synchronous ones) and leaves the kernel's writeback of the page cache alone —
+/// a slow disk behind plenty of memory for dirty pages — or else cgroup v2's `io.max`, which
+/// also throttles that writeback.
+struct SlowDisk {
+    dir: std::path::PathBuf,
+    procs: std::path::PathBuf,
+    kind: &'static str,
+}
+
+impl SlowDisk {
+    fn new(under: &std::path::Path, bps: u64) -> Result<SlowDisk, String> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(under)
+            .map_err(|e| format!("{}: {e}", under.display()))?
+            .dev();
+        let (major, minor) = (
+            ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
+            (dev & 0xff) | ((dev >> 12) & !0xff),
+        );
+        // throttles name whole disks: a partition's disk is its parent in sysfs
+        let sys = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        let disk = if sys.join("partition").exists() {
+            let parent = std::fs::canonicalize(&sys)
+                .map_err(|e| format!("{}: {e}", sys.display()))?
+                .parent()
+                .map(|p| p.join("dev"))
+                .ok_or("no parent disk")?;
+            std::fs::read_to_string(&parent)
+                .map_err(|e| format!("{}: {e}", parent.display()))?
+                .trim()
+                .to_owned()
+        } else {
+            format!("{major}:{minor}")
+        };
+        let write = |p: &std::path::Path, v: &str| {
+            std::fs::write(p, v).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        let v1 = std::path::Path::new("/sys/fs/cgroup/blkio");
+        if v1.is_dir() {
+            let dir = v1.join("pgrepl-bench-slow");
+            let _ = std::fs::create_dir(&dir);
+            write(
+                &dir.join("blkio.throttle.write_bps_device"),
+                &format!("{disk} {bps}"),
+            )?;
+            return Ok(SlowDisk {
+                procs: dir.join("cgroup.procs"),
+                dir,
+                kind: "cgroup v1 blkio",
+            });
+        }
+        let v2 = std::path::Path::new("/sys/fs/cgroup");
+        let controllers = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .map_err(|e| format!("no cgroup v1 blkio and no cgroup v2: {e}"))?;
+        if !controllers.split_whitespace().any(|c| c == "io") {
+            return Err("the cgroup v2 hierarchy has no io controller".into());
+        }
+        write(&v2.join("cgroup.subtree_control"), "+io")?;
+        let dir = v2.join("pgrepl-bench-slow");
+        let _ = std::fs::create_dir(&dir);
+        write(&dir.join("io.max"), &format!("{disk} wbps={bps}"))?;
+        Ok(SlowDisk {
+            procs: dir.join("cgroup.procs"),
+            dir,
+            kind: "cgroup v2 io.max",
+        })
+    }
+
+    /// `cmd`, run inside the cgroup.
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut w = Command::new("sh");
+        w.arg("-c")
+            .arg(format!(
+                "echo $$ > '{}' && exec \"$@\"",
+                self.procs.display()
+            ))
+            .arg("sh")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        w
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
 
 /// Truncates every file under `dir` to nothing, keeping the files.
 fn empty_files(dir: &std::path::Path) {
@@ -107,7 +228,25 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         / 1e6;
     let mut lines = Vec::new();
     let mut json = Vec::new();
+    let slow = SlowDisk::new(&root, SLOW_DISK_BPS);
+    match &slow {
+        Ok(s) => println!(
+            "slow-disk modes: writes of both clients throttled to {} MB/s by {}",
+            SLOW_DISK_BPS / 1_000_000,
+            s.kind
+        ),
+        Err(e) => println!("slow-disk modes skipped: cannot throttle the disk ({e})"),
+    }
     for mode in MODES {
+        let slow = match (&slow, mode.slow_disk) {
+            (_, false) => None,
+            (Ok(s), true) => Some(s),
+            (Err(_), true) => continue,
+        };
+        let throttled = |cmd: &mut Command| match slow {
+            Some(s) => run(&mut s.wrap(cmd)),
+            None => run(cmd),
+        };
         let mut ours: Vec<Sample> = Vec::new();
         let mut theirs: Vec<Sample> = Vec::new();
         // The server's share: the same backup with `-t blackhole`, where the server reads,
@@ -120,8 +259,12 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         // freed in the last 60 s when it allocates new ones, so deleting each backup before the
         // next run made every run slower than the last (both tools create ~1000 files).
         let mut done: Vec<std::path::PathBuf> = Vec::new();
-        // round 0 is an unmeasured warm-up of both sides (page cache, the server's writeback)
-        for round in 0..=rounds {
+        // Round 0 is an unmeasured warm-up of both sides (page cache, the server's writeback).
+        // An incremental takes a fraction of a second, within which the server's checkpoint
+        // and WAL summarizer vary by as much as the clients differ: it gets twice the rounds
+        // (an even number, so that each side goes first as often).
+        let mode_rounds = if mode.incremental { 2 * rounds } else { rounds };
+        for round in 0..=mode_rounds {
             if mode.incremental {
                 c.pgbench(&["-t", "2000", "-c", "2", "-n"]);
                 // Outside the timing: write out pgbench's dirty buffers and let the WAL
@@ -151,7 +294,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                     if mode.incremental {
                         cmd.arg("-i").arg(&ours_full);
                     }
-                    let sample = run(&mut cmd);
+                    let sample = throttled(&mut cmd);
                     if round > 0 {
                         ours.push(sample);
                     }
@@ -176,7 +319,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
                         if mode.incremental {
                             cmd.arg("-i").arg(theirs_full.join("backup_manifest"));
                         }
-                        run(&mut cmd)
+                        throttled(&mut cmd)
                     };
                     if round > 0 {
                         theirs.push(sample);
@@ -249,6 +392,8 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         lines.push(line);
         json.push(serde_json::json!({
             "mode": mode.name,
+            "rounds": mode_rounds,
+            "slow_disk_bps": mode.slow_disk.then_some(SLOW_DISK_BPS),
             "ours": {"wall_s": ow, "wall_min_s": olo, "wall_max_s": ohi, "cpu_s": oc, "peak_rss_mib": orss},
             "pg_basebackup": {"wall_s": tw, "wall_min_s": tlo, "wall_max_s": thi, "cpu_s": tc, "peak_rss_mib": trss},
             "ratio": {"wall": ow / tw, "cpu": oc / tc},
