@@ -278,6 +278,12 @@ impl Copy {
     }
 }
 
+/// Archive payloads are handed to the sink thread in pieces of at least this many bytes: the
+/// server sends each file's tar header, and each small file, as a CopyData of its own, and
+/// handing each over on its own woke the sink thread and the task once per message (an
+/// incremental backup of 1000 mostly small files: 2100 wake-ups each way).
+const GATHER: usize = 128 * 1024;
+
 async fn run<S: BackupSink + Send + 'static>(
     conn: &mut Connection,
     options: &BaseBackupOptions,
@@ -301,6 +307,8 @@ async fn run<S: BackupSink + Send + 'static>(
     };
     let mut copy = Copy::default();
     let mut end = None;
+    // small payloads gathered for the sink thread (see GATHER)
+    let mut gathered = bytes::BytesMut::new();
     loop {
         // a WAL stream that dies (its walsender terminated) fails the backup at once, as
         // pg_basebackup's background process does, instead of at the backup's end
@@ -320,6 +328,9 @@ async fn run<S: BackupSink + Send + 'static>(
             None => stream.next().await?,
         };
         let Some(ev) = next else { break };
+        if !matches!(ev, BaseBackupEvent::ArchiveData(_)) && !gathered.is_empty() {
+            sink.send(ToSink::Data(gathered.split().freeze())).await?;
+        }
         match ev {
             BaseBackupEvent::Started {
                 start_lsn,
@@ -368,7 +379,16 @@ async fn run<S: BackupSink + Send + 'static>(
                 name,
                 tablespace_location,
             } => sink.send(copy.archive(name, tablespace_location)?).await?,
-            BaseBackupEvent::ArchiveData(data) => sink.send(ToSink::Data(data)).await?,
+            BaseBackupEvent::ArchiveData(data) => {
+                if gathered.is_empty() && data.len() >= GATHER {
+                    sink.send(ToSink::Data(data)).await?;
+                } else {
+                    gathered.extend_from_slice(&data);
+                    if gathered.len() >= GATHER {
+                        sink.send(ToSink::Data(gathered.split().freeze())).await?;
+                    }
+                }
+            }
             BaseBackupEvent::Progress(done) => on_event(&BackupEvent::Progress {
                 done,
                 total: copy.estimate,
