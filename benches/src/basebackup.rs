@@ -203,7 +203,8 @@ fn empty_files(dir: &std::path::Path) {
     }
 }
 
-pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
+/// Runs the modes whose names contain `only` (all without it).
+pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value {
     let c = crate::measure::pgbench_cluster(scale, "basebackup");
     let conninfo = c.conninfo(Role::Postgres, "sslmode=disable");
     let ours_bin = crate::measure::ours_bin();
@@ -237,7 +238,11 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         ),
         Err(e) => println!("slow-disk modes skipped: cannot throttle the disk ({e})"),
     }
-    for mode in MODES {
+    let modes: Vec<&Mode> = MODES
+        .iter()
+        .filter(|m| only.is_none_or(|o| m.name.contains(o)))
+        .collect();
+    for &mode in &modes {
         let slow = match (&slow, mode.slow_disk) {
             (_, false) => None,
             (Ok(s), true) => Some(s),
@@ -352,7 +357,7 @@ pub fn bench(scale: u32, rounds: usize) -> serde_json::Value {
         for d in &done {
             let _ = std::fs::remove_dir_all(d);
         }
-        if !std::ptr::eq(mode, MODES.last().unwrap()) {
+        if !std::ptr::eq(mode, *modes.last().unwrap()) {
             // let those inodes age past the 60 s before the next mode
             let _ = Command::new("sync").status();
             std::thread::sleep(std::time::Duration::from_secs(61));

@@ -5,7 +5,7 @@
 //!
 //!   pgrepl-bench wal-decode [--scale N] [--rounds R]
 //!   pgrepl-bench receivewal [--scale N] [--seconds S]    (needs target/release/pgrepl)
-//!   pgrepl-bench basebackup [--scale N] [--rounds R]     (needs target/release/pgrepl and zstd)
+//!   pgrepl-bench basebackup [--scale N] [--rounds R] [--only MODE]  (needs target/release/pgrepl and zstd)
 //!
 //!   pgrepl-bench combine [--scale N] [--rounds R]        (needs target/release/pgrepl)
 //!   pgrepl-bench verify [--scale N] [--rounds R]         (needs target/release/pgrepl)
@@ -29,7 +29,7 @@ mod wal_decode;
 use std::path::PathBuf;
 
 fn usage() -> ! {
-    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup|combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository|pgbackrest [--scale N] [--rounds R] | scaling [--rounds R] | ssh [--scale N] [--rounds R]");
+    eprintln!("usage: pgrepl-bench wal-decode [--scale N] [--rounds R] | receivewal [--scale N] [--seconds S] | basebackup [--scale N] [--rounds R] [--only MODE] | combine|verify [--scale N] [--rounds R] | micro [--rounds R] | repository|pgbackrest [--scale N] [--rounds R] | scaling [--rounds R] | ssh [--scale N] [--rounds R]");
     std::process::exit(2);
 }
 
@@ -45,6 +45,7 @@ fn main() {
     let mut scale = 100u32;
     let mut rounds = 5usize;
     let mut seconds = 20u64;
+    let mut only: Option<String> = None;
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_else(|| usage());
@@ -52,13 +53,14 @@ fn main() {
             "--scale" => scale = v.parse().unwrap_or_else(|_| usage()),
             "--rounds" => rounds = v.parse().unwrap_or_else(|_| usage()),
             "--seconds" => seconds = v.parse().unwrap_or_else(|_| usage()),
+            "--only" => only = Some(v.clone()),
             _ => usage(),
         }
     }
     let result = match job.as_str() {
         "wal-decode" => wal_decode::bench(scale, rounds),
         "receivewal" => receivewal::bench(scale, seconds),
-        "basebackup" => basebackup::bench(scale, rounds),
+        "basebackup" => basebackup::bench(scale, rounds, only.as_deref()),
         "combine" => combine::bench_combine(scale, rounds),
         "verify" => combine::bench_verify(scale, rounds),
         "micro" => micro::bench(rounds),
