@@ -27,6 +27,10 @@ struct Mode {
 /// The write rate of the "slow disk" modes, in bytes per second.
 const SLOW_DISK_BPS: u64 = 150_000_000;
 
+/// How long freed memory takes to go back to the host (see the rounds in [`bench`]): a second
+/// was enough in every try, two leave a margin.
+const MEMORY_COLD: std::time::Duration = std::time::Duration::from_secs(2);
+
 const MODES: &[Mode] = &[
     Mode {
         name: "plain --no-sync",
@@ -287,9 +291,17 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
                 }
             }
             // Alternate who goes first, and flush the previous run's dirty pages and deletions
-            // outside the timed region, so neither pays for the other's writeback.
+            // outside the timed region, so neither pays for the other's writeback. Then let
+            // the memory they freed go cold: these VMs hand free memory back to the host within
+            // a second, and the first write into a page the host took back costs a fault on the
+            // host (dd of 1.5 GB into the page cache: 0.33-0.87 s right after deleting the last
+            // copy, 2.4-4.9 s a second or more later). A run that began within that second
+            // wrote its page cache several times faster than one that began after it, so
+            // whoever followed a page-cache writer gained; now every run starts cold, as a
+            // backup on such a host does.
             for side in [round % 2, 1 - round % 2] {
                 let _ = Command::new("sync").status();
+                std::thread::sleep(MEMORY_COLD);
                 if side == 0 {
                     let target = root.join(format!("ours{round}"));
                     let mut cmd = Command::new(&ours_bin);
