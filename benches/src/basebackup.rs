@@ -190,21 +190,43 @@ impl Drop for SlowDisk {
     }
 }
 
-/// Truncates every file under `dir` to nothing, keeping the files.
-fn empty_files(dir: &std::path::Path) {
+/// Calls `f` with every regular file under `dir` (links are not followed).
+fn each_file(dir: &std::path::Path, f: &mut impl FnMut(&std::path::Path)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let Ok(t) = e.file_type() else { continue };
         if t.is_dir() {
-            empty_files(&e.path());
+            each_file(&e.path(), f);
         } else if t.is_file() {
-            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(e.path()) {
-                let _ = f.set_len(0);
-            }
+            f(&e.path());
         }
     }
+}
+
+/// Reads every file under `dir` (the server's data directory), so that the server's reads in
+/// the next run come from the page cache. These VMs page out page cache they judge idle
+/// (DAMON's `pageout` scheme samples one page per region of several MB, so blocks read a few
+/// seconds ago go with their idle neighbours): an incremental backup, which reads scattered
+/// blocks, then waited for the disk in some runs and not in others, whichever client ran.
+fn read_all(dir: &std::path::Path) {
+    each_file(dir, &mut |p| {
+        // through std's stack buffer: a heap buffer here would stay in this process's RSS,
+        // which every client forked from it then reports as its own peak
+        if let Ok(mut f) = std::fs::File::open(p) {
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        }
+    });
+}
+
+/// Truncates every file under `dir` to nothing, keeping the files.
+fn empty_files(dir: &std::path::Path) {
+    each_file(dir, &mut |p| {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(p) {
+            let _ = f.set_len(0);
+        }
+    });
 }
 
 /// Runs the modes whose names contain `only` (all without it).
@@ -300,6 +322,7 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
             // whoever followed a page-cache writer gained; now every run starts cold, as a
             // backup on such a host does.
             for side in [round % 2, 1 - round % 2] {
+                read_all(&c.data);
                 let _ = Command::new("sync").status();
                 std::thread::sleep(MEMORY_COLD);
                 if side == 0 {
