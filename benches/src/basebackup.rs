@@ -2,8 +2,11 @@
 //! several modes. Client CPU (user+sys, children included) and peak RSS come from wait4; the
 //! same backup with `-t blackhole` gives the server's own share of the wall time, and
 //! `pg_basebackup -Ft -X none -D - > /dev/null` (with the manifest and without) the physical
-//! floor: what the server can send when nothing is written. The `--no-sync` modes run once more
-//! on a slow disk (both clients' writes throttled by a block-I/O cgroup), where the page cache
+//! floor: what the server can send when nothing is written. A durable mode's backup also has to
+//! reach the disk: two `dd oflag=direct conv=fsync` at once, writing as many bytes as our
+//! backup holds into the same file system, give the disk's share, and the physical floor of
+//! that mode is the larger of the two (a client that overlaps reading and writing perfectly
+//! ends there). The `--no-sync` modes run once more on a slow disk (both clients' writes throttled by a block-I/O cgroup), where the page cache
 //! is faster than the device.
 
 use std::process::Command;
@@ -220,6 +223,15 @@ fn read_all(dir: &std::path::Path) {
     });
 }
 
+/// The bytes of the regular files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    each_file(dir, &mut |p| {
+        n += std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    });
+    n
+}
+
 /// Truncates every file under `dir` to nothing, keeping the files.
 fn empty_files(dir: &std::path::Path) {
     each_file(dir, &mut |p| {
@@ -285,6 +297,12 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
         let mut server: Vec<f64> = Vec::new();
         // `pg_basebackup -Ft -X none -D - > /dev/null`, with the manifest and without
         let mut floor: [Vec<f64>; 2] = Default::default();
+        // A durable mode: how long the disk takes for our backup's bytes, written with O_DIRECT
+        // in 4 MiB blocks and fsynced (by dd, so that no buffer of ours stays in the harness's
+        // RSS, which wait4 would count in the next client's peak)
+        let durable = !mode.ours.contains(&"-N") && !mode.pipe_zstd && !mode.incremental;
+        let mut disk: Vec<f64> = Vec::new();
+        let mut our_bytes: Vec<u64> = Vec::new();
         // Each backup's files are emptied after its run (freeing their blocks and page cache)
         // but deleted only when the mode ends: ext4 without a journal (these VMs) skips inodes
         // freed in the last 60 s when it allocates new ones, so deleting each backup before the
@@ -337,6 +355,7 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
                     let sample = throttled(&mut cmd);
                     if round > 0 {
                         ours.push(sample);
+                        our_bytes.push(dir_bytes(&target));
                     }
                     empty_files(&target);
                     done.push(target);
@@ -378,6 +397,30 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
                     .args(*extra);
                     floor[i].push(run(&mut cmd).wall);
                 }
+                if let (true, Some(&bytes)) = (durable, our_bytes.last()) {
+                    // two files, half the bytes each, written at once: two writes in flight,
+                    // as our sink keeps (one dd was 10-25% slower on a virtio disk)
+                    let f = [root.join("disk-floor-1"), root.join("disk-floor-2")];
+                    let dd = |f: &std::path::Path| {
+                        format!(
+                            "dd if=/dev/zero of='{}' bs=4M oflag=direct conv=fsync count={} &",
+                            f.display(),
+                            bytes.div_ceil(8 << 20)
+                        )
+                    };
+                    let _ = Command::new("sync").status();
+                    disk.push(
+                        run(Command::new("sh").arg("-c").arg(format!(
+                            "{} {} wait",
+                            dd(&f[0]),
+                            dd(&f[1])
+                        )))
+                        .wall,
+                    );
+                    for f in &f {
+                        let _ = std::fs::remove_file(f);
+                    }
+                }
             }
             if round > 0 && !mode.pipe_zstd {
                 let mut cmd = Command::new(&ours_bin);
@@ -416,8 +459,11 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
         let sw = (!server.is_empty()).then(|| median(server.clone()));
         let fl =
             (!floor[0].is_empty()).then(|| (median(floor[0].clone()), median(floor[1].clone())));
+        let dw = (!disk.is_empty()).then(|| median(disk.clone()));
+        // the physical floor of a durable mode: the server's or the disk's, whichever is slower
+        let physical = fl.map(|f| dw.map_or(f.0, |d| d.max(f.0)));
         let line = format!(
-            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB{}{}",
+            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB{}{}{}",
             mode.name,
             ow / tw,
             oc / tc,
@@ -426,7 +472,14 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
                 "  floor {m:.2}s (no manifest {n:.2}s) ours/floor {:.2}x",
                 ow / m
             ))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+            match (dw, physical) {
+                (Some(d), Some(p)) => format!(
+                    "  disk alone {d:.2}s ours/max(floor, disk) {:.2}x",
+                    ow / p
+                ),
+                _ => String::new(),
+            }
         );
         println!("{line}");
         lines.push(line);
@@ -441,6 +494,8 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
             "floor_wall_s": fl.map(|f| f.0),
             "floor_no_manifest_wall_s": fl.map(|f| f.1),
             "ratio_to_floor": fl.map(|f| ow / f.0),
+            "disk_alone_wall_s": dw,
+            "ratio_to_physical_floor": physical.map(|p| ow / p),
         }));
     }
     let _ = std::fs::remove_dir_all(&root);
