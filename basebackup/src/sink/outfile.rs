@@ -117,6 +117,15 @@ impl Pace {
         }
     }
 
+    /// Sends every file through the page cache from the start, if no sync was asked for (a
+    /// durable backup keeps its direct writes): for backups whose writes the pace cannot judge
+    /// in time (see [`crate::sink::DirectorySink::set_page_cache`]).
+    pub(crate) fn start_buffered(&self) {
+        if self.adaptive {
+            self.buffered.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Turns to the page cache now (for tests).
     #[cfg(test)]
     fn force_buffered(&self) {
@@ -696,11 +705,17 @@ mod tests {
         // a disk at 150 MB/s under a 500 MB/s stream waits most of the time
         assert!(disk_too_slow(45 << 20, ms(160), ms(300)));
         assert!(disk_too_slow(200 << 20, ms(900), ms(1350)));
-        // and a pace without sync asked for never turns
+        // and a pace of a durable backup never turns
         let p = Pace::new(false);
         p.submitted(1 << 30);
         p.waited(Duration::from_secs(10));
         assert!(!p.buffered());
+        // not even when asked to start in the page cache
+        p.start_buffered();
+        assert!(!p.buffered());
+        let p = Pace::new(true);
+        p.start_buffered();
+        assert!(p.buffered());
     }
 
     #[test]

@@ -295,6 +295,11 @@ impl TarSink {
         self.dir.set_sync_method(method);
     }
 
+    /// See [`super::DirectorySink::set_page_cache`].
+    pub fn set_page_cache(&mut self) {
+        self.dir.set_page_cache();
+    }
+
     /// Appends bytes to the archive being written.
     fn write_current(&mut self, b: &[u8]) -> Result<(), SinkError> {
         if let Some((f, p)) = &mut self.current {

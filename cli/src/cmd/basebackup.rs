@@ -422,6 +422,8 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     let config = args.conn.config()?;
     let mut conn = pgrepl::Connection::connect(&config).await?;
     let id = conn.identify_system().await?;
+    // an incremental without sync goes through the page cache (DirectorySink::set_page_cache)
+    let incremental = parent_manifest.is_some();
     if let Some(m) = parent_manifest {
         conn.upload_manifest(m).await?;
     }
@@ -454,6 +456,9 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     } else if plain {
         let mut d = DirectorySink::new(&pgdata, mappings, !args.no_sync)?;
         d.set_sync_method(args.sync_method.unwrap_or_default());
+        if incremental {
+            d.set_page_cache();
+        }
         if let Some(w) = &plan.wal_dir {
             d.set_wal_dir(w)?;
         }
@@ -468,6 +473,9 @@ pub async fn run(args: BaseBackupArgs) -> anyhow::Result<ExitCode> {
     } else {
         let mut t = TarSink::with_compression(&pgdata, !args.no_sync, client_compression)?;
         t.set_sync_method(args.sync_method.unwrap_or_default());
+        if incremental {
+            t.set_page_cache();
+        }
         if let Some(r) = recovery {
             t.set_standby(r);
         }
