@@ -16,7 +16,8 @@
 //! time is made of; a sink's files therefore share a [`Pace`], which watches how long the
 //! backup waits for its direct writes and, once that is a large share of its time, sends the
 //! rest of the backup through the page cache: the open file's writes drop `O_DIRECT` (one in
-//! flight at a time), and later files are written as small ones are.
+//! flight at a time), and later files are written as small ones are. A sink may also start in
+//! the page cache ([`Pace::start_buffered`]), for backups too short for the pace to judge.
 
 use std::fs::File;
 use std::io::{self, Write};
