@@ -6,8 +6,8 @@
 //! reach the disk: two `dd oflag=direct conv=fsync` at once, writing as many bytes as our
 //! backup holds into the same file system, give the disk's share, and the physical floor of
 //! that mode is the larger of the two (a client that overlaps reading and writing perfectly
-//! ends there). The `--no-sync` modes run once more on a slow disk (both clients' writes throttled by a block-I/O cgroup), where the page cache
-//! is faster than the device.
+//! ends there). The `--no-sync` modes run once more on a slow disk (both clients' writes
+//! throttled by a block-I/O cgroup), where the page cache is faster than the device.
 
 use std::process::Command;
 
@@ -300,9 +300,10 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
         // A durable mode: how long the disk takes for our backup's bytes, written with O_DIRECT
         // in 4 MiB blocks and fsynced (by dd, so that no buffer of ours stays in the harness's
         // RSS, which wait4 would count in the next client's peak)
-        let durable = !mode.ours.contains(&"-N") && !mode.pipe_zstd && !mode.incremental;
+        let durable = !mode.ours.contains(&"-N") && !mode.pipe_zstd;
         let mut disk: Vec<f64> = Vec::new();
-        let mut our_bytes: Vec<u64> = Vec::new();
+        // the bytes of our last backup in a durable mode
+        let mut our_bytes: Option<u64> = None;
         // Each backup's files are emptied after its run (freeing their blocks and page cache)
         // but deleted only when the mode ends: ext4 without a journal (these VMs) skips inodes
         // freed in the last 60 s when it allocates new ones, so deleting each backup before the
@@ -355,7 +356,9 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
                     let sample = throttled(&mut cmd);
                     if round > 0 {
                         ours.push(sample);
-                        our_bytes.push(dir_bytes(&target));
+                        if durable {
+                            our_bytes = Some(dir_bytes(&target));
+                        }
                     }
                     empty_files(&target);
                     done.push(target);
@@ -397,7 +400,7 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
                     .args(*extra);
                     floor[i].push(run(&mut cmd).wall);
                 }
-                if let (true, Some(&bytes)) = (durable, our_bytes.last()) {
+                if let Some(bytes) = our_bytes {
                     // two files, half the bytes each, written at once: two writes in flight,
                     // as our sink keeps (one dd was 10-25% slower on a virtio disk)
                     let f = [root.join("disk-floor-1"), root.join("disk-floor-2")];
