@@ -42,8 +42,12 @@ pub(crate) const DIRECT_MIN: u64 = 1 << 20;
 /// host (virtio-balloon free page reporting takes blocks of 2 MiB and more): each page of those
 /// costs a fault on the host when first written. 1.5 GB into the page cache, a second after
 /// the memory was freed, took 3.7-5.2 s of system time in writes of 4 MiB, 1.2 s in writes of
-/// 1 MiB and 0.43-0.66 s in writes of 128 or 256 KiB (`dd`, three tries each).
-pub(crate) const BUFFERED_PIECE: usize = 256 << 10;
+/// 1 MiB and 0.43-0.66 s in writes of 128 or 256 KiB (`dd`, three tries each). Later, on a
+/// machine where 256 KiB writes of 1.5 GB took 2.4-3.0 s, 32 KiB writes took 0.57-3.06 s
+/// (median 0.66 s), and a tar backup written wholly through the page cache took 2.12-2.53 s
+/// with 32 KiB writes against 2.70-5.00 s with 256 KiB (four rounds each; pg_basebackup,
+/// which writes 4-28 KiB per call, 2.34-3.67 s).
+pub(crate) const BUFFERED_PIECE: usize = 32 << 10;
 /// Threads writing a direct file: two writes in flight keep a virtio disk busier than one
 /// (a 1.5 GB file: 0.72 s against 0.83 s).
 const WRITERS: usize = 2;
