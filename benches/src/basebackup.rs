@@ -390,14 +390,18 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
                     done.push(target);
                 }
             }
-            if round > 0 && !mode.incremental {
-                // the physical floor: what the server can send, straight into /dev/null
+            if round > 0 {
+                // the physical floor: what the server can send, straight into /dev/null (for
+                // the incremental mode, the same incremental)
                 for (i, extra) in [&[][..], &["--no-manifest"][..]].iter().enumerate() {
                     let mut cmd = Command::new(tool("pg_basebackup"));
                     cmd.args([
                         "-d", &conninfo, "-c", "fast", "-Ft", "-X", "none", "-D", "-",
                     ])
                     .args(*extra);
+                    if mode.incremental {
+                        cmd.arg("-i").arg(theirs_full.join("backup_manifest"));
+                    }
                     floor[i].push(run(&mut cmd).wall);
                 }
                 if let Some(bytes) = our_bytes {
@@ -457,6 +461,22 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
         };
         let (olo, ohi) = range(&ours);
         let (tlo, thi) = range(&theirs);
+        // Each round's two runs back up the same data (in the incremental mode the changed
+        // blocks grow from round to round): the median of the rounds' own ratios pairs them,
+        // where the ratio of the medians can set one side's small round against the other's
+        // large one.
+        let paired = median(
+            ours.iter()
+                .zip(&theirs)
+                .map(|(o, t)| o.wall / t.wall)
+                .collect(),
+        );
+        let floor_paired = median(
+            ours.iter()
+                .zip(&floor[0])
+                .map(|(o, f)| o.wall / f)
+                .collect(),
+        );
         let orss = ours.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
         let trss = theirs.iter().map(|s| s.max_rss_kb).max().unwrap_or(0) / 1024;
         let sw = (!server.is_empty()).then(|| median(server.clone()));
@@ -466,13 +486,13 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
         // the physical floor of a durable mode: the server's or the disk's, whichever is slower
         let physical = fl.map(|f| dw.map_or(f.0, |d| d.max(f.0)));
         let line = format!(
-            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x cpu {:.2}x  peak RSS {orss} / {trss} MiB{}{}{}",
+            "basebackup {:<16} pgrepl {ow:.2}s ({olo:.2}-{ohi:.2}) cpu {oc:.2}s  pg_basebackup {tw:.2}s ({tlo:.2}-{thi:.2}) cpu {tc:.2}s  ratio wall {:.2}x (per round {paired:.2}x) cpu {:.2}x  peak RSS {orss} / {trss} MiB{}{}{}",
             mode.name,
             ow / tw,
             oc / tc,
             sw.map(|w| format!("  server alone {w:.2}s")).unwrap_or_default(),
             fl.map(|(m, n)| format!(
-                "  floor {m:.2}s (no manifest {n:.2}s) ours/floor {:.2}x",
+                "  floor {m:.2}s (no manifest {n:.2}s) ours/floor {:.2}x (per round {floor_paired:.2}x)",
                 ow / m
             ))
             .unwrap_or_default(),
@@ -492,11 +512,14 @@ pub fn bench(scale: u32, rounds: usize, only: Option<&str>) -> serde_json::Value
             "slow_disk_bps": mode.slow_disk.then_some(SLOW_DISK_BPS),
             "ours": {"wall_s": ow, "wall_min_s": olo, "wall_max_s": ohi, "cpu_s": oc, "peak_rss_mib": orss},
             "pg_basebackup": {"wall_s": tw, "wall_min_s": tlo, "wall_max_s": thi, "cpu_s": tc, "peak_rss_mib": trss},
-            "ratio": {"wall": ow / tw, "cpu": oc / tc},
+            "ratio": {"wall": ow / tw, "wall_per_round_median": paired, "cpu": oc / tc},
+            "ours_wall_per_round_s": ours.iter().map(|s| s.wall).collect::<Vec<_>>(),
+            "pg_basebackup_wall_per_round_s": theirs.iter().map(|s| s.wall).collect::<Vec<_>>(),
             "server_alone_wall_s": sw,
             "floor_wall_s": fl.map(|f| f.0),
             "floor_no_manifest_wall_s": fl.map(|f| f.1),
             "ratio_to_floor": fl.map(|f| ow / f.0),
+            "ratio_to_floor_per_round_median": fl.map(|_| floor_paired),
             "disk_alone_wall_s": dw,
             "ratio_to_physical_floor": physical.map(|p| ow / p),
         }));
